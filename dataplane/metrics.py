@@ -1,0 +1,55 @@
+"""Prometheus metrics of the data plane, served on the admin port.
+
+The three security counters have the exact names the security guide and
+API.md promise (``auth_failures_total``, ``rate_limit_exceeded_total``,
+``tls_errors_total``); dashboards and alerts in manifests/ depend on them.
+Label values are bounded (route ids, fixed reason words), never credentials.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+
+class Metrics:
+    """One registry per data-plane instance, so tests can run several in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kubegate_requests", "Requests by route, method and status class", ["route", "method", "code"], registry=r
+        )
+        self.request_latency = Histogram(
+            "kubegate_request_duration_seconds", "Request latency as seen by the client, by route", ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "kubegate_upstream_duration_seconds", "Upstream response time (headers received), by route", ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        self.auth_failures = Counter(
+            "auth_failures", "Requests refused for missing, invalid or unauthorized credentials",
+            ["route", "method", "reason"], registry=r,
+        )
+        self.rate_limited = Counter(
+            "rate_limit_exceeded", "Requests refused with 429", ["route", "dimension"], registry=r
+        )
+        self.tls_errors = Counter("tls_errors", "Failed TLS handshakes", ["reason"], registry=r)
+        self.ip_denied = Counter("kubegate_ip_denied", "Requests refused by an IP filter", ["route"], registry=r)
+        self.ratelimit_store_errors = Counter(
+            "kubegate_ratelimit_store_errors", "Shared rate-limit store failures, by failure mode applied",
+            ["failure_mode"], registry=r,
+        )
+        self.config_reloads = Counter(
+            "kubegate_config_reloads", "Config reload attempts by result", ["result"], registry=r
+        )
+        self.config_info = Info("kubegate_config", "The loaded config: hash and counts", registry=r)
+        self.config_timestamp = Gauge(
+            "kubegate_config_last_reload_timestamp_seconds", "When the loaded config was swapped in", registry=r
+        )
+        self.routes = Gauge("kubegate_routes", "Routes in the loaded config", registry=r)
+        self.cert_expiry = Gauge(
+            "kubegate_certificate_expiry_timestamp_seconds", "notAfter of each served certificate", ["policy"],
+            registry=r,
+        )

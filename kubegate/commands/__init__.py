@@ -1,0 +1,1 @@
+"""One module per `kubegate` subcommand, each with main(args) -> int."""

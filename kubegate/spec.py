@@ -1,0 +1,473 @@
+"""The user-facing spec of the four kubegate.dev/v1alpha1 kinds (see shared/spec/API.md).
+
+These pydantic models are the single source of truth for the CRD schemas:
+``kubegate.crdgen`` turns them into OpenAPI v3 + CEL, so what ``kubectl apply``
+rejects and what ``kubegate validate`` rejects can never drift apart. Each
+``x-kubernetes-validations`` rule is mirrored by a pydantic validator here, and
+tests prove both reject the same inputs.
+
+Field names are the wire names (camelCase) on purpose: the models read and
+write Kubernetes objects verbatim, without alias tables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kubegate.durations import Duration, PositiveDuration
+
+GROUP = "kubegate.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# A path is "/" or "/"-separated segments: literals, ":id" / "{id}" params,
+# and an optional trailing "*name" catch-all.
+_LITERAL = r"[A-Za-z0-9._~!$&'()+,;=@%-]+"
+_PARAM = r"(:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})"
+_CATCH_ALL = r"\*[A-Za-z_][A-Za-z0-9_]*"
+PATH_PATTERN = rf"^/$|^(/({_LITERAL}|{_PARAM}))*(/{_CATCH_ALL})?/?$"
+HOST_PATTERN = (
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+# RFC 1123 DNS label, as Kubernetes object names are (Services, Secrets, routes).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+AuthMethod = Literal["jwt", "apiKey", "mtls"]
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+]
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+Dimension = Literal["ip", "user", "apiKey", "global", "header"]
+
+Name = Annotated[str, Field(min_length=1, max_length=253, pattern=NAME_PATTERN)]
+Hostname = Annotated[str, Field(min_length=1, max_length=253, pattern=HOST_PATTERN)]
+HeaderName = Annotated[str, Field(min_length=1, max_length=256, pattern=HEADER_PATTERN)]
+
+
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"invalid CIDR {value!r}: {exc}") from None
+    return value
+
+
+CIDR = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "isCIDR(self) || isIP(self)", "message": "must be a CIDR such as 10.0.0.0/8 or an IP address"}
+            ]
+        },
+    ),
+]
+
+
+class SpecModel(BaseModel):
+    """Base for every spec node: unknown fields are errors, as in a structural CRD."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """Attach CEL rules (rule, message) to a model's generated CRD schema."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+# --- shared references -------------------------------------------------------
+
+
+class SecretKeyRef(SpecModel):
+    """A key inside a Secret in the referencing object's namespace."""
+
+    name: Name = Field(description="Name of the Secret, in the same namespace as this object.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN, description="Key within the Secret's data."
+    )
+
+
+class LocalObjectRef(SpecModel):
+    name: Name = Field(description="Name of the object, in the same namespace as this object.")
+
+
+# --- GatewayRoute -------------------------------------------------------------
+
+
+class Backend(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("has(self.service) != has(self.url)", "exactly one of service or url must be set"),
+            ("!has(self.service) || has(self.port)", "port is required with service"),
+            ("!has(self.url) || !has(self.port)", "port is not allowed with url (put it in the URL)"),
+        )
+    )
+
+    service: Name | None = Field(None, description="A Service in the route's own namespace.")
+    port: int | None = Field(None, ge=1, le=65535, description="Service port (required with service).")
+    url: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://[^\s/?#]+(/[^\s]*)?$",
+        description="An absolute http(s) URL, as an alternative to service/port.",
+    )
+    weight: int = Field(1, ge=0, le=1_000_000, description="Relative weight for the weighted random choice.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Backend:
+        if (self.service is None) == (self.url is None):
+            raise ValueError("exactly one of service or url must be set")
+        if self.service is not None and self.port is None:
+            raise ValueError("port is required with service")
+        if self.url is not None and self.port is not None:
+            raise ValueError("port is not allowed with url (put it in the URL)")
+        return self
+
+
+class Rewrite(SpecModel):
+    stripPrefix: str | None = Field(
+        None, max_length=1024, pattern=r"^/", description="Prefix removed from the path before proxying."
+    )
+
+
+class Timeouts(SpecModel):
+    request: PositiveDuration = Field("15s", description="Whole upstream request timeout (504 when exceeded).")
+    connect: PositiveDuration = Field("2s", description="Upstream connect timeout.")
+
+
+class Retries(SpecModel):
+    attempts: int = Field(
+        0, ge=0, le=5,
+        description="Extra attempts for idempotent methods on connect failure, 502, 503 or 504.",
+    )
+
+
+class JwtAuth(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "[has(self.jwksUri), has(self.publicKeySecretRef), has(self.secretRef)]"
+                ".filter(x, x).size() == 1",
+                "exactly one key source: jwksUri, publicKeySecretRef or secretRef",
+            ),
+            (
+                "!has(self.secretRef) || self.algorithms.all(a, a.startsWith('HS'))",
+                "secretRef (HMAC) allows only HS256/HS384/HS512",
+            ),
+            (
+                "has(self.secretRef) || self.algorithms.all(a, !a.startsWith('HS'))",
+                "HS* algorithms need secretRef; public keys never verify HMAC tokens",
+            ),
+        )
+    )
+
+    issuer: str | None = Field(None, min_length=1, max_length=2048, description="Required `iss` claim.")
+    audiences: list[Annotated[str, Field(min_length=1, max_length=2048)]] = Field(
+        default_factory=list, max_length=32, description="Accepted `aud` values; empty = not checked."
+    )
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=lambda: ["RS256"],
+        min_length=1,
+        max_length=13,
+        description="Allowed signing algorithms; `none` is never accepted.",
+    )
+    jwksUri: str | None = Field(
+        None, max_length=2048, pattern=r"^https?://", description="JWKS endpoint (fetched and cached)."
+    )
+    publicKeySecretRef: SecretKeyRef | None = Field(
+        None, description="PEM public key (RS*/PS*/ES*/EdDSA) in a Secret."
+    )
+    secretRef: SecretKeyRef | None = Field(None, description="HMAC secret (HS*) in a Secret.")
+    requiredClaims: dict[str, str] = Field(
+        default_factory=dict, description="Claims that must equal these values exactly."
+    )
+    forwardClaims: dict[str, HeaderName] = Field(
+        default_factory=dict, description="Claim name -> upstream request header."
+    )
+
+    @model_validator(mode="after")
+    def _key_source(self) -> JwtAuth:
+        sources = [self.jwksUri is not None, self.publicKeySecretRef is not None, self.secretRef is not None]
+        if sum(sources) != 1:
+            raise ValueError("exactly one key source: jwksUri, publicKeySecretRef or secretRef")
+        hmac = [a for a in self.algorithms if a in HMAC_ALGORITHMS]
+        if self.secretRef is not None and len(hmac) != len(self.algorithms):
+            raise ValueError("secretRef (HMAC) allows only HS256/HS384/HS512")
+        if self.secretRef is None and hmac:
+            raise ValueError("HS* algorithms need secretRef; public keys never verify HMAC tokens")
+        return self
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _no_none(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(str(a).lower() == "none" for a in value):
+            raise ValueError("algorithm 'none' is never accepted")
+        return value
+
+
+class MtlsAuth(SpecModel):
+    allowedSubjects: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Allowed client certificate subjects: `CN=name` or a SAN DNS name; empty = any verified client.",
+    )
+
+
+class RouteAuth(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("!self.methods.exists(m, m == 'jwt') || has(self.jwt)", "methods contains jwt but jwt is not configured"),
+            ("!has(self.jwt) || self.methods.exists(m, m == 'jwt')", "jwt is configured but not listed in methods"),
+        )
+    )
+
+    required: bool = Field(True, description="false = anonymous allowed (credentials are still checked if sent).")
+    methods: list[AuthMethod] = Field(
+        min_length=1, max_length=3, description="Accepted credential types; any one valid credential admits."
+    )
+    jwt: JwtAuth | None = Field(None, description="JWT verification settings (required with method jwt).")
+    mtls: MtlsAuth | None = Field(None, description="Client-certificate authorization (with method mtls).")
+
+    @model_validator(mode="after")
+    def _jwt_configured(self) -> RouteAuth:
+        if "jwt" in self.methods and self.jwt is None:
+            raise ValueError("methods contains jwt but jwt is not configured")
+        if self.jwt is not None and "jwt" not in self.methods:
+            raise ValueError("jwt is configured but not listed in methods")
+        return self
+
+
+class IpFilter(SpecModel):
+    allow: list[CIDR] = Field(
+        default_factory=list, max_length=1024, description="When set, only these CIDRs are allowed."
+    )
+    deny: list[CIDR] = Field(default_factory=list, max_length=1024, description="Denied CIDRs; deny wins over allow.")
+
+    _check_allow = field_validator("allow", "deny")(lambda cls, v: [_cidr(c) for c in v])
+
+
+class GatewayRouteSpec(SpecModel):
+    """Routes requests for hosts + path + methods to one or more backends."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.rewrite) || !has(self.rewrite.stripPrefix) || self.path.startsWith(self.rewrite.stripPrefix)"
+                " || self.path.startsWith(self.rewrite.stripPrefix.substring(0, self.rewrite.stripPrefix.size() - 1))",
+                "rewrite.stripPrefix must be a prefix of path",
+            ),
+        )
+    )
+
+    hosts: list[Hostname] = Field(
+        default_factory=list, max_length=64, description="Hostnames; empty = every host. `*.example.com` allowed."
+    )
+    path: str = Field(
+        max_length=1024,
+        pattern=PATH_PATTERN,
+        description="Literal segments, `:id` or `{id}` params, and a trailing `*name` catch-all.",
+    )
+    methods: list[HttpMethod] = Field(default_factory=list, max_length=9, description="HTTP methods; empty = all.")
+    backends: list[Backend] = Field(min_length=1, max_length=64, description="Upstreams, chosen by weight.")
+    rewrite: Rewrite | None = Field(None, description="Request rewriting before proxying.")
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts.")
+    retries: Retries = Field(default_factory=Retries, description="Retries for idempotent methods.")
+    maxBodyBytes: int = Field(
+        1_048_576, ge=0, le=1 << 30, description="Largest request body accepted (413 above); default 1 MiB."
+    )
+    requestSchema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema for JSON request bodies; bodies that fail it get 400.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    auth: RouteAuth | None = Field(None, description="Authentication; absent = anonymous.")
+    ipFilter: IpFilter | None = Field(None, description="Client IP allow/deny lists.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_names_unique(cls, value: str) -> str:
+        names = re.findall(r"(?::|\{|\*)([A-Za-z_][A-Za-z0-9_]*)", value)
+        if len(names) != len(set(names)):
+            raise ValueError(f"path {value!r} repeats a parameter name")
+        return value
+
+    @model_validator(mode="after")
+    def _strip_prefix(self) -> GatewayRouteSpec:
+        prefix = self.rewrite.stripPrefix if self.rewrite else None
+        if prefix and not (self.path.startswith(prefix) or self.path.startswith(prefix.rstrip("/"))):
+            raise ValueError("rewrite.stripPrefix must be a prefix of path")
+        return self
+
+    @field_validator("requestSchema")
+    @classmethod
+    def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value:
+            import jsonschema
+
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"requestSchema is not a valid JSON Schema: {exc.message}") from None
+        return value
+
+
+# --- RateLimitPolicy ----------------------------------------------------------
+
+
+class TargetRef(SpecModel):
+    kind: Literal["GatewayRoute"] = Field("GatewayRoute", description="Kind of the target (GatewayRoute).")
+    name: Name = Field(description="Name of a GatewayRoute in this namespace.")
+
+
+class Limit(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.dimension == 'header' ? has(self.header) : !has(self.header)",
+             "header is required with dimension: header and allowed only there"),
+            ("!has(self.burst) || self.burst >= 1", "burst must be at least 1"),
+        )
+    )
+
+    dimension: Dimension = Field(description="What is counted: ip, user (JWT sub), apiKey, global or header.")
+    header: HeaderName | None = Field(None, description="Header whose value is counted (dimension: header only).")
+    requests: int = Field(gt=0, le=1_000_000_000, description="Requests allowed per period.")
+    period: PositiveDuration = Field(description="Refill period, e.g. 1s, 1m, 1h.")
+    burst: int | None = Field(None, ge=1, le=1_000_000_000, description="Bucket size; default = requests.")
+
+    @model_validator(mode="after")
+    def _header(self) -> Limit:
+        if (self.dimension == "header") != (self.header is not None):
+            raise ValueError("header is required with dimension: header and allowed only there")
+        return self
+
+
+class RateLimitPolicySpec(SpecModel):
+    """Token-bucket limits for routes: targeted, namespace-wide, or gateway-wide."""
+
+    targetRefs: list[TargetRef] = Field(
+        default_factory=list, max_length=256, description="Targeted routes; empty = every route in this namespace."
+    )
+    limits: list[Limit] = Field(min_length=1, max_length=16, description="Every limit must pass.")
+    failureMode: Literal["open", "closed"] = Field(
+        "open", description="When the shared store is unreachable: open (allow) or closed (503)."
+    )
+
+
+# --- ApiKey ---------------------------------------------------------------------
+
+
+class KeyRateLimit(SpecModel):
+    requests: int = Field(gt=0, le=1_000_000_000, description="Requests allowed per period for this key.")
+    period: PositiveDuration = Field(description="Refill period.")
+
+
+class ApiKeySpec(SpecModel):
+    """An API key whose value lives only in its Secret; the gateway sees a hash."""
+
+    secretRef: SecretKeyRef = Field(description="Where the key lives; generated by the operator if absent.")
+    description: str = Field("", max_length=1024, description="Free text for humans.")
+    routes: list[Name] = Field(
+        default_factory=list, max_length=1024, description="GatewayRoutes in this namespace it may call; empty = all."
+    )
+    allowedCIDRs: list[CIDR] = Field(default_factory=list, max_length=256, description="Client CIDRs allowed.")
+    rateLimit: KeyRateLimit | None = Field(None, description="Per-key rate limit.")
+    expiresAt: datetime | None = Field(None, description="RFC 3339 time after which the key is refused.")
+    disabled: bool = Field(False, description="true = the key is refused.")
+
+    _check_cidrs = field_validator("allowedCIDRs")(lambda cls, v: [_cidr(c) for c in v])
+
+
+# --- TLSPolicy -----------------------------------------------------------------
+
+
+class IssuerRef(SpecModel):
+    name: Name = Field(description="Name of the cert-manager issuer.")
+    kind: Literal["Issuer", "ClusterIssuer"] = Field("Issuer", description="Issuer or ClusterIssuer.")
+    group: str = Field("cert-manager.io", max_length=253, description="API group of the issuer.")
+
+
+class CertificateSource(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("has(self.issuerRef) != has(self.secretRef)", "exactly one of issuerRef or secretRef must be set"),
+            ("has(self.issuerRef) || (!has(self.duration) && !has(self.renewBefore))",
+             "duration and renewBefore apply only with issuerRef"),
+        )
+    )
+
+    issuerRef: IssuerRef | None = Field(None, description="cert-manager issuer; a Certificate is generated.")
+    duration: PositiveDuration | None = Field(None, description="Certificate lifetime (cert-manager).")
+    renewBefore: PositiveDuration | None = Field(None, description="Renew this long before expiry (cert-manager).")
+    secretRef: LocalObjectRef | None = Field(None, description="An existing kubernetes.io/tls Secret.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CertificateSource:
+        if (self.issuerRef is None) == (self.secretRef is None):
+            raise ValueError("exactly one of issuerRef or secretRef must be set")
+        if self.issuerRef is None and (self.duration or self.renewBefore):
+            raise ValueError("duration and renewBefore apply only with issuerRef")
+        return self
+
+
+class Hsts(SpecModel):
+    maxAge: int = Field(31_536_000, ge=0, le=63_072_000, description="Strict-Transport-Security max-age (seconds).")
+    includeSubDomains: bool = Field(False, description="Add includeSubDomains.")
+    preload: bool = Field(False, description="Add preload.")
+
+
+class ClientAuth(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.mode == 'none' || has(self.caSecretRef)", "caSecretRef is required unless mode is none"),
+        )
+    )
+
+    mode: Literal["require", "optional", "none"] = Field("require", description="Client certificate mode.")
+    caSecretRef: SecretKeyRef | None = Field(None, description="CA bundle that signs client certificates.")
+    allowedSubjects: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=list, max_length=256, description="Allowed subjects (`CN=...` or SAN DNS); empty = any."
+    )
+
+    @model_validator(mode="after")
+    def _ca(self) -> ClientAuth:
+        if self.mode != "none" and self.caSecretRef is None:
+            raise ValueError("caSecretRef is required unless mode is none")
+        return self
+
+
+class TLSPolicySpec(SpecModel):
+    """Certificates, protocol floor, HSTS and mTLS for a set of hostnames."""
+
+    hostnames: list[Hostname] = Field(min_length=1, max_length=64, description="SNI hostnames this policy serves.")
+    certificate: CertificateSource = Field(description="Where the server certificate comes from.")
+    minVersion: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version; nothing below 1.2 exists.")
+    hsts: Hsts | None = Field(None, description="HTTP Strict-Transport-Security on HTTPS responses.")
+    clientAuth: ClientAuth | None = Field(None, description="Mutual TLS.")
+
+
+# --- kinds ------------------------------------------------------------------------
+
+KINDS: dict[str, type[SpecModel]] = {
+    "GatewayRoute": GatewayRouteSpec,
+    "RateLimitPolicy": RateLimitPolicySpec,
+    "ApiKey": ApiKeySpec,
+    "TLSPolicy": TLSPolicySpec,
+}
+PLURALS = {
+    "GatewayRoute": "gatewayroutes",
+    "RateLimitPolicy": "ratelimitpolicies",
+    "ApiKey": "apikeys",
+    "TLSPolicy": "tlspolicies",
+}
+SHORT_NAMES = {"GatewayRoute": "gwr", "RateLimitPolicy": "rlp", "ApiKey": "ak", "TLSPolicy": "tlsp"}
