@@ -1,0 +1,20 @@
+# The two commands of the README. `make run` starts a local gateway on the
+# examples (no cluster, in-memory rate limits); `make test` installs
+# everything (apt, pip, the Go-built control plane) and runs the whole suite.
+.PHONY: run test install lint crds bench
+
+run:
+	./scripts/install.sh --python-only
+	kubegate run -f examples/
+
+install:
+	./scripts/install.sh
+
+test: install
+	python3 -m pytest
+
+lint:
+	ruff check .
+
+crds:
+	python3 -m kubegate.crdgen
