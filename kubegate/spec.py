@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kubegate.durations import Duration, PositiveDuration
+from kubegate.durations import PositiveDuration
 
 GROUP = "kubegate.dev"
 VERSION = "v1alpha1"
@@ -53,11 +53,14 @@ Hostname = Annotated[str, Field(min_length=1, max_length=253, pattern=HOST_PATTE
 HeaderName = Annotated[str, Field(min_length=1, max_length=256, pattern=HEADER_PATTERN)]
 
 
+CIDR_MESSAGE = "must be a CIDR such as 10.0.0.0/8 or an IP address"
+
+
 def _cidr(value: str) -> str:
     try:
         ipaddress.ip_network(value, strict=False)
-    except ValueError as exc:
-        raise ValueError(f"invalid CIDR {value!r}: {exc}") from None
+    except ValueError:
+        raise ValueError(f"{CIDR_MESSAGE}, not {value!r}") from None
     return value
 
 
@@ -68,7 +71,7 @@ CIDR = Annotated[
         max_length=64,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "isCIDR(self) || isIP(self)", "message": "must be a CIDR such as 10.0.0.0/8 or an IP address"}
+                {"rule": "isCIDR(self) || isIP(self)", "message": CIDR_MESSAGE}
             ]
         },
     ),
@@ -99,6 +102,8 @@ class SecretKeyRef(SpecModel):
 
 
 class LocalObjectRef(SpecModel):
+    """An object in the referencing object's namespace."""
+
     name: Name = Field(description="Name of the object, in the same namespace as this object.")
 
 
@@ -106,6 +111,8 @@ class LocalObjectRef(SpecModel):
 
 
 class Backend(SpecModel):
+    """One upstream: a Service in the route's namespace (service + port) or an absolute URL."""
+
     model_config = ConfigDict(
         json_schema_extra=cel(
             ("has(self.service) != has(self.url)", "exactly one of service or url must be set"),
@@ -136,17 +143,23 @@ class Backend(SpecModel):
 
 
 class Rewrite(SpecModel):
+    """Request rewriting applied before proxying."""
+
     stripPrefix: str | None = Field(
         None, max_length=1024, pattern=r"^/", description="Prefix removed from the path before proxying."
     )
 
 
 class Timeouts(SpecModel):
+    """Upstream timeouts (Go-style durations)."""
+
     request: PositiveDuration = Field("15s", description="Whole upstream request timeout (504 when exceeded).")
     connect: PositiveDuration = Field("2s", description="Upstream connect timeout.")
 
 
 class Retries(SpecModel):
+    """Retries for idempotent methods only."""
+
     attempts: int = Field(
         0, ge=0, le=5,
         description="Extra attempts for idempotent methods on connect failure, 502, 503 or 504.",
@@ -154,19 +167,20 @@ class Retries(SpecModel):
 
 
 class JwtAuth(SpecModel):
+    """JWT verification: issuer, audiences, allowed algorithms and exactly one key source."""
+
     model_config = ConfigDict(
         json_schema_extra=cel(
             (
-                "[has(self.jwksUri), has(self.publicKeySecretRef), has(self.secretRef)]"
-                ".filter(x, x).size() == 1",
+                "[has(self.jwksUri), has(self.publicKeySecretRef), has(self.secretRef)].filter(x, x).size() == 1",
                 "exactly one key source: jwksUri, publicKeySecretRef or secretRef",
             ),
             (
-                "!has(self.secretRef) || self.algorithms.all(a, a.startsWith('HS'))",
+                "!has(self.secretRef) || (has(self.algorithms) && self.algorithms.all(a, a.startsWith('HS')))",
                 "secretRef (HMAC) allows only HS256/HS384/HS512",
             ),
             (
-                "has(self.secretRef) || self.algorithms.all(a, !a.startsWith('HS'))",
+                "has(self.secretRef) || !has(self.algorithms) || self.algorithms.all(a, !a.startsWith('HS'))",
                 "HS* algorithms need secretRef; public keys never verify HMAC tokens",
             ),
         )
@@ -189,11 +203,11 @@ class JwtAuth(SpecModel):
         None, description="PEM public key (RS*/PS*/ES*/EdDSA) in a Secret."
     )
     secretRef: SecretKeyRef | None = Field(None, description="HMAC secret (HS*) in a Secret.")
-    requiredClaims: dict[str, str] = Field(
-        default_factory=dict, description="Claims that must equal these values exactly."
+    requiredClaims: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=64, description="Claims that must equal these values exactly."
     )
     forwardClaims: dict[str, HeaderName] = Field(
-        default_factory=dict, description="Claim name -> upstream request header."
+        default_factory=dict, max_length=64, description="Claim name -> upstream request header."
     )
 
     @model_validator(mode="after")
@@ -217,6 +231,8 @@ class JwtAuth(SpecModel):
 
 
 class MtlsAuth(SpecModel):
+    """Client-certificate authorization for this route."""
+
     allowedSubjects: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
         default_factory=list,
         max_length=256,
@@ -225,6 +241,8 @@ class MtlsAuth(SpecModel):
 
 
 class RouteAuth(SpecModel):
+    """Which credentials a route accepts; any one valid credential admits a request."""
+
     model_config = ConfigDict(
         json_schema_extra=cel(
             ("!self.methods.exists(m, m == 'jwt') || has(self.jwt)", "methods contains jwt but jwt is not configured"),
@@ -249,6 +267,8 @@ class RouteAuth(SpecModel):
 
 
 class IpFilter(SpecModel):
+    """Client IP allow and deny lists (CIDRs or single IPs)."""
+
     allow: list[CIDR] = Field(
         default_factory=list, max_length=1024, description="When set, only these CIDRs are allowed."
     )
@@ -263,8 +283,12 @@ class GatewayRouteSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
             (
-                "!has(self.rewrite) || !has(self.rewrite.stripPrefix) || self.path.startsWith(self.rewrite.stripPrefix)"
-                " || self.path.startsWith(self.rewrite.stripPrefix.substring(0, self.rewrite.stripPrefix.size() - 1))",
+                (
+                    "!has(self.rewrite) || !has(self.rewrite.stripPrefix)"
+                    " || self.path.startsWith(self.rewrite.stripPrefix)"
+                    " || (self.rewrite.stripPrefix.endsWith('/') && self.path.startsWith("
+                    "self.rewrite.stripPrefix.substring(0, self.rewrite.stripPrefix.size() - 1)))"
+                ),
                 "rewrite.stripPrefix must be a prefix of path",
             ),
         )
@@ -274,6 +298,7 @@ class GatewayRouteSpec(SpecModel):
         default_factory=list, max_length=64, description="Hostnames; empty = every host. `*.example.com` allowed."
     )
     path: str = Field(
+        min_length=1,
         max_length=1024,
         pattern=PATH_PATTERN,
         description="Literal segments, `:id` or `{id}` params, and a trailing `*name` catch-all.",
@@ -305,7 +330,9 @@ class GatewayRouteSpec(SpecModel):
     @model_validator(mode="after")
     def _strip_prefix(self) -> GatewayRouteSpec:
         prefix = self.rewrite.stripPrefix if self.rewrite else None
-        if prefix and not (self.path.startswith(prefix) or self.path.startswith(prefix.rstrip("/"))):
+        if prefix and not (
+            self.path.startswith(prefix) or (prefix.endswith("/") and self.path.startswith(prefix[:-1]))
+        ):
             raise ValueError("rewrite.stripPrefix must be a prefix of path")
         return self
 
@@ -326,11 +353,15 @@ class GatewayRouteSpec(SpecModel):
 
 
 class TargetRef(SpecModel):
+    """A GatewayRoute in the policy's namespace."""
+
     kind: Literal["GatewayRoute"] = Field("GatewayRoute", description="Kind of the target (GatewayRoute).")
     name: Name = Field(description="Name of a GatewayRoute in this namespace.")
 
 
 class Limit(SpecModel):
+    """One token bucket: requests per period, counted per dimension."""
+
     model_config = ConfigDict(
         json_schema_extra=cel(
             ("self.dimension == 'header' ? has(self.header) : !has(self.header)",
@@ -341,7 +372,7 @@ class Limit(SpecModel):
 
     dimension: Dimension = Field(description="What is counted: ip, user (JWT sub), apiKey, global or header.")
     header: HeaderName | None = Field(None, description="Header whose value is counted (dimension: header only).")
-    requests: int = Field(gt=0, le=1_000_000_000, description="Requests allowed per period.")
+    requests: int = Field(ge=1, le=1_000_000_000, description="Requests allowed per period.")
     period: PositiveDuration = Field(description="Refill period, e.g. 1s, 1m, 1h.")
     burst: int | None = Field(None, ge=1, le=1_000_000_000, description="Bucket size; default = requests.")
 
@@ -368,7 +399,9 @@ class RateLimitPolicySpec(SpecModel):
 
 
 class KeyRateLimit(SpecModel):
-    requests: int = Field(gt=0, le=1_000_000_000, description="Requests allowed per period for this key.")
+    """A per-key token bucket, independent of the route's policies."""
+
+    requests: int = Field(ge=1, le=1_000_000_000, description="Requests allowed per period for this key.")
     period: PositiveDuration = Field(description="Refill period.")
 
 
@@ -392,12 +425,16 @@ class ApiKeySpec(SpecModel):
 
 
 class IssuerRef(SpecModel):
+    """A cert-manager Issuer or ClusterIssuer."""
+
     name: Name = Field(description="Name of the cert-manager issuer.")
     kind: Literal["Issuer", "ClusterIssuer"] = Field("Issuer", description="Issuer or ClusterIssuer.")
     group: str = Field("cert-manager.io", max_length=253, description="API group of the issuer.")
 
 
 class CertificateSource(SpecModel):
+    """Where the server certificate comes from: a cert-manager issuer or an existing Secret."""
+
     model_config = ConfigDict(
         json_schema_extra=cel(
             ("has(self.issuerRef) != has(self.secretRef)", "exactly one of issuerRef or secretRef must be set"),
@@ -421,12 +458,16 @@ class CertificateSource(SpecModel):
 
 
 class Hsts(SpecModel):
+    """Strict-Transport-Security header settings."""
+
     maxAge: int = Field(31_536_000, ge=0, le=63_072_000, description="Strict-Transport-Security max-age (seconds).")
     includeSubDomains: bool = Field(False, description="Add includeSubDomains.")
     preload: bool = Field(False, description="Add preload.")
 
 
 class ClientAuth(SpecModel):
+    """Mutual TLS: client certificate mode, CA and allowed subjects."""
+
     model_config = ConfigDict(
         json_schema_extra=cel(
             ("self.mode == 'none' || has(self.caSecretRef)", "caSecretRef is required unless mode is none"),
