@@ -1,0 +1,195 @@
+"""Route lookup: host index, then a path-segment trie, so cost does not grow with route count.
+
+Precedence (Gateway API habits): exact host over ``*.`` wildcard (longest
+suffix first) over any-host; within a host, literal segment over ``:id`` /
+``{id}`` param over trailing ``*name`` catch-all; at a node, a method-specific
+entry over an any-method one. A path that matches somewhere but not for this
+method is a 405 carrying the union of allowed methods.
+
+Pure: no I/O, values are opaque (the server stores precomputed route runtimes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, NamedTuple, TypeVar
+from urllib.parse import unquote
+
+V = TypeVar("V")
+
+ANY_METHOD = "*"
+
+
+class Match(NamedTuple, Generic[V]):
+    value: V
+    params: dict[str, str]
+
+
+class MethodNotAllowed(NamedTuple):
+    allow: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Node(Generic[V]):
+    literals: dict[str, _Node[V]] = field(default_factory=dict)
+    param: _Node[V] | None = None
+    # method -> (value, parameter names in path order); names differ per route, so they
+    # live with the route, not in the shared trie node.
+    catch_all: dict[str, tuple[V, tuple[str, ...]]] | None = None  # a trailing "*name" here
+    methods: dict[str, tuple[V, tuple[str, ...]]] | None = None  # routes ending exactly here
+
+
+def normalize_path(raw_path: str) -> tuple[str, list[str]] | None:
+    """Resolve ``.``/``..`` and empty segments; returns (path, segments) or None above root.
+
+    The router and the upstream see the same normalized path, so ``/api/../admin``
+    can neither dodge a route nor reach a backend path the route did not grant.
+    """
+    segments: list[str] = []
+    for seg in raw_path.split("/"):
+        if not seg or seg == ".":
+            continue
+        if seg == "..":
+            if not segments:
+                return None
+            segments.pop()
+            continue
+        segments.append(seg)
+    path = "/" + "/".join(segments)
+    if raw_path.endswith("/") and segments:
+        path += "/"
+    return path, segments
+
+
+def split_pattern(pattern: str) -> list[str]:
+    return [s for s in pattern.split("/") if s]
+
+
+def normalize_host(host: str) -> str:
+    """Lowercase, without port and trailing dot; IPv6 literals keep their brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    colon = host.rfind(":")
+    if colon != -1:
+        host = host[:colon]
+    return host.rstrip(".")
+
+
+class RouteTable(Generic[V]):
+    """Immutable once built; ``lookup`` is safe to call concurrently."""
+
+    __slots__ = ("_any", "_exact", "_has_wildcards", "_wildcard", "size")
+
+    def __init__(self, entries: Iterable[tuple[Sequence[str], str, Sequence[str], V]]) -> None:
+        """entries: (hosts, path pattern, methods, value); first entry wins a duplicate claim."""
+        self._exact: dict[str, _Node[V]] = {}
+        self._wildcard: dict[str, _Node[V]] = {}  # ".example.com" -> trie
+        self._any: _Node[V] | None = None
+        self.size = 0
+        for hosts, pattern, methods, value in entries:
+            self.size += 1
+            for host in hosts or (None,):
+                self._insert(self._root_for(host), split_pattern(pattern), methods, value)
+        self._has_wildcards = bool(self._wildcard)
+
+    def _root_for(self, host: str | None) -> _Node[V]:
+        if host is None:
+            if self._any is None:
+                self._any = _Node()
+            return self._any
+        host = normalize_host(host)
+        table = self._wildcard if host.startswith("*.") else self._exact
+        key = host[1:] if host.startswith("*.") else host
+        return table.setdefault(key, _Node())
+
+    @staticmethod
+    def _insert(node: _Node[V], segments: list[str], methods: Sequence[str], value: V) -> None:
+        names: list[str] = []
+        for i, seg in enumerate(segments):
+            if seg.startswith("*"):
+                if i != len(segments) - 1:
+                    raise ValueError(f"catch-all {seg!r} must be the last segment")
+                names.append(seg[1:])
+                if node.catch_all is None:
+                    node.catch_all = {}
+                for method in methods or (ANY_METHOD,):
+                    node.catch_all.setdefault(method, (value, tuple(names)))
+                return
+            if seg.startswith(":") or (seg.startswith("{") and seg.endswith("}")):
+                names.append(seg[1:-1] if seg.startswith("{") else seg[1:])
+                if node.param is None:
+                    node.param = _Node()
+                node = node.param
+            else:
+                node = node.literals.setdefault(unquote(seg), _Node())
+        if node.methods is None:
+            node.methods = {}
+        for method in methods or (ANY_METHOD,):
+            node.methods.setdefault(method, (value, tuple(names)))
+
+    def _tries(self, host: str) -> Iterable[_Node[V]]:
+        node = self._exact.get(host)
+        if node is not None:
+            yield node
+        if self._has_wildcards:
+            dot = host.find(".")
+            while dot != -1:
+                node = self._wildcard.get(host[dot:])
+                if node is not None:
+                    yield node
+                dot = host.find(".", dot + 1)
+        if self._any is not None:
+            yield self._any
+
+    def lookup(self, host: str, method: str, segments: list[str]) -> Match[V] | MethodNotAllowed | None:
+        """Find the route for normalized host + method + path segments (see normalize_path)."""
+        allowed: set[str] = set()
+        for root in self._tries(host):
+            found = _search(root, segments, 0, method, (), allowed)
+            if found is not None:
+                return found
+        if allowed:
+            return MethodNotAllowed(tuple(sorted(allowed)))
+        return None
+
+
+def _pick(table: dict[str, Any], method: str, allowed: set[str]) -> Any:
+    entry = table.get(method)
+    if entry is None:
+        entry = table.get(ANY_METHOD)
+        if entry is None:
+            allowed.update(table)
+    return entry
+
+
+def _search(node: _Node[V], segments: list[str], i: int, method: str, values: tuple[str, ...],
+            allowed: set[str]) -> Match[V] | None:
+    if i == len(segments):
+        if node.methods is not None:
+            entry = _pick(node.methods, method, allowed)
+            if entry is not None:
+                value, names = entry
+                return Match(value, dict(zip(names, values)) if names else {})
+    else:
+        seg = segments[i]
+        child = node.literals.get(seg)
+        if child is None and "%" in seg:
+            child = node.literals.get(unquote(seg))
+        if child is not None:
+            found = _search(child, segments, i + 1, method, values, allowed)
+            if found is not None:
+                return found
+        if node.param is not None:
+            found = _search(node.param, segments, i + 1, method, (*values, unquote(seg)), allowed)
+            if found is not None:
+                return found
+    if node.catch_all is not None:
+        entry = _pick(node.catch_all, method, allowed)
+        if entry is not None:
+            value, names = entry
+            rest = unquote("/".join(segments[i:]))
+            return Match(value, dict(zip(names, (*values, rest))))
+    return None
