@@ -1,0 +1,342 @@
+"""Admission: the data plane's security decision for one request.
+
+Built once per config snapshot (keys parsed, CIDR tables and the API-key
+hash table compiled, one plan per route), then asked per request:
+IP filter (403) -> authentication (401 invalid/missing, 403 not allowed)
+-> rate limit (429; 503 when the shared store is down and failureMode is
+closed). The result is a :class:`Verdict`; the proxy turns a non-None
+status into an error response and adds ``response_headers`` either way.
+
+Rate-limit buckets are keyed ``kg:{<route namespace>}:rl:<limit key>:<who>``.
+The single hash tag per request (the route's namespace) puts every bucket
+one request touches in the same Redis Cluster slot, so one script can check
+and charge them atomically. Each bucket always gets the same tag (keys,
+route policies and namespace policies never cross namespaces), so counts
+are exact. Trade-offs: one namespace's limits live on one shard, and a
+gateway-wide default policy counts per namespace rather than across all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kubegate.dataplane.api_key_auth import ApiKeyTable, KeyRecord, extract_api_key
+from kubegate.dataplane.ipfilter import IpFilter, parse_ip
+from kubegate.dataplane.jwt_auth import JwtRejected, JwtVerifier, TokenCache
+from kubegate.dataplane.mtls_auth import SubjectMatcher, client_identity
+from kubegate.dataplane.ratelimit import Charge, RateLimiter
+
+from kubegate.config import CompiledConfig, CompiledLimit, CompiledRoute, SecretBundle
+
+if TYPE_CHECKING:
+    from kubegate.dataplane.audit import AuditLog
+    from kubegate.dataplane.jwks import JwksCache
+    from kubegate.dataplane.metrics import Metrics
+    from multidict import CIMultiDictProxy
+
+_MAX_DISCRIMINATOR = 64  # longer header values / subs are hashed into the key
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    method: str
+    path: str
+    host: str
+    client_ip: str
+    headers: CIMultiDictProxy[str]
+    peer_cert: dict | None  # ssl getpeercert() form; None without a verified client certificate
+    tls: bool
+
+
+@dataclass(slots=True)
+class Verdict:
+    status: int | None = None  # None = admitted
+    reason: str = ""
+    message: str = ""
+    response_headers: dict[str, str] = field(default_factory=dict)
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    principal: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class _LimitPlan:
+    prefix: str  # "kg:{ns}:rl:<limit key>:"
+    dimension: str
+    header: str | None
+    requests: int
+    capacity: int
+    per_second: float
+
+
+@dataclass(slots=True, frozen=True)
+class _RoutePlan:
+    ip_filter: IpFilter | None
+    auth_required: bool
+    accepts_jwt: bool
+    accepts_api_key: bool
+    accepts_mtls: bool
+    jwt: JwtVerifier | None
+    mtls: SubjectMatcher | None
+    challenge: str  # WWW-Authenticate value
+    limits: tuple[_LimitPlan, ...]
+    failure_mode: str
+    tag: str  # "kg:{<namespace>}:rl:"
+
+    @property
+    def has_auth(self) -> bool:
+        return self.accepts_jwt or self.accepts_api_key or self.accepts_mtls
+
+
+@dataclass(slots=True)
+class _Authenticated:
+    principal: str | None = None
+    sub: str | None = None
+    key: KeyRecord | None = None
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+
+
+def _discriminator(value: str) -> str:
+    if len(value) <= _MAX_DISCRIMINATOR and "{" not in value:
+        return value
+    return "#" + hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def _limit_plan(tag: str, limit: CompiledLimit) -> _LimitPlan:
+    if limit.requests <= 0 or limit.period_seconds <= 0 or limit.burst <= 0:
+        raise ValueError(f"rate limit {limit.key}: requests, period and burst must be positive")
+    return _LimitPlan(
+        prefix=f"{tag}{limit.key}:",
+        dimension=limit.dimension,
+        header=limit.header,
+        requests=limit.requests,
+        capacity=limit.burst,
+        per_second=limit.requests / limit.period_seconds,
+    )
+
+
+class Admission:
+    """Security decisions for one config snapshot; cheap to ask, built once."""
+
+    def __init__(
+        self,
+        config: CompiledConfig,
+        secrets: SecretBundle,
+        *,
+        limiter: RateLimiter,
+        jwks: JwksCache,
+        metrics: Metrics,
+        audit: AuditLog,
+    ) -> None:
+        self._limiter = limiter
+        self._metrics = metrics
+        self._audit = audit
+        self.token_cache = TokenCache()
+        self._keys = ApiKeyTable(config.api_keys, secrets)
+        self._key_limits: dict[str, tuple[str, _LimitPlan]] = {}  # key id -> (namespace, plan)
+        for key in config.api_keys:
+            if key.rate_limit is not None:
+                _limit_plan("", key.rate_limit)  # refuse an unusable per-key limit at load time
+        verifiers: dict[str, JwtVerifier] = {}
+        self._plans: dict[str, _RoutePlan] = {}
+        for route in config.routes:
+            try:
+                plan = self._plan(route, secrets, jwks, verifiers)
+            except ValueError as exc:
+                raise ValueError(f"route {route.id}: {exc}") from None
+            if plan is not None:
+                self._plans[route.id] = plan
+
+    def _plan(
+        self, route: CompiledRoute, secrets: SecretBundle, jwks: JwksCache, verifiers: dict[str, JwtVerifier]
+    ) -> _RoutePlan | None:
+        auth = route.auth
+        methods = set(auth.methods) if auth else set()
+        verifier = None
+        if "jwt" in methods:
+            if auth.jwt is None:
+                raise ValueError("auth method jwt without jwt settings")
+            identity = auth.jwt.model_dump_json()
+            verifier = verifiers.get(identity)
+            if verifier is None:
+                verifier = JwtVerifier(auth.jwt, secrets, jwks, self.token_cache, len(verifiers))
+                verifiers[identity] = verifier
+        ip_filter = IpFilter(route.ip_allow, route.ip_deny) if (route.ip_allow or route.ip_deny) else None
+        tag = f"kg:{{{route.namespace}}}:rl:"
+        limits = tuple(_limit_plan(tag, lim) for lim in route.rate_limit.limits) if route.rate_limit else ()
+        if not methods and ip_filter is None and not limits:
+            return None
+        challenges = []
+        if "jwt" in methods:
+            challenges.append('Bearer realm="kubegate"')
+        if "apiKey" in methods:
+            challenges.append('ApiKey realm="kubegate"')
+        if "mtls" in methods and not challenges:
+            challenges.append('Mutual realm="kubegate"')
+        return _RoutePlan(
+            ip_filter=ip_filter,
+            auth_required=bool(auth and auth.required and methods),
+            accepts_jwt="jwt" in methods,
+            accepts_api_key="apiKey" in methods,
+            accepts_mtls="mtls" in methods,
+            jwt=verifier,
+            mtls=SubjectMatcher(auth.mtls_subjects) if "mtls" in methods else None,
+            challenge=", ".join(challenges),
+            limits=limits,
+            failure_mode=route.rate_limit.failure_mode if route.rate_limit else "open",
+            tag=tag,
+        )
+
+    def has_work(self, route: CompiledRoute) -> bool:
+        """False when the route has no auth, no IP filter and no rate limit: skip admit()."""
+        return route.id in self._plans
+
+    async def admit(self, route: CompiledRoute, facts: RequestFacts) -> Verdict:
+        plan = self._plans.get(route.id)
+        if plan is None:
+            return Verdict()
+        if plan.ip_filter is not None and not plan.ip_filter.permits(facts.client_ip):
+            self._metrics.ip_denied.labels(route.id).inc()
+            self._audit.event("ip_denied", route=route.id, client_ip=facts.client_ip, reason="ip_denied")
+            return Verdict(403, "ip_denied", "client address not allowed")
+        who = _Authenticated()
+        if plan.has_auth:
+            outcome = await self._authenticate(plan, route, facts)
+            if isinstance(outcome, Verdict):
+                return outcome
+            who = outcome
+        verdict = Verdict(upstream_headers=who.upstream_headers, principal=who.principal)
+        charges = self._charges(plan, facts, who)
+        if charges:
+            result = await self._limiter.hit(charges, plan.failure_mode)
+            verdict.response_headers = result.headers()
+            if not result.allowed:
+                if result.store_unavailable:
+                    verdict.status, verdict.reason = 503, "ratelimit_unavailable"
+                    verdict.message = "rate limit store unavailable"
+                    return verdict
+                dimension = result.denied_dimension or "global"
+                self._metrics.rate_limited.labels(route.id, dimension).inc()
+                self._audit.event(
+                    "rate_limited", route=route.id, client_ip=facts.client_ip, reason="rate_limited",
+                    dimension=dimension, principal=who.principal,
+                )
+                verdict.status, verdict.reason, verdict.message = 429, "rate_limited", "rate limit exceeded"
+                verdict.upstream_headers = {}
+        return verdict
+
+    # --- authentication -------------------------------------------------------
+
+    async def _authenticate(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts):
+        """An _Authenticated (possibly anonymous) or a refusing Verdict."""
+        headers = facts.headers
+        authorization = headers.get("Authorization")
+        invalid: tuple[str, str] | None = None  # (reason, message) of a 401
+        forbidden: tuple[str, str, str | None] | None = None  # (reason, message, principal) of a 403
+        unavailable: tuple[str, str] | None = None
+        presented = False
+
+        if plan.accepts_mtls:
+            identity = client_identity(facts.peer_cert)
+            if identity is not None:
+                presented = True
+                if plan.mtls.allows(identity):
+                    return _Authenticated(principal=f"mtls:{identity.label}")
+                forbidden = ("forbidden_subject", "client certificate subject not allowed",
+                             f"mtls:{identity.label}")
+
+        if plan.accepts_api_key:
+            key = extract_api_key(headers.get("X-API-Key"), authorization)
+            if key is not None:
+                presented = True
+                result = self._keys.check(key, route, facts.client_ip)
+                if result.ok:
+                    return _Authenticated(principal=f"apikey:{result.record.id}", key=result.record)
+                if result.status == 403:
+                    forbidden = (result.reason, "API key not allowed here", f"apikey:{result.record.id}")
+                else:
+                    invalid = (result.reason, "invalid API key")
+
+        if plan.accepts_jwt and authorization and authorization[:7].lower() == "bearer ":
+            presented = True
+            try:
+                identity = await plan.jwt.verify(authorization[7:].strip())
+            except JwtRejected as exc:
+                if exc.status == 403:
+                    forbidden = (exc.reason, exc.message, None)
+                elif exc.status == 503:
+                    unavailable = (exc.reason, exc.message)
+                else:
+                    invalid = (exc.reason, exc.message)
+            else:
+                return _Authenticated(
+                    principal=f"jwt:{identity.sub or '-'}", sub=identity.sub,
+                    upstream_headers=dict(identity.upstream_headers),
+                )
+
+        if invalid is not None:
+            return self._refuse(route, facts, 401, *invalid, plan=plan)
+        if unavailable is not None:
+            return self._refuse(route, facts, 503, *unavailable)
+        if forbidden is not None:
+            reason, message, principal = forbidden
+            return self._refuse(route, facts, 403, reason, message, principal=principal)
+        if not presented and plan.auth_required:
+            return self._refuse(route, facts, 401, "missing_credentials", "credentials required", plan=plan)
+        return _Authenticated()
+
+    def _refuse(self, route: CompiledRoute, facts: RequestFacts, status: int, reason: str, message: str, *,
+                plan: _RoutePlan | None = None, principal: str | None = None) -> Verdict:
+        self._metrics.auth_failures.labels(route.id, facts.method, reason).inc()
+        event = "forbidden" if status == 403 else "auth_failure"
+        fields: dict[str, Any] = {"route": route.id, "client_ip": facts.client_ip, "reason": reason}
+        if principal is not None:
+            fields["principal"] = principal
+            if principal.startswith("apikey:"):
+                fields["key_id"] = principal[7:]
+        self._audit.event(event, **fields)
+        headers = {}
+        if status == 401 and plan is not None and plan.challenge:
+            challenge = plan.challenge
+            if reason != "missing_credentials" and plan.accepts_jwt:
+                challenge = challenge.replace('Bearer realm="kubegate"',
+                                              'Bearer realm="kubegate", error="invalid_token"', 1)
+            headers["WWW-Authenticate"] = challenge
+        return Verdict(status, reason, message, response_headers=headers, principal=principal)
+
+    # --- rate limiting ----------------------------------------------------------
+
+    def _charges(self, plan: _RoutePlan, facts: RequestFacts, who: _Authenticated) -> list[Charge]:
+        charges = [
+            Charge(lp.prefix + self._who(lp, facts, who), lp.requests, lp.capacity, lp.per_second, lp.dimension)
+            for lp in plan.limits
+        ]
+        key = who.key
+        if key is not None and key.rate_limit is not None:
+            lp = self._key_limit(plan.tag, key)
+            charges.append(Charge(lp.prefix + key.id, lp.requests, lp.capacity, lp.per_second, "apiKey"))
+        return charges
+
+    def _key_limit(self, tag: str, key: KeyRecord) -> _LimitPlan:
+        cached = self._key_limits.get(key.id)
+        if cached is None or cached[0] != tag:
+            cached = (tag, _limit_plan(tag, key.rate_limit))
+            self._key_limits[key.id] = cached
+        return cached[1]
+
+    @staticmethod
+    def _who(lp: _LimitPlan, facts: RequestFacts, who: _Authenticated) -> str:
+        dimension = lp.dimension
+        if dimension == "global":
+            return "*"
+        if dimension == "user" and who.sub is not None:
+            return "u=" + _discriminator(who.sub)
+        if dimension == "apiKey" and who.key is not None:
+            return "k=" + who.key.id
+        if dimension == "header":
+            value = facts.headers.get(lp.header or "")
+            return "-" if value is None else "h=" + _discriminator(value)
+        ip = parse_ip(facts.client_ip)
+        return "ip=" + (str(ip) if ip is not None else _discriminator(facts.client_ip))
+

@@ -1,0 +1,96 @@
+"""API-key authentication: checksum pre-check, then one sha256 and a dict lookup.
+
+The table maps sha256(key) -> key record and is built once per config
+snapshot from the compiled ApiKeys and the hashes in the SecretBundle; the
+data plane never sees a key itself. Garbage and typos are refused by the
+CRC checksum before any hashing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from kubegate.dataplane.ipfilter import CidrSet, parse_ip
+
+from kubegate.apikeys import checksum_ok, key_hash
+from kubegate.config import CompiledApiKey, CompiledLimit, CompiledRoute, SecretBundle
+
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(slots=True, frozen=True)
+class KeyRecord:
+    id: str
+    namespace: str
+    routes: frozenset[str]  # route ids; empty = every route in the namespace
+    cidrs: CidrSet | None
+    rate_limit: CompiledLimit | None
+    expires_at: float | None
+    disabled: bool
+
+
+@dataclass(slots=True, frozen=True)
+class KeyOutcome:
+    """ok -> admitted; otherwise reason is invalid_api_key / api_key_expired (401) or forbidden_* (403)."""
+
+    ok: bool
+    reason: str = ""
+    status: int = 401
+    record: KeyRecord | None = None
+
+
+_INVALID = KeyOutcome(False, "invalid_api_key")
+
+
+def extract_api_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key from ``X-API-Key`` or ``Authorization: ApiKey <key>``; None when absent."""
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization and authorization[:7].lower() == "apikey ":
+        return authorization[7:].strip()
+    return None
+
+
+class ApiKeyTable:
+    def __init__(self, keys: tuple[CompiledApiKey, ...], secrets: SecretBundle) -> None:
+        self._by_hash: dict[str, KeyRecord] = {}
+        for key in keys:
+            hashed = secrets.values.get(key.hash_ref, "").strip().lower()
+            if len(hashed) != 64 or not set(hashed) <= _HEX:
+                raise ValueError(f"ApiKey {key.namespace}/{key.name}: hash {key.hash_ref!r} is missing or not sha256 hex")
+            self._by_hash[hashed] = KeyRecord(
+                id=key.id,
+                namespace=key.namespace,
+                routes=frozenset(key.routes),
+                cidrs=CidrSet(key.allowed_cidrs) if key.allowed_cidrs else None,
+                rate_limit=key.rate_limit,
+                expires_at=key.expires_at,
+                disabled=key.disabled,
+            )
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def check(self, key: str, route: CompiledRoute, client_ip: str, now: float | None = None) -> KeyOutcome:
+        if not checksum_ok(key):
+            return _INVALID
+        record = self._by_hash.get(key_hash(key))
+        if record is None:
+            return _INVALID
+        if record.disabled:
+            return KeyOutcome(False, "api_key_disabled", 401, record)
+        if record.expires_at is not None and (now or time.time()) >= record.expires_at:
+            return KeyOutcome(False, "api_key_expired", 401, record)
+        if record.routes:
+            in_scope = route.id in record.routes
+        else:
+            in_scope = route.namespace == record.namespace
+        if not in_scope:
+            return KeyOutcome(False, "forbidden_scope", 403, record)
+        if record.cidrs is not None:
+            ip = parse_ip(client_ip)
+            if ip is None or ip not in record.cidrs:
+                return KeyOutcome(False, "forbidden_cidr", 403, record)
+        return KeyOutcome(True, record=record)
+

@@ -1,0 +1,93 @@
+"""Client IP matching against CIDR lists, compiled once per config snapshot.
+
+Networks are merged into sorted, disjoint integer intervals per IP version,
+so a lookup is one ``bisect`` whatever the number of CIDRs. IPv4-mapped IPv6
+addresses (``::ffff:10.0.0.1``, what a dual-stack socket reports) are
+matched as the IPv4 address they carry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from bisect import bisect_right
+from collections.abc import Iterable
+from functools import lru_cache
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@lru_cache(maxsize=65_536)
+def parse_ip(value: str) -> IpAddress | None:
+    """The client address as an ip_address (IPv4-mapped IPv6 unwrapped); None if unparsable."""
+    try:
+        ip = ipaddress.ip_address(value.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    net = ipaddress.ip_network(cidr.strip(), strict=False)
+    if net.version == 6 and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
+        # ::ffff:a.b.c.d/104 means the IPv4 network a.b.c.d/8
+        return ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}", strict=False)
+    return net
+
+
+class CidrSet:
+    """A set of networks answering ``ip in cidrs`` in O(log n)."""
+
+    __slots__ = ("_ends", "_starts", "size")
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        intervals: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        self.size = 0
+        for cidr in cidrs:
+            try:
+                net = _network(cidr)
+            except ValueError:
+                raise ValueError(f"invalid CIDR {cidr!r}") from None
+            intervals[net.version].append((int(net.network_address), int(net.broadcast_address)))
+            self.size += 1
+        self._starts: dict[int, list[int]] = {}
+        self._ends: dict[int, list[int]] = {}
+        for version, spans in intervals.items():
+            merged: list[list[int]] = []
+            for start, end in sorted(spans):
+                if merged and start <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], end)
+                else:
+                    merged.append([start, end])
+            self._starts[version] = [s for s, _ in merged]
+            self._ends[version] = [e for _, e in merged]
+
+    def __contains__(self, ip: IpAddress) -> bool:
+        starts = self._starts[ip.version]
+        i = bisect_right(starts, int(ip)) - 1
+        return i >= 0 and int(ip) <= self._ends[ip.version][i]
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+
+class IpFilter:
+    """A route's allow/deny lists: deny wins; a non-empty allow list denies everything else."""
+
+    __slots__ = ("_allow", "_deny")
+
+    def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
+        self._allow = CidrSet(allow)
+        self._deny = CidrSet(deny)
+
+    def __bool__(self) -> bool:
+        return bool(self._allow) or bool(self._deny)
+
+    def permits(self, client_ip: str) -> bool:
+        ip = parse_ip(client_ip)
+        if ip is None:  # an unparsable address can never be proven allowed
+            return False
+        if ip in self._deny:
+            return False
+        return not self._allow or ip in self._allow
