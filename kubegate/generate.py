@@ -1,0 +1,209 @@
+"""The Kubernetes objects the operator writes, as pure functions returning plain dicts.
+
+``generate_objects`` is what ``kubegate render`` prints and what the operator
+server-side-applies: the ConfigMap ``kubegate-config`` (compiled config), the
+Secret ``kubegate-secrets`` (secret material), one cert-manager Certificate
+per TLSPolicy with an ``issuerRef``, and NetworkPolicies that let backends
+accept traffic only from data-plane pods and let the data plane reach only
+declared backends, DNS, Redis and the API server.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import urlsplit
+
+from kubegate.config import (
+    CONFIG_KEY,
+    HASH_ANNOTATION,
+    HASH_KEY,
+    SECRETS_KEY,
+    encode_config,
+    encode_secrets,
+)
+from kubegate.resources import ServiceInfo, SourceObject, TranslationInput, TranslationResult
+from kubegate.spec import GatewayRouteSpec, TLSPolicySpec, parse_spec
+
+CONFIG_MAP_NAME = "kubegate-config"
+SECRET_NAME = "kubegate-secrets"
+EGRESS_POLICY_NAME = "kubegate-dataplane-egress"
+BACKEND_POLICY_PREFIX = "kubegate-backend-"
+
+MANAGED_LABELS = {"app.kubernetes.io/managed-by": "kubegate", "app.kubernetes.io/part-of": "kubegate"}
+DATAPLANE_LABELS = {"app.kubernetes.io/name": "kubegate", "app.kubernetes.io/component": "dataplane"}
+
+DNS_PORT, REDIS_PORT, API_SERVER_PORTS = 53, 6379, (443, 6443)
+
+
+def _metadata(name: str, namespace: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(MANAGED_LABELS)}
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def config_map(result: TranslationResult, namespace: str) -> dict[str, Any]:
+    """ConfigMap with the gzip+base64 compiled config (binaryData) and its hash."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(CONFIG_MAP_NAME, namespace, {HASH_ANNOTATION: result.hash}),
+        "binaryData": {CONFIG_KEY: encode_config(result.config)},
+        "data": {HASH_KEY: result.hash},
+    }
+
+
+def secret(result: TranslationResult, namespace: str) -> dict[str, Any]:
+    """Secret with the gzip+base64 secret bundle; carries the same hash as the ConfigMap."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(SECRET_NAME, namespace, {HASH_ANNOTATION: result.hash}),
+        "data": {
+            # Secret data is base64 of the stored bytes, like ConfigMap binaryData: the
+            # stored bytes are the gzip JSON, so decode_secrets() reads either form.
+            SECRETS_KEY: encode_secrets(result.secrets),
+            HASH_KEY: base64.b64encode(result.hash.encode()).decode(),
+        },
+    }
+
+
+def _accepted(result: TranslationResult, obj: SourceObject) -> bool:
+    verdict = result.results.get(obj.ref)
+    return verdict is not None and verdict.accepted.status == "True"
+
+
+def certificates(result: TranslationResult, inp: TranslationInput) -> list[dict[str, Any]]:
+    """One cert-manager Certificate per accepted TLSPolicy with an issuerRef (issued before it is served)."""
+    out = []
+    for obj in inp.objects:
+        if obj.kind != "TLSPolicy" or not _accepted(result, obj):
+            continue
+        spec, _ = parse_spec(obj.kind, obj.spec)
+        if not isinstance(spec, TLSPolicySpec) or spec.certificate.issuerRef is None:
+            continue
+        name = result.results[obj.ref].certificate
+        issuer = spec.certificate.issuerRef
+        cert_spec: dict[str, Any] = {
+            "secretName": name,
+            "dnsNames": sorted({h.lower() for h in spec.hostnames}),
+            "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+        }
+        if spec.certificate.duration:
+            cert_spec["duration"] = spec.certificate.duration
+        if spec.certificate.renewBefore:
+            cert_spec["renewBefore"] = spec.certificate.renewBefore
+        meta = _metadata(name, inp.gateway_namespace)
+        meta["labels"]["kubegate.dev/tlspolicy"] = f"{obj.namespace}.{obj.name}"[:63].strip(".-")
+        out.append({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": meta, "spec": cert_spec})
+    return sorted(out, key=lambda c: c["metadata"]["name"])
+
+
+def _target_port(service: ServiceInfo, port: int) -> dict[str, Any]:
+    for declared in service.ports:
+        if declared.port == port:
+            return {"protocol": declared.protocol or "TCP", "port": declared.target_port or declared.port}
+    return {"protocol": "TCP", "port": port}
+
+
+def _url_port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def served_backends(
+    result: TranslationResult, inp: TranslationInput
+) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], set[int]]:
+    """((ns, service) -> target ports) of selector-backed Services, and the ports of url: backends."""
+    services: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    url_ports: set[int] = set()
+    for obj in inp.objects:
+        verdict = result.results.get(obj.ref)
+        if obj.kind != "GatewayRoute" or verdict is None or not verdict.programmable:
+            continue
+        spec, _ = parse_spec(obj.kind, obj.spec)
+        if not isinstance(spec, GatewayRouteSpec):
+            continue
+        for backend in spec.backends:
+            if backend.url is not None:
+                url_ports.add(_url_port(backend.url))
+                continue
+            service = inp.services.get((obj.namespace, backend.service))
+            if service is None or not service.selector or backend.port not in {p.port for p in service.ports}:
+                continue  # unresolved, ExternalName or selector-less: no pods to name
+            ports = services.setdefault((obj.namespace, backend.service), [])
+            port = _target_port(service, backend.port)
+            if port not in ports:
+                ports.append(port)
+    return services, url_ports
+
+
+def _namespace_selector(namespace: str) -> dict[str, Any]:
+    return {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+
+
+def _sorted_ports(ports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(ports, key=lambda p: (str(p["port"]), p["protocol"]))
+
+
+def network_policies(result: TranslationResult, inp: TranslationInput) -> list[dict[str, Any]]:
+    """Backends accept only data-plane pods; the data plane reaches only what it needs."""
+    services, url_ports = served_backends(result, inp)
+    gateway_ns = inp.gateway_namespace
+    out = []
+    for (namespace, name), ports in sorted(services.items()):
+        service = inp.services[(namespace, name)]
+        out.append({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(f"{BACKEND_POLICY_PREFIX}{name}"[:253], namespace),
+            "spec": {
+                "podSelector": {"matchLabels": dict(sorted(service.selector.items()))},
+                "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [{
+                        "namespaceSelector": _namespace_selector(gateway_ns),
+                        "podSelector": {"matchLabels": dict(DATAPLANE_LABELS)},
+                    }],
+                    "ports": _sorted_ports(ports),
+                }],
+            },
+        })
+    egress: list[dict[str, Any]] = [
+        {
+            "to": [{
+                "namespaceSelector": _namespace_selector(namespace),
+                "podSelector": {"matchLabels": dict(sorted(inp.services[(namespace, name)].selector.items()))},
+            }],
+            "ports": _sorted_ports(ports),
+        }
+        for (namespace, name), ports in sorted(services.items())
+    ]
+    egress.append({"ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}]})
+    egress.append({"ports": [{"protocol": "TCP", "port": p} for p in API_SERVER_PORTS]})
+    egress.append({"ports": [{"protocol": "TCP", "port": REDIS_PORT}]})
+    if url_ports:
+        egress.append({"ports": [{"protocol": "TCP", "port": p} for p in sorted(url_ports)]})
+    out.append({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(EGRESS_POLICY_NAME, gateway_ns),
+        "spec": {
+            "podSelector": {"matchLabels": dict(DATAPLANE_LABELS)},
+            "policyTypes": ["Egress"],
+            "egress": egress,
+        },
+    })
+    return out
+
+
+def generate_objects(result: TranslationResult, inp: TranslationInput) -> list[dict[str, Any]]:
+    """Everything the operator writes, in a fixed order: ConfigMap, Secret, Certificates, NetworkPolicies."""
+    return [
+        config_map(result, inp.gateway_namespace),
+        secret(result, inp.gateway_namespace),
+        *certificates(result, inp),
+        *network_policies(result, inp),
+    ]
