@@ -1,0 +1,206 @@
+"""Token buckets in both stores, against a real redis-server (killed to prove the failure modes)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubegate.dataplane.metrics import Metrics
+from kubegate.dataplane.ratelimit import (
+    Charge,
+    CircuitBreaker,
+    MemoryRateLimiter,
+    RateResult,
+    RedisRateLimiter,
+    build_rate_limiter,
+    decide,
+    refill,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from redis_fixture import RedisServer, running_redis
+
+SLOW = 1 / 60  # one token per minute: no refill during a test
+
+
+def charge(bucket: str, burst: int, per_second: float = SLOW, requests: int | None = None,
+           dimension: str = "ip") -> Charge:
+    return Charge(f"kg:{{t}}:rl:{bucket}", requests or burst, burst, per_second, dimension)
+
+
+@pytest.fixture
+def redis_server():
+    yield from running_redis()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request):
+    if request.param == "memory":
+        store = MemoryRateLimiter()
+    else:
+        server = request.getfixturevalue("redis_server")
+        store = RedisRateLimiter(server.url, timeout=0.5)
+    yield store
+    await store.close()
+
+
+# --- pure arithmetic ------------------------------------------------------------
+
+
+def test_refill_is_capped_at_capacity():
+    c = charge("a", 5, per_second=1.0)
+    assert refill(0.0, 10.0, 12.5, c) == 2.5
+    assert refill(4.0, 10.0, 100.0, c) == 5.0
+    assert refill(3.0, 10.0, 9.0, c) == 3.0  # a clock going backwards never adds tokens
+
+
+def test_decide_reports_the_binding_and_the_refusing_limit():
+    a, b = charge("a", 10, per_second=1.0), charge("b", 2, per_second=0.5, dimension="user")
+    ok = decide([10.0, 2.0], [a, b])
+    assert (ok.allowed, ok.limit, ok.remaining, ok.reset_seconds) == (True, 2, 1, 2)
+    refused = decide([10.0, 0.25], [a, b])
+    assert not refused.allowed and refused.denied_dimension == "user"
+    assert refused.retry_after == 2  # (1 - 0.25) / 0.5 = 1.5 s, rounded up
+    assert refused.headers()["Retry-After"] == "2"
+
+
+def test_unavailable_result_has_no_headers():
+    assert RateResult(allowed=True, store_unavailable=True).headers() == {}
+
+
+def test_build_rate_limiter_picks_the_store():
+    assert isinstance(build_rate_limiter(None), MemoryRateLimiter)
+    assert isinstance(build_rate_limiter("redis://127.0.0.1:1/0"), RedisRateLimiter)
+
+
+# --- both stores: exact behaviour -----------------------------------------------------
+
+
+async def test_n_plus_first_request_is_refused_with_headers(limiter):
+    c = charge("exact", 3)
+    results = [await limiter.hit([c], "open") for _ in range(4)]
+    assert [r.allowed for r in results] == [True, True, True, False]
+    assert [r.remaining for r in results] == [2, 1, 0, 0]
+    assert results[0].headers() == {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": "2",
+                                    "X-RateLimit-Reset": "60"}
+    refused = results[3].headers()
+    assert refused["X-RateLimit-Limit"] == "3" and refused["X-RateLimit-Remaining"] == "0"
+    assert 59 <= int(refused["Retry-After"]) <= 60
+    assert int(refused["X-RateLimit-Reset"]) == 180
+
+
+async def test_refused_request_consumes_no_other_limit(limiter):
+    wide, narrow = charge("wide", 5), charge("narrow", 2, dimension="user")
+    assert (await limiter.hit([wide, narrow], "open")).allowed
+    assert (await limiter.hit([wide, narrow], "open")).allowed
+    refused = await limiter.hit([wide, narrow], "open")
+    assert not refused.allowed and refused.denied_dimension == "user"
+    # the refused request took nothing from "wide": 5 - 2 charged, one more now -> 2 left
+    assert (await limiter.hit([wide], "open")).remaining == 2
+
+
+async def test_buckets_refill_over_time(limiter):
+    c = charge("fast", 1, per_second=20.0)  # one token every 50 ms
+    assert (await limiter.hit([c], "open")).allowed
+    assert not (await limiter.hit([c], "open")).allowed
+    await asyncio.sleep(0.08)
+    assert (await limiter.hit([c], "open")).allowed
+
+
+async def test_no_charges_always_admit(limiter):
+    assert (await limiter.hit([], "closed")).allowed
+
+
+# --- Redis specifics --------------------------------------------------------------------
+
+
+async def test_two_gateways_share_one_redis(redis_server):
+    first, second = RedisRateLimiter(redis_server.url), RedisRateLimiter(redis_server.url)
+    try:
+        c = charge("shared", 4)
+        allowed = [(await (first if i % 2 else second).hit([c], "open")).allowed for i in range(6)]
+        assert allowed == [True, True, True, True, False, False]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_noscript_is_recovered(redis_server):
+    store = RedisRateLimiter(redis_server.url)
+    try:
+        c = charge("flushed", 3)
+        assert (await store.hit([c], "closed")).remaining == 2
+        assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+        after = await store.hit([c], "closed")
+        assert after.allowed and not after.store_unavailable and after.remaining == 1
+    finally:
+        await store.close()
+
+
+async def test_buckets_expire_in_redis(redis_server):
+    import redis.asyncio as aioredis
+
+    store = RedisRateLimiter(redis_server.url)
+    client = aioredis.from_url(redis_server.url)
+    try:
+        await store.hit([charge("ttl", 2, per_second=1.0)], "open")
+        ttl = await client.pttl("kg:{t}:rl:ttl")
+        assert 0 < ttl <= 3000  # 2 s to refill from empty + 1 s slack
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_dead_redis_applies_failure_mode_fast_and_trips_the_breaker(redis_server: RedisServer, mode):
+    metrics = Metrics()
+    store = RedisRateLimiter(redis_server.url, metrics=metrics, timeout=0.05,
+                             breaker=CircuitBreaker(threshold=3, cooldown=0.3))
+    c = charge("dead", 100)
+    try:
+        assert (await store.hit([c], mode)).allowed  # warm: connection pooled
+        redis_server.stop()
+        for _ in range(3):
+            started = time.perf_counter()
+            result = await store.hit([c], mode)
+            assert time.perf_counter() - started < 0.2
+            assert result.store_unavailable and result.allowed == (mode == "open")
+            assert result.headers() == {}
+        calls = store.calls
+        assert store.breaker.is_open
+        started = time.perf_counter()
+        for _ in range(50):
+            assert (await store.hit([c], mode)).allowed == (mode == "open")
+        assert time.perf_counter() - started < 0.05  # breaker open: Redis not even tried
+        assert store.calls == calls
+        errors = metrics.registry.get_sample_value("kubegate_ratelimit_store_errors_total", {"failure_mode": mode})
+        assert errors == 53
+
+        redis_server.start()  # same port: after the cool-down a half-open probe closes the breaker
+        await asyncio.sleep(0.35)
+        recovered = await store.hit([c], mode)
+        assert recovered.allowed and not recovered.store_unavailable
+        assert not store.breaker.is_open
+    finally:
+        await store.close()
+
+
+def test_breaker_half_open_lets_one_probe_through():
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown=1.0, clock=lambda: now[0])
+    breaker.failure()
+    assert breaker.allow()
+    breaker.failure()
+    assert not breaker.allow()
+    now[0] = 1.5
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # everyone else waits for it
+    breaker.failure()
+    assert not breaker.allow()  # probe failed: open again for a cool-down
+    now[0] = 3.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.allow() and breaker.allow()
