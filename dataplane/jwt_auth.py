@@ -181,8 +181,7 @@ class JwtVerifier:
         if identity is None:
             identity = await self._verify_signature(token, now)
             self._cache.put(cache_key, identity)
-        else:
-            self._check_times(identity, now)
+        self._check_times(identity, now)  # on every hit, and against the caller's clock on a miss
         if identity.forbidden is not None:
             raise JwtRejected("forbidden_claims", identity.forbidden, 403)
         return identity
