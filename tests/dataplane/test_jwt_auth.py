@@ -56,9 +56,9 @@ def b64(data: bytes) -> str:
 
 
 def jwt_config(**kw) -> CompiledJwt:
-    base = dict(issuer=ISS, audiences=(AUD,), algorithms=("RS256",), public_key_pem=pem(RSA_KEY),
-                required_claims={"scope": "admin"}, forward_claims={"sub": "X-User-Id", "roles": "X-Roles"},
-                leeway_seconds=5)
+    base = {"issuer": ISS, "audiences": (AUD,), "algorithms": ("RS256",), "public_key_pem": pem(RSA_KEY),
+                "required_claims": {"scope": "admin"}, "forward_claims": {"sub": "X-User-Id", "roles": "X-Roles"},
+                "leeway_seconds": 5}
     base.update(kw)
     return CompiledJwt(**base)
 
@@ -207,12 +207,12 @@ def test_token_cache_is_bounded():
 
 
 @pytest.mark.parametrize("cfg,message", [
-    (dict(algorithms=("RS256", "HS256")), "does not fit algorithm HS256"),
-    (dict(algorithms=("ES256",)), "does not fit algorithm ES256"),  # an RSA key for ES256
-    (dict(algorithms=("HS256",), public_key_pem=None, hmac_secret="absent"), "missing from the secret bundle"),
-    (dict(public_key_pem="-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"), "not a PEM"),
-    (dict(algorithms=("none",)), "not supported"),
-    (dict(public_key_pem=None, jwks_uri="http://x/jwks", algorithms=("HS256",)), "never a JWKS"),
+    ({"algorithms": ("RS256", "HS256")}, "does not fit algorithm HS256"),
+    ({"algorithms": ("ES256",)}, "does not fit algorithm ES256"),  # an RSA key for ES256
+    ({"algorithms": ("HS256",), "public_key_pem": None, "hmac_secret": "absent"}, "missing from the secret bundle"),
+    ({"public_key_pem": "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"}, "not a PEM"),
+    ({"algorithms": ("none",)}, "not supported"),
+    ({"public_key_pem": None, "jwks_uri": "http://x/jwks", "algorithms": ("HS256",)}, "never a JWKS"),
 ])
 def test_unusable_jwt_config_is_refused_at_load(cfg, message):
     config = CompiledConfig(routes=(route("bad", jwt_config(**cfg)),))
