@@ -1,0 +1,152 @@
+"""API-key matrix through Admission: headers, checksum, hash lookup, scope, CIDRs, expiry, per-key limit."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from kubegate.dataplane import api_key_auth
+from kubegate.dataplane.admission import Admission, RequestFacts
+from kubegate.dataplane.api_key_auth import extract_api_key
+from kubegate.dataplane.audit import AuditLog
+from kubegate.dataplane.jwks import JwksCache
+from kubegate.dataplane.metrics import Metrics
+from kubegate.dataplane.ratelimit import MemoryRateLimiter
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from kubegate.apikeys import generate_api_key, key_hash, key_id
+from kubegate.config import (
+    CompiledApiKey,
+    CompiledAuth,
+    CompiledBackend,
+    CompiledConfig,
+    CompiledLimit,
+    CompiledRoute,
+    SecretBundle,
+)
+
+KEYS = {name: generate_api_key() for name in ("acme", "scoped", "partner", "off", "old", "limited")}
+
+
+def api_key(name: str, **kw) -> CompiledApiKey:
+    return CompiledApiKey(id=key_id(key_hash(KEYS[name])), namespace="shop", name=name,
+                          hash_ref=f"apikey.shop.{name}", **kw)
+
+
+def route(namespace: str, name: str) -> CompiledRoute:
+    return CompiledRoute(id=f"{namespace}/{name}", namespace=namespace, name=name, path=f"/{name}",
+                         backends=(CompiledBackend(url="http://b"),),
+                         auth=CompiledAuth(required=True, methods=("apiKey",)))
+
+
+ORDERS, CATALOG, FOREIGN = route("shop", "orders"), route("shop", "catalog"), route("other", "orders")
+CONFIG = CompiledConfig(
+    routes=(ORDERS, CATALOG, FOREIGN),
+    api_keys=(
+        api_key("acme"),
+        api_key("scoped", routes=("shop/catalog",)),
+        api_key("partner", allowed_cidrs=("203.0.113.0/24", "2001:db8::/32")),
+        api_key("off", disabled=True),
+        api_key("old", expires_at=time.time() - 1),
+        api_key("limited", rate_limit=CompiledLimit(key="apikey:shop/limited", dimension="apiKey", requests=2,
+                                                    period_seconds=60, burst=2)),
+    ),
+)
+SECRETS = SecretBundle(values={f"apikey.shop.{n}": key_hash(k) for n, k in KEYS.items()})
+
+
+def facts(headers: dict[str, str] | None = None, ip: str = "10.0.0.1") -> RequestFacts:
+    return RequestFacts(method="GET", path="/", host="api.example.com", client_ip=ip,
+                        headers=CIMultiDictProxy(CIMultiDict(headers or {})), peer_cert=None, tls=False)
+
+
+def with_key(key: str, ip: str = "10.0.0.1") -> RequestFacts:
+    return facts({"X-API-Key": key}, ip)
+
+
+@pytest.fixture
+def audit_stream():
+    return io.StringIO()
+
+
+@pytest.fixture
+def admission(audit_stream):
+    return Admission(CONFIG, SECRETS, limiter=MemoryRateLimiter(), jwks=JwksCache(), metrics=Metrics(),
+                     audit=AuditLog(audit_stream))
+
+
+def flip_last(key: str) -> str:
+    return key[:-1] + ("A" if key[-1] != "A" else "B")
+
+
+MATRIX = [
+    ("valid X-API-Key", ORDERS, lambda: with_key(KEYS["acme"]), None, ""),
+    ("valid Authorization: ApiKey", ORDERS, lambda: facts({"Authorization": f"ApiKey {KEYS['acme']}"}), None, ""),
+    ("bad checksum", ORDERS, lambda: with_key(flip_last(KEYS["acme"])), 401, "invalid_api_key"),
+    ("garbage", ORDERS, lambda: with_key("hello"), 401, "invalid_api_key"),
+    ("unknown key", ORDERS, lambda: with_key(generate_api_key()), 401, "invalid_api_key"),
+    ("disabled", ORDERS, lambda: with_key(KEYS["off"]), 401, "api_key_disabled"),
+    ("expired", ORDERS, lambda: with_key(KEYS["old"]), 401, "api_key_expired"),
+    ("scoped key on its route", CATALOG, lambda: with_key(KEYS["scoped"]), None, ""),
+    ("scoped key on another route", ORDERS, lambda: with_key(KEYS["scoped"]), 403, "forbidden_scope"),
+    ("key of another namespace", FOREIGN, lambda: with_key(KEYS["acme"]), 403, "forbidden_scope"),
+    ("allowed CIDR", ORDERS, lambda: with_key(KEYS["partner"], "203.0.113.9"), None, ""),
+    ("allowed CIDR, IPv4-mapped", ORDERS, lambda: with_key(KEYS["partner"], "::ffff:203.0.113.9"), None, ""),
+    ("allowed CIDR, IPv6", ORDERS, lambda: with_key(KEYS["partner"], "2001:db8::1"), None, ""),
+    ("wrong CIDR", ORDERS, lambda: with_key(KEYS["partner"], "198.51.100.1"), 403, "forbidden_cidr"),
+    ("no key", ORDERS, lambda: facts(), 401, "missing_credentials"),
+    ("bearer token on an apiKey-only route", ORDERS, lambda: facts({"Authorization": "Bearer x.y.z"}), 401,
+     "missing_credentials"),
+]
+
+
+@pytest.mark.parametrize("case,r,make,status,reason", MATRIX, ids=[m[0] for m in MATRIX])
+async def test_api_key_matrix(admission, audit_stream, case, r, make, status, reason):
+    request = make()
+    verdict = await admission.admit(r, request)
+    assert (verdict.status, verdict.reason) == (status, reason), case
+    if status is None:
+        assert verdict.principal.startswith("apikey:ak_")
+    if status == 401:
+        assert verdict.response_headers["WWW-Authenticate"] == 'ApiKey realm="kubegate"'
+    log = audit_stream.getvalue()
+    for key in KEYS.values():
+        assert key not in log and key_hash(key) not in log
+    if status == 403:
+        assert '"key_id":"ak_' in log and '"event":"forbidden"' in log
+
+
+async def test_per_key_limit_is_shared_across_routes(admission):
+    key = KEYS["limited"]
+    first = await admission.admit(ORDERS, with_key(key))
+    second = await admission.admit(CATALOG, with_key(key, "10.9.9.9"))
+    third = await admission.admit(ORDERS, with_key(key))
+    assert [first.status, second.status, third.status] == [None, None, 429]
+    assert first.response_headers["X-RateLimit-Limit"] == "2"
+    assert second.response_headers["X-RateLimit-Remaining"] == "0"
+    assert third.reason == "rate_limited" and int(third.response_headers["Retry-After"]) >= 1
+    assert (await admission.admit(ORDERS, with_key(KEYS["acme"]))).status is None  # other keys unaffected
+
+
+def test_checksum_rejects_garbage_without_hashing(monkeypatch):
+    table = api_key_auth.ApiKeyTable(CONFIG.api_keys, SECRETS)
+    hashed = []
+    monkeypatch.setattr(api_key_auth, "key_hash", lambda k: hashed.append(k) or key_hash(k))
+    assert table.check(flip_last(KEYS["acme"]), ORDERS, "10.0.0.1").reason == "invalid_api_key"
+    assert table.check("kg_" + "x" * 300, ORDERS, "10.0.0.1").reason == "invalid_api_key"
+    assert hashed == []
+    assert table.check(KEYS["acme"], ORDERS, "10.0.0.1").ok and len(hashed) == 1
+
+
+def test_extract_api_key_forms():
+    assert extract_api_key("kg_a_b", None) == "kg_a_b"
+    assert extract_api_key(None, "apikey kg_a_b ") == "kg_a_b"
+    assert extract_api_key(None, "Bearer kg_a_b") is None
+    assert extract_api_key(None, None) is None
+
+
+def test_missing_or_malformed_hash_refuses_the_config():
+    with pytest.raises(ValueError, match="shop/acme"):
+        Admission(CONFIG, SecretBundle(values={}), limiter=MemoryRateLimiter(), jwks=JwksCache(),
+                  metrics=Metrics(), audit=AuditLog(io.StringIO()))
