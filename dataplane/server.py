@@ -1,0 +1,391 @@
+"""The data-plane Gateway: listeners, the request pipeline and atomic config snapshots.
+
+A :class:`Snapshot` holds everything derived from one config (router,
+admission, TLS contexts, compiled schemas, upstream plans); ``apply`` builds a
+new one off to the side and swaps one reference, so a request keeps the
+snapshot it started with and a bad config never replaces a good one.
+
+Pipeline: route match (404/405) -> Admission (IP filter, auth, rate limit)
+-> body limit / JSON Schema (413/400) -> proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kubegate.config import CompiledConfig, CompiledRoute, SecretBundle, config_hash
+
+from . import proxy
+from .audit import AuditLog
+from .bodies import BodyTooLarge, SchemaCheck, is_json
+from .clientip import ClientAddress
+from .metrics import Metrics
+from .router import MethodNotAllowed, RouteTable, normalize_host, normalize_path
+from .tls import EMPTY_TLS, PolicyContext, SniPeekProtocol, TlsSet, build_tls_set
+
+log = logging.getLogger("kubegate.dataplane")
+
+SHUTDOWN_GRACE = 10.0
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+class ConfigRejected(Exception):
+    """A config that cannot be served; the last good snapshot keeps serving."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRuntime:
+    """Per-route work done once per snapshot, not per request."""
+
+    route: CompiledRoute
+    id: str
+    plan: proxy.UpstreamPlan
+    schema: SchemaCheck | None
+    max_body: int
+    needs_admission: bool
+    claim_headers: frozenset[str]  # lower-case forwarded-claim headers: never taken from clients
+    latency: Any  # prometheus Histogram child
+    upstream_latency: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    config: CompiledConfig
+    hash: str
+    table: RouteTable[RouteRuntime]
+    admission: Any
+    tls: TlsSet
+    loaded_at: float
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+class Gateway:
+    def __init__(self, *, host: str = "0.0.0.0", http_port: int = 8080, https_port: int = 8443,
+                 admin_port: int = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
+                 metrics: Metrics | None = None, audit: AuditLog | None = None, jwks: Any = None) -> None:
+        self.host = host
+        self.ports = {"http": http_port, "https": https_port, "admin": admin_port}
+        self.limiter = limiter
+        self.metrics = metrics or Metrics()
+        self.audit = audit or AuditLog()
+        self._jwks = jwks
+        self._owns_jwks = jwks is None
+        self._client_address = ClientAddress(trusted_proxies)
+        self._snapshot: Snapshot | None = None
+        self._session = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._web_servers: list[web.Server] = []
+        self._admin_runner: web.AppRunner | None = None
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._miss_latency = self.metrics.request_latency.labels("")
+
+    # --- config ----------------------------------------------------------------
+
+    @property
+    def loaded_hash(self) -> str | None:
+        snap = self._snapshot
+        return snap.hash if snap else None
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def apply(self, config: CompiledConfig, secrets: SecretBundle) -> str:
+        """Validate and swap in a new config; ConfigRejected keeps the last good one serving."""
+        digest = config_hash(config, secrets)
+        current = self._snapshot
+        if current is not None and current.hash == digest:
+            return digest
+        try:
+            snapshot = self._build(config, secrets, digest)
+        except Exception as exc:  # any problem at all refuses the config, never the process
+            reason = _one_line(exc)
+            self.reject(reason)
+            raise ConfigRejected(reason) from None
+        self._snapshot = snapshot
+        m = self.metrics
+        m.config_reloads.labels("ok").inc()
+        m.config_info.info({"hash": digest, "routes": str(len(config.routes)),
+                            "api_keys": str(len(config.api_keys)), "tls_policies": str(len(config.tls))})
+        m.config_timestamp.set(snapshot.loaded_at)
+        m.routes.set(len(config.routes))
+        for policy_id, not_after in snapshot.tls.expiry.items():
+            m.cert_expiry.labels(policy_id).set(not_after)
+        log.info("config %s loaded: %d routes, %d api keys, %d tls policies", digest[:12], len(config.routes),
+                 len(config.api_keys), len(config.tls))
+        return digest
+
+    def reject(self, reason: str) -> None:
+        """Count and log a config that could not be used (or not even decoded)."""
+        self.metrics.config_reloads.labels("rejected").inc()
+        log.warning("config rejected, keeping %s: %s",
+                    self.loaded_hash[:12] if self.loaded_hash else "no config", reason)
+
+    def _build(self, config: CompiledConfig, secrets: SecretBundle, digest: str) -> Snapshot:
+        admission = self._admission(config, secrets)
+        runtimes = []
+        for route in config.routes:
+            has_work = admission.has_work(route) if admission is not None else _needs_admission(route)
+            if has_work and admission is None:
+                raise ValueError(f"route {route.id}: auth, IP filter and rate limits are unavailable")
+            try:
+                schema = SchemaCheck(route.request_schema) if route.request_schema else None
+            except Exception as exc:
+                raise ValueError(f"route {route.id}: invalid requestSchema: {_one_line(exc)}") from None
+            claims = route.auth.jwt.forward_claims.values() if route.auth and route.auth.jwt else ()
+            runtime = RouteRuntime(
+                route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
+                max_body=route.max_body_bytes, needs_admission=has_work,
+                claim_headers=frozenset(h.lower() for h in claims),
+                latency=self.metrics.request_latency.labels(route.id),
+                upstream_latency=self.metrics.upstream_latency.labels(route.id),
+            )
+            runtimes.append((route.hosts, route.path, route.methods, runtime))
+        table = RouteTable(runtimes)
+        tls = build_tls_set(config.tls, secrets) if config.tls else EMPTY_TLS
+        return Snapshot(config, digest, table, admission, tls, time.time())
+
+    def _admission(self, config: CompiledConfig, secrets: SecretBundle) -> Any:
+        try:
+            from .admission import Admission
+        except ImportError:  # security engineer's module not present in this checkout
+            return None
+        return Admission(config, secrets, limiter=self.limiter, jwks=self._jwks, metrics=self.metrics,
+                         audit=self.audit)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind all listeners; OSError (e.g. port in use) propagates with the port named."""
+        loop = asyncio.get_running_loop()
+        if self._jwks is None:
+            try:
+                from .jwks import JwksCache
+
+                self._jwks = JwksCache()
+            except ImportError:
+                self._jwks = None
+        self._session = proxy.build_session()
+        http = web.Server(self._handle_http, access_log=None, handler_cancellation=True)
+        https = web.Server(self._handle_https, access_log=None, handler_cancellation=True)
+        self._web_servers = [http, https]
+        try:
+            server = await self._bind(loop, http, "http")
+            self._servers.append(server)
+            server = await self._bind(
+                loop, lambda: SniPeekProtocol(self._current_tls, https, self._tls_error), "https"
+            )
+            self._servers.append(server)
+            app = web.Application()
+            app.router.add_get("/metrics", self._metrics_endpoint)
+            app.router.add_get("/healthz", self._healthz)
+            app.router.add_get("/readyz", self._readyz)
+            app.router.add_get("/config", self._config_endpoint)
+            self._admin_runner = web.AppRunner(app, access_log=None)
+            await self._admin_runner.setup()
+            site = web.TCPSite(self._admin_runner, self.host, self.ports["admin"], reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports['admin']} (admin): "
+                                         f"{exc.strerror}") from None
+            self.ports["admin"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _bind(self, loop: asyncio.AbstractEventLoop, factory: Any, name: str) -> asyncio.base_events.Server:
+        try:
+            server = await loop.create_server(factory, self.host, self.ports[name], reuse_address=True,
+                                              backlog=1024)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports[name]} ({name}): "
+                                     f"{exc.strerror}") from None
+        self.ports[name] = server.sockets[0].getsockname()[1]
+        return server
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then close upstream pools."""
+        for server in self._servers:
+            server.close()
+        for web_server in self._web_servers:
+            await web_server.shutdown(SHUTDOWN_GRACE)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._owns_jwks and self._jwks is not None:
+            await self._jwks.close()
+            self._jwks = None
+
+    # --- TLS -------------------------------------------------------------------------
+
+    def _current_tls(self) -> TlsSet:
+        snap = self._snapshot
+        return snap.tls if snap is not None else EMPTY_TLS
+
+    def _tls_error(self, reason: str, server_name: str | None, peer: str) -> None:
+        self.metrics.tls_errors.labels(reason).inc()
+        self.audit.event("tls_error", reason=reason, server_name=server_name, client_ip=peer)
+
+    # --- request pipeline ---------------------------------------------------------------
+
+    async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
+        return await self._handle(request, False)
+
+    async def _handle_https(self, request: web.BaseRequest) -> web.StreamResponse:
+        return await self._handle(request, True)
+
+    async def _handle(self, request: web.BaseRequest, tls: bool) -> web.StreamResponse:
+        snap = self._snapshot  # this request's config, whatever apply() does meanwhile
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        headers = request.headers
+        rid = proxy.request_id(headers.get("X-Request-Id"))
+        extra = {"X-Request-Id": rid}
+        if tls:
+            ctx = request.transport.get_extra_info("sslcontext") if request.transport else None
+            if isinstance(ctx, PolicyContext) and ctx.hsts:
+                extra["Strict-Transport-Security"] = ctx.hsts
+        if snap is None:
+            return self._error(503, "not_ready", "no configuration loaded", extra, "", request, started)
+        rel = request.rel_url
+        normalized = normalize_path(rel.raw_path)
+        if normalized is None:
+            return self._error(400, "bad_path", "path escapes the root", extra, "", request, started)
+        path, segments = normalized
+        host = normalize_host(request.host)
+        found = snap.table.lookup(host, request.method, segments)
+        if found is None:
+            return self._error(404, "no_route", "no route matches", extra, "", request, started)
+        if isinstance(found, MethodNotAllowed):
+            extra["Allow"] = ", ".join(found.allow)
+            return self._error(405, "method_not_allowed", "method not allowed", extra, "", request, started)
+        rt: RouteRuntime = found.value
+        peer = request.remote or ""
+        claim_headers: dict[str, str] | None = None
+        if rt.needs_admission:
+            client_ip = self._client_address.resolve(peer, headers.getall("X-Forwarded-For", []))
+            verdict = await snap.admission.admit(rt.route, self._facts(request, path, host, client_ip, tls))
+            if verdict.response_headers:
+                extra.update(verdict.response_headers)
+            if verdict.status is not None:
+                return self._error(verdict.status, verdict.reason, verdict.message, extra, rt.id, request,
+                                   started)
+            claim_headers = verdict.upstream_headers
+        length = request.content_length
+        if length is not None and length > rt.max_body:
+            return self._error(413, "body_too_large", "request body too large", extra, rt.id, request, started)
+        query = rel.raw_query_string
+        target = rt.plan.upstream_path(path) + ("?" + query if query else "")
+        websocket = proxy.is_websocket_upgrade(headers)
+        upstream_headers = proxy.upstream_headers(
+            headers, peer=peer, proto="https" if tls else "http", host=headers.get("Host", ""), rid=rid,
+            drop=rt.claim_headers, websocket=websocket,
+        )
+        if claim_headers:
+            upstream_headers.update(claim_headers)
+        try:
+            if websocket:
+                response = await proxy.relay_websocket(request, self._session, rt.plan, target, upstream_headers,
+                                                       extra)
+                self._count(rt.id, request.method, 101, started, rt.latency)
+                return response
+            body: Any = None
+            if request.body_exists:
+                if rt.schema is not None and is_json(headers.get("Content-Type", "")):
+                    body = await proxy.read_body(request.content, rt.max_body)
+                    problem = rt.schema.problem(body)
+                    if problem is not None:
+                        return self._error(400, "schema_violation", problem, extra, rt.id, request, started)
+                else:
+                    body = proxy.stream_body(request.content, rt.max_body)
+            response = await proxy.forward(request, self._session, rt.plan, target, upstream_headers, body, extra,
+                                           rt.upstream_latency.observe)
+        except BodyTooLarge:
+            return self._error(413, "body_too_large", "request body too large", extra, rt.id, request, started)
+        except proxy.ProxyFailure as failure:
+            return self._error(failure.status, failure.reason, failure.message, extra, rt.id, request, started)
+        self._count(rt.id, request.method, response.status, started, rt.latency)
+        return response
+
+    def _facts(self, request: web.BaseRequest, path: str, host: str, client_ip: str, tls: bool) -> Any:
+        from .admission import RequestFacts
+
+        peer_cert = request.transport.get_extra_info("peercert") if tls and request.transport else None
+        return RequestFacts(method=request.method, path=path, host=host, client_ip=client_ip,
+                            headers=request.headers, peer_cert=peer_cert or None, tls=tls)
+
+    def _count(self, route: str, method: str, status: int, started: float, latency: Any) -> None:
+        if method not in _KNOWN_METHODS:
+            method = "OTHER"
+        key = (route, method, status // 100)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.requests.labels(route, method, _CLASSES.get(status // 100,
+                                                                                               "other"))
+        child.inc()
+        latency.observe(asyncio.get_running_loop().time() - started)
+
+    def _error(self, status: int, reason: str, message: str, headers: dict[str, str], route: str,
+               request: web.BaseRequest, started: float) -> web.Response:
+        body = json.dumps({"error": message, "reason": reason, "status": status,
+                           "request_id": headers.get("X-Request-Id", "")}, separators=(",", ":"))
+        self._count(route, request.method, status, started,
+                    self._miss_latency if not route else self.metrics.request_latency.labels(route))
+        return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+    # --- admin endpoints ----------------------------------------------------------------------
+
+    async def _metrics_endpoint(self, request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(self.metrics.registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._snapshot is None:
+            return web.json_response({"status": "no configuration loaded"}, status=503)
+        return web.json_response({"status": "ready", "hash": self._snapshot.hash})
+
+    async def _config_endpoint(self, request: web.Request) -> web.Response:
+        snap = self._snapshot
+        if snap is None:
+            return web.json_response({"hash": None, "routes": 0, "loaded_at": None})
+        return web.json_response({
+            "hash": snap.hash, "routes": len(snap.config.routes), "api_keys": len(snap.config.api_keys),
+            "tls_policies": len(snap.config.tls), "loaded_at": snap.loaded_at,
+            "generations": snap.config.generations,
+        })
+
+
+def _needs_admission(route: CompiledRoute) -> bool:
+    return bool(route.auth or route.ip_allow or route.ip_deny or route.rate_limit)
