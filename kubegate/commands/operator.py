@@ -1,0 +1,35 @@
+"""``kubegate operator [--namespace NS]``: the kopf operator (in-cluster or from KUBECONFIG)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from kubegate.operator.kubeapi import load_credentials
+
+
+def _logging() -> None:
+    level = os.environ.get("KUBEGATE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(logging.WARNING)  # per-event handler chatter
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+async def _main(namespace: str) -> None:
+    from kubegate.operator.runtime import run_operator
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_operator(namespace, stop=stop)
+
+
+def main(args: argparse.Namespace) -> int:
+    load_credentials()  # a missing/broken kubeconfig is a one-line UserError before anything starts
+    _logging()
+    asyncio.run(_main(args.namespace))
+    return 0

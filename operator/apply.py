@@ -1,0 +1,128 @@
+"""Write generated objects with server-side apply, and only when something changed.
+
+Each desired object carries a content-hash annotation. An object is applied
+when it is missing, when its live hash differs, or when someone other than
+kubegate touched it since we last saw it settle (a hand edit: its
+resourceVersion moved and another field manager appears). Server-side apply
+with ``force`` then restores every field kubegate owns. Generated objects that
+are no longer desired are deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .kubeapi import FIELD_MANAGER, ApiError, KubeApi, object_path
+
+log = logging.getLogger("kubegate.operator.apply")
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+CONTENT_HASH = "kubegate.dev/content-hash"
+API_KEY_LABEL = "kubegate.dev/api-key"  # ApiKey Secrets: managed-by kubegate, but never garbage-collected
+
+Key = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name)
+
+
+def object_key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (obj.get("apiVersion", ""), obj.get("kind", ""), meta.get("namespace") or "", meta.get("name") or "")
+
+
+def content_hash(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def with_content_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The object plus its content-hash annotation and the managed-by label (pure)."""
+    out = json.loads(json.dumps(obj))  # deep copy, plain JSON types
+    meta = out.setdefault("metadata", {})
+    meta.setdefault("labels", {})[MANAGED_BY] = FIELD_MANAGER
+    meta.setdefault("annotations", {}).pop(CONTENT_HASH, None)
+    meta["annotations"][CONTENT_HASH] = content_hash(out)
+    return out
+
+
+def touched_by_others(live: Mapping[str, Any]) -> bool:
+    """Whether a field manager other than kubegate owns fields (a hand edit, e.g. kubectl edit)."""
+    for entry in (live.get("metadata") or {}).get("managedFields") or ():
+        if entry.get("manager") != FIELD_MANAGER and entry.get("subresource") != "status":
+            return True
+    return False
+
+
+def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None, settled_version: str | None) -> bool:
+    """Decide without I/O whether ``desired`` must be written (pure)."""
+    if live is None:
+        return True
+    live_meta = live.get("metadata") or {}
+    want = (desired.get("metadata") or {}).get("annotations", {}).get(CONTENT_HASH)
+    if (live_meta.get("annotations") or {}).get(CONTENT_HASH) != want:
+        return True
+    if settled_version is not None and live_meta.get("resourceVersion") == settled_version:
+        return False
+    return touched_by_others(live)
+
+
+def garbage(live_objects: Iterable[Mapping[str, Any]], desired_keys: set[Key]) -> list[Mapping[str, Any]]:
+    """Generated objects that nothing desires any more (never ApiKey Secrets)."""
+    out = []
+    for obj in live_objects:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(MANAGED_BY) != FIELD_MANAGER or API_KEY_LABEL in labels:
+            continue
+        if object_key(obj) not in desired_keys:
+            out.append(obj)
+    return out
+
+
+class Applier:
+    """Remembers the resourceVersion each generated object settled at after our last write."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+        self.settled: dict[Key, str] = {}
+        self.writes = 0  # objects written (created, changed, restored, deleted) since start
+
+    async def sync(self, desired: Iterable[Mapping[str, Any]], live: Mapping[Key, Mapping[str, Any]]) -> int:
+        """Apply what changed; returns the number of objects written."""
+        written = 0
+        for obj in desired:
+            key = object_key(obj)
+            current = live.get(key)
+            if not needs_apply(obj, current, self.settled.get(key)):
+                if current is not None:
+                    self.settled[key] = current["metadata"].get("resourceVersion", "")
+                continue
+            before = (current or {}).get("metadata", {}).get("resourceVersion")
+            try:
+                result = await self.api.apply(dict(obj))
+            except ApiError as exc:
+                log.warning("apply %s/%s %s/%s failed: %s", *key, exc)
+                continue
+            after = result.get("metadata", {}).get("resourceVersion", "")
+            self.settled[key] = after
+            if after != before:
+                written += 1
+                log.info("applied %s %s/%s", key[1], key[2], key[3])
+        self.writes += written
+        return written
+
+    async def collect(self, stale: Iterable[Mapping[str, Any]], api_version: str, kind: str) -> int:
+        deleted = 0
+        for obj in stale:
+            body = {**obj, "apiVersion": api_version, "kind": kind}
+            try:
+                if await self.api.delete(object_path(body)):
+                    deleted += 1
+                    log.info("deleted stale %s %s/%s", kind, obj["metadata"].get("namespace"),
+                             obj["metadata"].get("name"))
+            except ApiError as exc:
+                log.warning("delete stale %s failed: %s", kind, exc)
+            self.settled.pop(object_key(body), None)
+        self.writes += deleted
+        return deleted

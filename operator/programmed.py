@@ -1,0 +1,120 @@
+"""Which object generations a live data-plane replica has actually loaded (pure).
+
+A data-plane replica renews a Lease carrying the config hash it serves. The
+operator remembers, for the last few configs it wrote, which generation of
+each object that config included; an object is Programmed only when a live
+replica's hash maps to its *current* generation. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubegate.config import HASH_ANNOTATION
+
+DATAPLANE_COMPONENT = "dataplane"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+
+@dataclass(frozen=True)
+class ReplicaLease:
+    """What the operator needs of one data-plane Lease."""
+
+    name: str
+    config_hash: str
+    renewed_at: float  # unix seconds
+    duration: float
+
+    @property
+    def expires_at(self) -> float:
+        return self.renewed_at + self.duration
+
+    def live(self, now: float) -> bool:
+        return self.expires_at > now
+
+
+def parse_time(value: str | None) -> float | None:
+    """RFC 3339 (with or without fractional seconds) -> unix seconds."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def replica_lease(obj: Mapping[str, Any]) -> ReplicaLease | None:
+    """A data-plane Lease object -> ReplicaLease; None if it is not one or is malformed."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    if (meta.get("labels") or {}).get(COMPONENT_LABEL) != DATAPLANE_COMPONENT:
+        return None
+    renewed = parse_time(spec.get("renewTime") or spec.get("acquireTime"))
+    if renewed is None:
+        return None
+    return ReplicaLease(
+        name=meta.get("name", ""),
+        config_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION, ""),
+        renewed_at=renewed,
+        duration=float(spec.get("leaseDurationSeconds") or 10),
+    )
+
+
+def live_hashes(leases: Iterable[ReplicaLease], now: float) -> dict[str, int]:
+    """config hash -> number of live replicas serving it (a replica with no config yet counts under "")."""
+    counts: dict[str, int] = {}
+    for lease in leases:
+        if lease.live(now):
+            counts[lease.config_hash] = counts.get(lease.config_hash, 0) + 1
+    return counts
+
+
+def next_expiry(leases: Iterable[ReplicaLease], now: float) -> float | None:
+    """When the next live lease runs out: the operator must re-evaluate then, with no event to wake it."""
+    times = [lease.expires_at for lease in leases if lease.live(now)]
+    return min(times) if times else None
+
+
+class GenerationHistory:
+    """Bounded map config hash -> {"Kind/ns/name": generation} of the configs this operator produced."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._by_hash: OrderedDict[str, Mapping[str, int]] = OrderedDict()
+
+    def record(self, config_hash: str, generations: Mapping[str, int]) -> None:
+        self._by_hash[config_hash] = generations
+        self._by_hash.move_to_end(config_hash)
+        while len(self._by_hash) > self.limit:
+            self._by_hash.popitem(last=False)
+
+    def get(self, config_hash: str) -> Mapping[str, int] | None:
+        return self._by_hash.get(config_hash)
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """The programmed facts about one object generation."""
+
+    live_replicas: int  # all live data-plane replicas
+    acknowledged_by: int  # live replicas whose config includes this generation
+
+
+def acknowledgement(key: str, generation: int, hashes: Mapping[str, int], history: GenerationHistory) -> Acknowledgement:
+    """How many live replicas serve a config that includes ``key`` at ``generation``."""
+    acked = 0
+    for config_hash, replicas in hashes.items():
+        generations = history.get(config_hash)
+        if generations is not None and generations.get(key) == generation:
+            acked += replicas
+    return Acknowledgement(live_replicas=sum(hashes.values()), acknowledged_by=acked)
+
+
+def now_utc() -> float:
+    return datetime.now(UTC).timestamp()

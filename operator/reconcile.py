@@ -1,0 +1,300 @@
+"""The level-based reconcile loop: one task, debounced, recomputing everything.
+
+Watch handlers only record facts and call :meth:`Reconciler.mark`. The loop
+waits for a quiet moment (``debounce``, but never longer than ``max_wait``
+after the first change), then translates the whole picture with the pure
+translator, applies the generated objects that changed, and patches the
+statuses that changed. A burst of 1,000 CR events therefore costs a handful
+of ConfigMap writes. Data-plane Lease changes skip translation and only
+re-evaluate Programmed; Lease expiry has no event, so the loop also wakes up
+when the next live Lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubegate.resources import ObjectRef, TranslationInput, TranslationResult
+from kubegate.spec import API_VERSION
+
+from . import apikey_secrets
+from .apply import MANAGED_BY, Applier, Key, garbage, object_key, with_content_hash
+from .events import post_event
+from .kubeapi import ApiError, Informer, KubeApi, path_for
+from .programmed import (
+    COMPONENT_LABEL,
+    DATAPLANE_COMPONENT,
+    GenerationHistory,
+    ReplicaLease,
+    acknowledgement,
+    live_hashes,
+    next_expiry,
+    replica_lease,
+)
+from .state import ClusterState, LiveObject
+from .status import CertificateFacts, desired_status, status_changed, transition_events
+
+log = logging.getLogger("kubegate.operator.reconcile")
+
+API_KEY_GRACE_SECONDS = 2.0  # let `kubectl apply` create a user's own key Secret before generating one
+
+
+def compute(inp: TranslationInput) -> tuple[TranslationResult, list[dict[str, Any]]]:
+    """Translate and generate (pure, CPU-bound: runs in a worker thread)."""
+    from kubegate.generate import generate_objects
+    from kubegate.translate import translate
+
+    result = translate(inp)
+    return result, [with_content_hash(o) for o in generate_objects(result, inp)]
+
+
+def certificate_facts(name: str, cert: Mapping[str, Any] | None) -> CertificateFacts:
+    status = (cert or {}).get("status") or {}
+    ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+    return CertificateFacts(
+        name=name,
+        ready=(ready or {}).get("status", "Unknown"),
+        reason=(ready or {}).get("reason", "") if ready else ("NotFound" if cert is None else ""),
+        not_after=status.get("notAfter"),
+    )
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, api: KubeApi, state: ClusterState, *, identity: str,
+                 is_leader: Callable[[], bool] = lambda: True,
+                 debounce: float = 0.15, max_wait: float = 1.0) -> None:
+        self.api, self.state, self.identity, self.is_leader = api, state, identity, is_leader
+        self.debounce, self.max_wait = debounce, max_wait
+        ns = state.gateway_namespace
+        managed = f"{MANAGED_BY}=kubegate"
+        self.generated: dict[tuple[str, str], Informer] = {
+            ("v1", "ConfigMap"): Informer(api, path_for("v1", "ConfigMap", ns), self._generated_event,
+                                          label_selector=managed),
+            ("v1", "Secret"): Informer(api, path_for("v1", "Secret", ns), self._generated_event,
+                                       label_selector=managed),
+            ("networking.k8s.io/v1", "NetworkPolicy"): Informer(
+                api, path_for("networking.k8s.io/v1", "NetworkPolicy"), self._generated_event,
+                label_selector=managed),
+            ("cert-manager.io/v1", "Certificate"): Informer(
+                api, path_for("cert-manager.io/v1", "Certificate", ns), self._certificate_event,
+                label_selector=managed, retry_seconds=10.0),
+        }
+        self.leases = Informer(api, path_for("coordination.k8s.io/v1", "Lease", ns), self._lease_event,
+                               label_selector=f"{COMPONENT_LABEL}={DATAPLANE_COMPONENT}")
+        self.replicas: dict[str, ReplicaLease] = {}
+        self.history = GenerationHistory()
+        self.applier = Applier(api)
+        self.result: TranslationResult | None = None
+        self.config_hash: str | None = None
+        self.status_writes = 0
+        self.passes = 0
+        self._config_dirty = True
+        self._wake = asyncio.Event()
+
+    # --- facts in ----------------------------------------------------------------------
+
+    def mark(self, config: bool = True) -> None:
+        """Something changed: recompute soon (``config=False``: only statuses may differ)."""
+        if config:
+            self._config_dirty = True
+        self._wake.set()
+
+    def _generated_event(self, _type: str, _obj: dict[str, Any]) -> None:
+        self.mark(config=True)  # our own writes settle; anybody else's are reverted
+
+    def _certificate_event(self, _type: str, _obj: dict[str, Any]) -> None:
+        self.mark(config=True)
+
+    def _lease_event(self, event_type: str, obj: dict[str, Any]) -> None:
+        name = (obj.get("metadata") or {}).get("name", "")
+        old = self.replicas.get(name)
+        lease = None if event_type == "DELETED" else replica_lease(obj)
+        if lease is None:
+            self.replicas.pop(name, None)
+        else:
+            self.replicas[name] = lease
+        now = time.time()
+        if (old is None) != (lease is None) or (
+            old is not None and lease is not None
+            and (old.config_hash != lease.config_hash or old.live(now) != lease.live(now))
+        ):
+            self.mark(config=False)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        informers = [*self.generated.values(), self.leases]
+        tasks = [asyncio.create_task(i.run()) for i in informers]
+        try:
+            required = [i for k, i in self.generated.items() if k[1] != "Certificate"] + [self.leases]
+            await asyncio.gather(*(i.synced.wait() for i in required))
+            certs = self.generated[("cert-manager.io/v1", "Certificate")]
+            try:
+                await asyncio.wait_for(certs.synced.wait(), 3)
+            except TimeoutError:
+                log.warning("cert-manager Certificates cannot be listed (%s); TLSPolicies with issuerRef "
+                            "will not become Ready", certs.last_error)
+            while True:
+                await self._next_wake()
+                if not self.is_leader():
+                    continue
+                try:
+                    await self.reconcile_once()
+                except (TimeoutError, ApiError, OSError) as exc:
+                    log.warning("reconcile failed: %s; retrying", exc)
+                    await asyncio.sleep(1)
+                    self.mark(config=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _next_wake(self) -> None:
+        expiry = next_expiry(self.replicas.values(), time.time())
+        timeout = None if expiry is None else max(0.0, expiry - time.time()) + 0.05
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return  # a data-plane Lease just expired: re-evaluate Programmed
+        first = time.monotonic()
+        while True:
+            self._wake.clear()
+            await asyncio.sleep(self.debounce)
+            if not self._wake.is_set() or time.monotonic() - first >= self.max_wait:
+                break
+        self._wake.clear()
+
+    async def reconcile_once(self) -> None:
+        self.passes += 1
+        if self._config_dirty or self.result is None:
+            self._config_dirty = False
+            await self._fetch_unknown_secrets()
+            if await self._generate_api_key_secrets():
+                await self._fetch_unknown_secrets()
+            inp = self.state.translation_input()
+            result, desired = await asyncio.to_thread(compute, inp)
+            self.history.record(result.hash, result.config.generations)
+            await self._sync_generated(desired)
+            self.result, self.config_hash = result, result.hash
+        await self._sync_statuses()
+
+    # --- secrets ---------------------------------------------------------------------------
+
+    async def _fetch_unknown_secrets(self) -> None:
+        unknown = sorted(self.state.unknown_secrets())
+        bodies = await asyncio.gather(*(self.api.get(path_for("v1", "Secret", ns, name)) for ns, name in unknown))
+        for key, body in zip(unknown, bodies, strict=True):
+            self.state.record_fetched_secret(key, body)
+
+    async def _generate_api_key_secrets(self) -> int:
+        made, now = 0, time.time()
+        for live in list(self.state.objects.values()):
+            src = live.source
+            if src.kind != "ApiKey":
+                continue
+            where = apikey_secrets.secret_ref(src)
+            if where is None or where not in self.state.absent_secrets:
+                continue
+            age = now - _timestamp(src.creation_timestamp)
+            if age < API_KEY_GRACE_SECONDS:
+                asyncio.get_running_loop().call_later(API_KEY_GRACE_SECONDS - age + 0.1, self.mark, True)
+                continue
+            fresh = apikey_secrets.new_api_key_secret(src)
+            if fresh is None:
+                continue
+            secret, kid = fresh
+            try:
+                created = await self.api.create(path_for("v1", "Secret", src.namespace), secret)
+            except ApiError as exc:
+                if exc.status == 409:  # somebody created it meanwhile: read theirs
+                    self.state.absent_secrets.discard(where)
+                    continue
+                log.warning("cannot create Secret %s/%s for ApiKey %s: %s", *where, src.name, exc)
+                continue
+            self.state.record_fetched_secret(where, created)
+            made += 1
+            log.info("generated API key Secret %s/%s for ApiKey %s (%s)", *where, src.name, kid)
+            await post_event(self.api, live.involved, "Normal", "KeyGenerated",
+                             f"generated Secret {where[1]} with a new API key ({kid})", self.identity)
+        return made
+
+    # --- generated objects -----------------------------------------------------------------
+
+    def live_generated(self) -> dict[Key, dict[str, Any]]:
+        return {object_key(o): o for informer in self.generated.values() for o in informer.objects.values()}
+
+    async def _sync_generated(self, desired: list[dict[str, Any]]) -> None:
+        written = await self.applier.sync(desired, self.live_generated())
+        wanted = {object_key(o) for o in desired}
+        for (api_version, kind), informer in self.generated.items():
+            if not informer.synced.is_set():
+                continue
+            stale = garbage(informer.objects.values(), wanted)
+            written += await self.applier.collect(stale, api_version, kind)
+        if written:
+            log.info("wrote %d generated object(s)", written)
+
+    # --- statuses -------------------------------------------------------------------------
+
+    async def _sync_statuses(self) -> None:
+        result = self.result
+        if result is None:
+            return
+        now = time.time()
+        hashes = live_hashes(self.replicas.values(), now)
+        stamp = _iso_now()
+        certs = self.generated[("cert-manager.io/v1", "Certificate")].objects
+        gateway_ns = self.state.gateway_namespace
+        patches = []
+        for ref, live in list(self.state.objects.items()):
+            verdict = result.results.get(ref)
+            if verdict is None or verdict.generation != live.source.generation:
+                self._config_dirty = True  # translated before this change arrived; next pass
+                continue
+            ack = acknowledgement(str(ref), verdict.generation, hashes, self.history)
+            cert = (certificate_facts(verdict.certificate, certs.get((gateway_ns, verdict.certificate)))
+                    if verdict.certificate else None)
+            desired = desired_status(verdict, ack, live.status, stamp, cert)
+            if status_changed(live.status, desired):
+                patches.append(self._patch_status(ref, live, desired))
+        if self._config_dirty:
+            self._wake.set()
+        if patches:
+            await asyncio.gather(*patches)
+
+    async def _patch_status(self, ref: ObjectRef, live: LiveObject, desired: dict[str, Any]) -> None:
+        if not self.is_leader():
+            return
+        body: dict[str, Any] = dict(desired)
+        for stale in ("keyId", "certificate"):
+            if stale in live.status and stale not in desired:
+                body[stale] = None
+        path = path_for(API_VERSION, ref.kind, ref.namespace, ref.name, "status")
+        try:
+            answer = await self.api.merge_patch(path, {"status": body})
+        except ApiError as exc:
+            if exc.status != 404:
+                log.warning("status of %s not written: %s", ref, exc)
+            return
+        self.status_writes += 1
+        previous = live.status
+        self.state.set_status(ref, answer.get("status") or desired,
+                              (answer.get("metadata") or {}).get("resourceVersion"))
+        for note in transition_events(previous, desired):
+            await post_event(self.api, live.involved, note.type, note.reason, note.message, self.identity)
+
+
+def _timestamp(value: str) -> float:
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0.0

@@ -1,0 +1,121 @@
+"""Wiring of the operator process: credentials, initial lists, kopf, leader election, reconcile loop.
+
+Before kopf starts, the four kinds and all Services are listed once, so the
+first reconcile sees the whole cluster: an operator that restarts must never
+write a config built from a half-read picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+import kopf
+
+from kubegate.errors import UserError
+from kubegate.spec import API_VERSION, PLURALS
+
+from .handlers import build_registry
+from .kubeapi import ApiError, KubeApi, load_credentials, path_for
+from .leader import LeaderElector
+from .reconcile import Reconciler
+from .state import ClusterState
+
+log = logging.getLogger("kubegate.operator")
+
+
+def replica_identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def kopf_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.posting.level = logging.WARNING  # kopf's own events: only problems
+    settings.scanning.disabled = True  # no CRD/namespace scanning: fewer permissions, fixed resources
+    settings.batching.batch_window = 0.02  # our reconciler debounces; kopf need not add latency
+    settings.watching.server_timeout = 240
+    settings.watching.client_timeout = 300
+    settings.networking.request_timeout = 30
+    return settings
+
+
+async def seed(api: KubeApi, state: ClusterState) -> None:
+    """One full list of everything kopf is about to watch."""
+    for kind, plural in PLURALS.items():
+        listing = await api.list(path_for(API_VERSION, plural))
+        for item in listing.get("items") or []:
+            item.setdefault("kind", kind)
+            state.upsert_object(item)
+    for item in (await api.list(path_for("v1", "Service"))).get("items") or []:
+        state.upsert_service(item)
+    log.info("initial state: %d kubegate objects, %d services", len(state.objects), len(state.services))
+
+
+async def seed_with_retry(api: KubeApi, state: ClusterState, attempts: int = 30) -> None:
+    """The API server may still be warming up (429/5xx); a 403 is a real RBAC problem, said once."""
+    for attempt in range(attempts):
+        try:
+            return await seed(api, state)
+        except ApiError as exc:
+            if exc.status in (401, 403, 404) or attempt == attempts - 1:
+                raise UserError(f"cannot list kubegate objects: {exc}") from None
+            await asyncio.sleep(1)
+        except (TimeoutError, OSError) as exc:
+            if attempt == attempts - 1:
+                raise UserError(f"cannot reach the API server: {exc}") from None
+            await asyncio.sleep(1)
+
+
+async def run_operator(namespace: str, *, stop: asyncio.Event | None = None) -> None:
+    credentials = load_credentials()
+    identity = replica_identity()
+    stop = stop or asyncio.Event()
+    async with KubeApi(credentials) as api:
+        state = ClusterState(namespace)
+        await seed_with_retry(api, state)
+        reconciler: Reconciler | None = None
+        elector = LeaderElector(api, namespace, identity,
+                                on_change=lambda leader: reconciler.mark(config=True) if leader and reconciler else None)
+        reconciler = Reconciler(api, state, identity=identity, is_leader=lambda: elector.is_leader)
+        registry = build_registry(state, reconciler)
+        kopf_stop, kopf_ready = asyncio.Event(), asyncio.Event()
+        ours = [asyncio.create_task(elector.run(), name="leader"),
+                asyncio.create_task(reconciler.run(), name="reconcile")]
+        kopf_task = asyncio.create_task(
+            kopf.operator(registry=registry, settings=kopf_settings(), standalone=True, clusterwide=True,
+                          stop_flag=kopf_stop, ready_flag=kopf_ready),
+            name="kopf",
+        )
+        await _take_back_signals(kopf_ready, stop)
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*ours, kopf_task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        # Hand leadership over first (the other replica takes over at once), then stop watching.
+        for task in ours:
+            task.cancel()
+        await asyncio.gather(*ours, return_exceptions=True)
+        kopf_stop.set()
+        finished, _ = await asyncio.wait({kopf_task}, timeout=2)
+        if not finished:  # kopf's own shutdown can be slow; we are done
+            kopf_task.cancel()
+            await asyncio.gather(kopf_task, return_exceptions=True)
+        waiter.cancel()
+        for task in done:
+            if task is not waiter and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+
+async def _take_back_signals(kopf_ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """kopf installs its own SIGINT/SIGTERM handlers at startup; ours must win to release the Lease first."""
+    try:
+        await asyncio.wait_for(kopf_ready.wait(), 30)
+    except TimeoutError:
+        pass
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass

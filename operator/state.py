@@ -1,0 +1,191 @@
+"""The operator's in-memory picture of the cluster, fed by watch events.
+
+Holds the four kubegate kinds (spec + live status), the Services they may
+point at, and the data of only those Secrets that kubegate objects reference:
+Secret events for everything else are dropped, so no cluster-wide copy of
+secret material ever sits in this process. Every update answers "did this
+change anything the translator reads?", which is what marks the reconciler
+dirty; a status-only change (usually our own write) does not.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubegate.resources import ObjectRef, ServiceInfo, SourceObject, TranslationInput
+from kubegate.spec import API_VERSION, KINDS
+from kubegate.translate import certificate_name
+
+SecretKey = tuple[str, str]  # (namespace, name)
+
+
+def _ref_names(node: Any) -> Iterable[str]:
+    if isinstance(node, Mapping) and isinstance(node.get("name"), str):
+        yield node["name"]
+
+
+def referenced_secrets(obj: SourceObject, gateway_namespace: str) -> set[SecretKey]:
+    """Every Secret the translator may read for this object (pure; tolerant of invalid specs)."""
+    spec, ns, out = obj.spec or {}, obj.namespace, set()
+    if obj.kind == "ApiKey":
+        out |= {(ns, n) for n in _ref_names(spec.get("secretRef"))}
+    elif obj.kind == "GatewayRoute":
+        jwt = ((spec.get("auth") or {}).get("jwt")) or {}
+        if isinstance(jwt, Mapping):
+            for field_name in ("publicKeySecretRef", "secretRef"):
+                out |= {(ns, n) for n in _ref_names(jwt.get(field_name))}
+    elif obj.kind == "TLSPolicy":
+        cert = spec.get("certificate") or {}
+        if isinstance(cert, Mapping):
+            out |= {(ns, n) for n in _ref_names(cert.get("secretRef"))}
+            if cert.get("issuerRef"):
+                out.add((gateway_namespace, certificate_name(ns, obj.name)))
+        client_auth = spec.get("clientAuth") or {}
+        if isinstance(client_auth, Mapping):
+            out |= {(ns, n) for n in _ref_names(client_auth.get("caSecretRef"))}
+    return out
+
+
+def secret_data(body: Mapping[str, Any]) -> dict[str, bytes]:
+    """A Secret's data, base64-decoded (stringData is never returned by the API)."""
+    out = {}
+    for key, value in (body.get("data") or {}).items():
+        try:
+            out[key] = base64.b64decode(value or "")
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass
+class LiveObject:
+    source: SourceObject
+    resource_version: str
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def involved(self) -> dict[str, str]:
+        """The object as an Event's involvedObject / an ownerReference target."""
+        return {"apiVersion": API_VERSION, "kind": self.source.kind, "name": self.source.name,
+                "namespace": self.source.namespace, "uid": self.source.uid}
+
+
+class ClusterState:
+    def __init__(self, gateway_namespace: str) -> None:
+        self.gateway_namespace = gateway_namespace
+        self.objects: dict[ObjectRef, LiveObject] = {}
+        self.services: dict[SecretKey, ServiceInfo] = {}
+        self.secrets: dict[SecretKey, dict[str, bytes]] = {}
+        self.absent_secrets: set[SecretKey] = set()  # referenced, and known not to exist
+        self._referenced: set[SecretKey] | None = None
+
+    # --- kubegate objects ---------------------------------------------------------
+
+    def upsert_object(self, body: Mapping[str, Any]) -> bool:
+        """Record a CR; True when the translator's input changed (not for status-only updates)."""
+        kind = body.get("kind", "")
+        if kind not in KINDS:
+            return False
+        source = SourceObject.from_manifest(dict(body))
+        meta = body.get("metadata") or {}
+        old = self.objects.get(source.ref)
+        if old is not None and _newer(old.resource_version, meta.get("resourceVersion", "")):
+            return False  # a stale replay
+        self.objects[source.ref] = LiveObject(source, meta.get("resourceVersion", ""), dict(body.get("status") or {}))
+        changed = old is None or old.source != source
+        if changed:
+            self._referenced = None
+        return changed
+
+    def delete_object(self, body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata") or {}
+        ref = ObjectRef(body.get("kind", ""), meta.get("namespace") or "", meta.get("name") or "")
+        if self.objects.pop(ref, None) is None:
+            return False
+        self._referenced = None
+        return True
+
+    def set_status(self, ref: ObjectRef, status: Mapping[str, Any], resource_version: str | None = None) -> None:
+        live = self.objects.get(ref)
+        if live is not None:
+            live.status = dict(status)
+            if resource_version:
+                live.resource_version = resource_version
+
+    # --- Services -------------------------------------------------------------------
+
+    def upsert_service(self, body: Mapping[str, Any]) -> bool:
+        info = ServiceInfo.from_manifest(dict(body))
+        key = (info.namespace, info.name)
+        if self.services.get(key) == info:
+            return False
+        self.services[key] = info
+        return True
+
+    def delete_service(self, body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata") or {}
+        return self.services.pop((meta.get("namespace") or "", meta.get("name") or ""), None) is not None
+
+    # --- Secrets ----------------------------------------------------------------------
+
+    @property
+    def referenced(self) -> set[SecretKey]:
+        if self._referenced is None:
+            refs: set[SecretKey] = set()
+            for live in self.objects.values():
+                refs |= referenced_secrets(live.source, self.gateway_namespace)
+            self._referenced = refs
+            # Forget what is no longer referenced: no secret data kept without a reason.
+            for key in [k for k in self.secrets if k not in refs]:
+                del self.secrets[key]
+            self.absent_secrets &= refs
+        return self._referenced
+
+    def secret_event(self, event_type: str, body: Mapping[str, Any]) -> bool:
+        """Keep a Secret's data only if a kubegate object references it; True when that data changed."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        if key not in self.referenced:
+            return False
+        if event_type == "DELETED":
+            self.absent_secrets.add(key)
+            return self.secrets.pop(key, None) is not None
+        data = secret_data(body)
+        self.absent_secrets.discard(key)
+        if self.secrets.get(key) == data:
+            return False
+        self.secrets[key] = data
+        return True
+
+    def unknown_secrets(self) -> set[SecretKey]:
+        """Referenced Secrets neither cached nor known to be absent: fetch them before translating."""
+        return {k for k in self.referenced if k not in self.secrets and k not in self.absent_secrets}
+
+    def record_fetched_secret(self, key: SecretKey, body: Mapping[str, Any] | None) -> None:
+        if body is None:
+            self.absent_secrets.add(key)
+        else:
+            self.secrets[key] = secret_data(body)
+            self.absent_secrets.discard(key)
+
+    # --- translator input ---------------------------------------------------------------
+
+    def translation_input(self) -> TranslationInput:
+        refs = self.referenced
+        return TranslationInput(
+            gateway_namespace=self.gateway_namespace,
+            objects=tuple(live.source for live in self.objects.values()),
+            secrets={k: v for k, v in self.secrets.items() if k in refs},
+            services=dict(self.services),
+        )
+
+
+def _newer(current: str, incoming: str) -> bool:
+    """True when ``current`` is strictly newer than ``incoming`` (etcd revisions are integers)."""
+    try:
+        return int(current) > int(incoming)
+    except ValueError:
+        return False

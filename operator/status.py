@@ -1,0 +1,151 @@
+"""Status of a kubegate object from the translator's verdict and programmed facts (pure).
+
+Conditions follow API.md (Accepted, ResolvedRefs, Programmed, Ready) plus the
+kstatus pair (Reconciling while the data plane has not loaded this
+generation yet, Stalled while the spec itself is rejected, which only a spec
+change can fix). ``lastTransitionTime`` moves only when a condition's status
+changes, so an unchanged status is byte-identical and never re-written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubegate.resources import Condition, ObjectResult
+
+from .programmed import Acknowledgement
+
+CONDITION_ORDER = ("Accepted", "ResolvedRefs", "Programmed", "Ready", "Reconciling", "Stalled")
+NO_DATA_PLANE = "no data-plane replica is running"
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    """What cert-manager says about a TLSPolicy's generated Certificate."""
+
+    name: str
+    ready: str = "Unknown"  # the Certificate's Ready condition status
+    reason: str = ""
+    not_after: str | None = None
+
+
+def programmed_condition(result: ObjectResult, ack: Acknowledgement) -> Condition:
+    if result.accepted.status != "True":
+        return Condition(type="Programmed", status="False", reason="Invalid",
+                         message=f"not programmed: {result.accepted.message}".strip())
+    if not result.programmable:
+        reason = result.resolved_refs.reason if result.resolved_refs.status != "True" else "NotProgrammable"
+        return Condition(type="Programmed", status="False", reason=reason,
+                         message=f"not programmed: {result.resolved_refs.message}".strip())
+    if ack.live_replicas == 0:
+        return Condition(type="Programmed", status="False", reason="NoDataPlane", message=NO_DATA_PLANE)
+    if ack.acknowledged_by == 0:
+        return Condition(type="Programmed", status="Unknown", reason="Pending",
+                         message=f"waiting for a data-plane replica to load generation {result.generation}")
+    return Condition(type="Programmed", status="True", reason="Programmed",
+                     message=f"loaded by {ack.acknowledged_by} of {ack.live_replicas} data-plane replicas")
+
+
+def ready_condition(conditions: Sequence[Condition]) -> Condition:
+    for cond in conditions:
+        if cond.status != "True":
+            return Condition(type="Ready", status="False", reason=cond.reason, message=cond.message)
+    return Condition(type="Ready", status="True", reason="Ready",
+                     message="accepted, references resolved, and loaded by the data plane")
+
+
+def desired_conditions(result: ObjectResult, ack: Acknowledgement) -> list[Condition]:
+    programmed = programmed_condition(result, ack)
+    core = [result.accepted, result.resolved_refs, programmed]
+    stalled = result.accepted.status == "False"
+    pending = programmed.reason == "Pending"
+    return [
+        *core,
+        ready_condition(core),
+        Condition(type="Reconciling", status="True" if pending else "False",
+                  reason="Pending" if pending else "Idle",
+                  message=programmed.message if pending else ""),
+        Condition(type="Stalled", status="True" if stalled else "False",
+                  reason=result.accepted.reason if stalled else "Idle",
+                  message=result.accepted.message if stalled else ""),
+    ]
+
+
+def render_conditions(conditions: Sequence[Condition], generation: int, previous: Sequence[Mapping[str, Any]],
+                      now: str) -> list[dict[str, Any]]:
+    """Conditions as API objects; keeps lastTransitionTime when a condition's status did not change."""
+    before = {c.get("type"): c for c in previous or ()}
+    out = []
+    for cond in conditions:
+        old = before.get(cond.type)
+        since = old.get("lastTransitionTime") if old and old.get("status") == cond.status else None
+        out.append({
+            "type": cond.type,
+            "status": cond.status,
+            "reason": cond.reason,
+            "message": cond.message,
+            "lastTransitionTime": since or now,
+            "observedGeneration": generation,
+        })
+    return out
+
+
+def desired_status(result: ObjectResult, ack: Acknowledgement, previous: Mapping[str, Any] | None, now: str,
+                   certificate: CertificateFacts | None = None) -> dict[str, Any]:
+    """The full ``status`` of one object."""
+    previous = previous or {}
+    status: dict[str, Any] = {
+        "observedGeneration": result.generation,
+        "conditions": render_conditions(
+            desired_conditions(result, ack), result.generation, previous.get("conditions") or (), now
+        ),
+    }
+    if result.key_id:
+        status["keyId"] = result.key_id
+    if certificate is not None:
+        status["certificate"] = {
+            "name": certificate.name,
+            "ready": certificate.ready,
+            **({"notAfter": certificate.not_after} if certificate.not_after else {}),
+        }
+    return status
+
+
+def status_changed(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Whether the managed part of a live status differs from the desired one."""
+    live = live or {}
+    return any(live.get(k) != v for k, v in desired.items()) or any(
+        k in live for k in ("keyId", "certificate") if k not in desired
+    )
+
+
+def condition_of(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    for cond in (status or {}).get("conditions") or ():
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+@dataclass(frozen=True)
+class EventNote:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def transition_events(previous: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> list[EventNote]:
+    """Events worth telling a user: a spec newly refused, Ready gained or lost."""
+    notes = []
+    old_acc, new_acc = condition_of(previous, "Accepted"), condition_of(desired, "Accepted")
+    if new_acc and new_acc["status"] == "False" and (
+        not old_acc or old_acc.get("status") != "False" or old_acc.get("reason") != new_acc["reason"]
+    ):
+        notes.append(EventNote("Warning", new_acc["reason"], new_acc["message"]))
+    old_ready, new_ready = condition_of(previous, "Ready"), condition_of(desired, "Ready")
+    if new_ready and new_ready["status"] == "True" and (not old_ready or old_ready.get("status") != "True"):
+        notes.append(EventNote("Normal", "Ready", new_ready["message"]))
+    elif new_ready and new_ready["status"] != "True" and old_ready and old_ready.get("status") == "True":
+        notes.append(EventNote("Warning", "NotReady", f"{new_ready['reason']}: {new_ready['message']}"))
+    return notes
