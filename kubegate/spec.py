@@ -236,7 +236,7 @@ class JwtAuth(SpecModel):
     @classmethod
     def _no_none(cls, value: Any) -> Any:
         if isinstance(value, list) and any(str(a).lower() == "none" for a in value):
-            raise ValueError("algorithm 'none' is never accepted")
+            raise ValueError('Unsupported value: "none": algorithm none is never accepted')
         return value
 
 
@@ -556,6 +556,21 @@ def _reason(error: dict[str, Any]) -> str:
         return f"Invalid value: {value}: should be greater than or equal to {ctx['ge']}"
     if kind == "less_than_equal":
         return f"Invalid value: {value}: should be less than or equal to {ctx['le']}"
+    if kind.startswith(("datetime", "date_")):
+        return f"Invalid value: {json.dumps(value, default=str)}: must be of type date-time"
+    if kind == "too_short":
+        return f"Invalid value: {ctx.get('actual_length')}: should have at least {ctx.get('min_length')} items"
+    if kind == "too_long":
+        return f"Too many: {ctx.get('actual_length')}: must have at most {ctx.get('max_length')} items"
+    if kind == "string_too_long":
+        return f"Too long: may not be more than {ctx.get('max_length')} bytes"
+    if kind == "string_too_short":
+        return f"Invalid value: {json.dumps(value)}: should be at least {ctx.get('min_length')} chars long"
+    if kind in ("int_type", "int_parsing", "string_type", "bool_type", "bool_parsing", "list_type", "dict_type",
+                "model_type", "int_from_float"):
+        expected = {"int": "integer", "string": "string", "bool": "boolean", "list": "array",
+                    "dict": "object", "model": "object"}[kind.split("_")[0]]
+        return f"Invalid value: {json.dumps(value, default=str)}: must be of type {expected}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return error["msg"]
