@@ -119,7 +119,7 @@ class Gateway:
             return digest
         try:
             snapshot = self._build(config, secrets, digest)
-        except Exception as exc:  # any problem at all refuses the config, never the process
+        except Exception as exc:  # noqa: BLE001 - any problem refuses the config, never the process
             reason = _one_line(exc)
             self.reject(reason)
             raise ConfigRejected(reason) from None
@@ -151,7 +151,7 @@ class Gateway:
                 raise ValueError(f"route {route.id}: auth, IP filter and rate limits are unavailable")
             try:
                 schema = SchemaCheck(route.request_schema) if route.request_schema else None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - jsonschema raises many types
                 raise ValueError(f"route {route.id}: invalid requestSchema: {_one_line(exc)}") from None
             claims = route.auth.jwt.forward_claims.values() if route.auth and route.auth.jwt else ()
             runtime = RouteRuntime(

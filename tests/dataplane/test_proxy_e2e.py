@@ -12,16 +12,15 @@ from kubegate.config import CompiledBackend, CompiledConfig
 
 
 async def _get(url: str, method: str = "GET", **kwargs) -> tuple[int, dict, bytes]:
-    async with aiohttp.ClientSession() as session:
-        async with session.request(method, url, **kwargs) as response:
-            return response.status, CIMultiDict(response.headers), await response.read()
+    async with aiohttp.ClientSession() as session, session.request(method, url, **kwargs) as response:
+        return response.status, CIMultiDict(response.headers), await response.read()
 
 
 async def test_proxies_with_forwarding_headers_and_strips_hop_by_hop(backend, start_gateway, make_route):
     b = await backend("a")
     route = make_route("/api/*rest", b.url, strip_prefix="/api")
     gw = await start_gateway(CompiledConfig(routes=(route,)))
-    status, headers, body = await _get(
+    status, headers, _ = await _get(
         f"http://127.0.0.1:{gw.ports['http']}/api/items/7?q=1",
         headers={"X-Forwarded-For": "198.51.100.9", "Connection": "keep-alive, X-Secret-Hop",
                  "X-Secret-Hop": "drop me", "X-Request-Id": "trace-123", "Host": "shop.test"},
@@ -133,13 +132,13 @@ async def test_request_schema_400(backend, start_gateway, make_route):
 async def test_websocket_relay(backend, start_gateway, make_route):
     b = await backend("ws")
     gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)))
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"http://127.0.0.1:{gw.ports['http']}/ws", protocols=("chat",)) as ws:
-            assert ws.protocol == "chat"
-            await ws.send_str("hello")
-            assert (await ws.receive(timeout=5)).data == "ws:hello"
-            await ws.send_bytes(b"abc")
-            assert (await ws.receive(timeout=5)).data == b"cba"
+    url = f"http://127.0.0.1:{gw.ports['http']}/ws"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, protocols=("chat",)) as ws:
+        assert ws.protocol == "chat"
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "ws:hello"
+        await ws.send_bytes(b"abc")
+        assert (await ws.receive(timeout=5)).data == b"cba"
 
 
 async def test_not_ready_without_config_and_admin_endpoints(start_gateway, make_route, backend):
