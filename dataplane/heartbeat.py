@@ -1,0 +1,104 @@
+"""Each data-plane replica renews a Lease carrying the config hash it serves.
+
+The operator reads these Leases to decide Programmed: a generation counts as
+programmed only when a *live* replica (renewTime + leaseDurationSeconds in the
+future) announces a hash whose config included it. A replica that stops
+renewing (crashed, frozen, partitioned) therefore stops counting by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import time
+from typing import Any
+
+from kubegate.operator.kubeapi import ApiError, KubeApi, path_for
+from kubegate.operator.leader import micro_time
+
+from kubegate.config import HASH_ANNOTATION
+
+log = logging.getLogger("kubegate.dataplane.heartbeat")
+
+LEASE_PREFIX = "kubegate-dataplane-"
+LABELS = {"app.kubernetes.io/name": "kubegate", "app.kubernetes.io/component": "dataplane",
+          "app.kubernetes.io/managed-by": "kubegate"}
+
+
+def replica_id() -> str:
+    return os.environ.get("KUBEGATE_REPLICA_ID") or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def lease_name(replica: str) -> str:
+    """A valid object name for this replica's Lease (pure)."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", replica.lower()).strip("-") or "replica"
+    return (LEASE_PREFIX + cleaned)[:63].rstrip("-")
+
+
+def lease_patch(replica: str, config_hash: str | None, now: float, duration: int) -> dict[str, Any]:
+    """The Lease content this replica asserts (pure)."""
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": lease_name(replica), "labels": dict(LABELS),
+                     "annotations": {HASH_ANNOTATION: config_hash or ""}},
+        "spec": {"holderIdentity": replica, "leaseDurationSeconds": duration, "renewTime": micro_time(now)},
+    }
+
+
+class Heartbeat:
+    def __init__(self, api: KubeApi, namespace: str, gateway: Any, *, replica: str | None = None,
+                 interval: float = 2.0, duration: int = 10) -> None:
+        self.api, self.namespace, self.gateway = api, namespace, gateway
+        self.replica = replica or replica_id()
+        self.interval, self.duration = interval, duration
+        self.name = lease_name(self.replica)
+        self._wake = asyncio.Event()
+        self.renewals = 0
+
+    def nudge(self, _hash: str | None = None) -> None:
+        """Renew now: a freshly loaded config should be acknowledged at once, not in 2 s."""
+        self._wake.set()
+
+    async def renew(self) -> None:
+        body = lease_patch(self.replica, self.gateway.loaded_hash, time.time(), self.duration)
+        path = path_for("coordination.k8s.io/v1", "Lease", self.namespace, self.name)
+        try:
+            await self.api.merge_patch(path, body)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            body["metadata"]["namespace"] = self.namespace
+            await self.api.create(path_for("coordination.k8s.io/v1", "Lease", self.namespace), body)
+        self.renewals += 1
+
+    async def run(self) -> None:
+        failing = False
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.renew()
+                    if failing:
+                        log.info("lease %s/%s renewed again", self.namespace, self.name)
+                    failing = False
+                except (TimeoutError, ApiError, OSError) as exc:
+                    if not failing:
+                        log.warning("cannot renew lease %s/%s: %s", self.namespace, self.name, exc)
+                    failing = True
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                except TimeoutError:
+                    pass
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        """On a clean stop the Lease goes at once, so the operator does not wait for expiry."""
+        try:
+            await self.api.delete(path_for("coordination.k8s.io/v1", "Lease", self.namespace, self.name))
+        except (TimeoutError, ApiError, OSError):
+            pass

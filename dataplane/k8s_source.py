@@ -1,0 +1,106 @@
+"""The data plane's config source in a cluster: ConfigMap + Secret read through the API.
+
+Watches exactly two objects, by name (``fieldSelector=metadata.name=...``), so
+the data plane's Role can be restricted to those names. A config is loaded
+only when both halves carry the same hash annotation (the operator writes
+them one after the other); undecodable or refused configs are rejected and
+the last good one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kubegate.operator.kubeapi import Informer, KubeApi, path_for
+
+from kubegate.config import (
+    CONFIG_KEY,
+    HASH_ANNOTATION,
+    SECRETS_KEY,
+    CompiledConfig,
+    ConfigDecodeError,
+    SecretBundle,
+    decode_config,
+    decode_secrets,
+)
+
+log = logging.getLogger("kubegate.dataplane.k8s_source")
+
+CONFIG_MAP_NAME = "kubegate-config"
+SECRET_NAME = "kubegate-secrets"
+
+
+def announced_hash(obj: Mapping[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("annotations", {}).get(HASH_ANNOTATION)
+
+
+def matching_hash(config_map: Mapping[str, Any] | None, secret: Mapping[str, Any] | None) -> str | None:
+    """The hash both halves announce, or None while they disagree or one is missing (pure)."""
+    a, b = announced_hash(config_map), announced_hash(secret)
+    return a if a and a == b else None
+
+
+def decode_pair(config_map: Mapping[str, Any], secret: Mapping[str, Any]) -> tuple[CompiledConfig, SecretBundle]:
+    """Both halves decoded; ConfigDecodeError with a one-line reason otherwise (pure)."""
+    payload = (config_map.get("binaryData") or {}).get(CONFIG_KEY) or (config_map.get("data") or {}).get(CONFIG_KEY)
+    if not payload:
+        raise ConfigDecodeError(f"ConfigMap {CONFIG_MAP_NAME} has no {CONFIG_KEY}")
+    sealed = (secret.get("data") or {}).get(SECRETS_KEY)
+    if not sealed:
+        raise ConfigDecodeError(f"Secret {SECRET_NAME} has no {SECRETS_KEY}")
+    try:
+        raw = base64.b64decode(sealed, validate=True)
+    except ValueError:
+        raise ConfigDecodeError(f"Secret {SECRET_NAME} {SECRETS_KEY} is not base64") from None
+    return decode_config(payload), decode_secrets(raw)
+
+
+class KubernetesConfigSource:
+    """Feeds ``gateway.apply`` from the API; ``on_loaded(hash)`` fires after every successful swap."""
+
+    def __init__(self, api: KubeApi, namespace: str, gateway: Any,
+                 on_loaded: Callable[[str], None] | None = None) -> None:
+        self.gateway, self.on_loaded = gateway, on_loaded
+        self.config_maps = Informer(api, path_for("v1", "ConfigMap", namespace), self._changed,
+                                    field_selector=f"metadata.name={CONFIG_MAP_NAME}")
+        self.secrets = Informer(api, path_for("v1", "Secret", namespace), self._changed,
+                                field_selector=f"metadata.name={SECRET_NAME}")
+        self.namespace = namespace
+        self._last_attempt: str | None = None
+
+    def _current(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        return (self.config_maps.objects.get((self.namespace, CONFIG_MAP_NAME)),
+                self.secrets.objects.get((self.namespace, SECRET_NAME)))
+
+    def _changed(self, _type: str, _obj: dict[str, Any]) -> None:
+        config_map, secret = self._current()
+        wanted = matching_hash(config_map, secret)
+        if wanted is None or wanted == self._last_attempt or wanted == self.gateway.loaded_hash:
+            return
+        self._last_attempt = wanted
+        self.load(config_map, secret, wanted)  # type: ignore[arg-type]
+
+    def load(self, config_map: Mapping[str, Any], secret: Mapping[str, Any], wanted: str) -> str | None:
+        from kubegate.dataplane.server import ConfigRejected
+
+        try:
+            config, secrets = decode_pair(config_map, secret)
+        except ConfigDecodeError as exc:
+            self.gateway.reject(str(exc))
+            return None
+        try:
+            loaded = self.gateway.apply(config, secrets)
+        except ConfigRejected:
+            return None  # the gateway logged and counted it; the last good config stays
+        if loaded != wanted:
+            log.warning("config content hash %s differs from the announced %s", loaded[:12], wanted[:12])
+        if self.on_loaded is not None:
+            self.on_loaded(loaded)
+        return loaded
+
+    async def run(self) -> None:
+        await asyncio.gather(self.config_maps.run(), self.secrets.run())
