@@ -11,7 +11,7 @@ dirty; a status-only change (usually our own write) does not.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,31 +22,34 @@ from kubegate.translate import certificate_name
 SecretKey = tuple[str, str]  # (namespace, name)
 
 
-def _ref_names(node: Any) -> Iterable[str]:
-    if isinstance(node, Mapping) and isinstance(node.get("name"), str):
-        yield node["name"]
+def _at(node: Any, *path: str) -> Any:
+    """node[path...] through mappings only; None when any step is missing or not a mapping."""
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _named(ns: str, ref: Any) -> set[SecretKey]:
+    name = _at(ref, "name")
+    return {(ns, name)} if isinstance(name, str) and name else set()
 
 
 def referenced_secrets(obj: SourceObject, gateway_namespace: str) -> set[SecretKey]:
     """Every Secret the translator may read for this object (pure; tolerant of invalid specs)."""
-    spec, ns, out = obj.spec or {}, obj.namespace, set()
+    spec, ns = obj.spec or {}, obj.namespace
     if obj.kind == "ApiKey":
-        out |= {(ns, n) for n in _ref_names(spec.get("secretRef"))}
-    elif obj.kind == "GatewayRoute":
-        jwt = ((spec.get("auth") or {}).get("jwt")) or {}
-        if isinstance(jwt, Mapping):
-            for field_name in ("publicKeySecretRef", "secretRef"):
-                out |= {(ns, n) for n in _ref_names(jwt.get(field_name))}
-    elif obj.kind == "TLSPolicy":
-        cert = spec.get("certificate") or {}
-        if isinstance(cert, Mapping):
-            out |= {(ns, n) for n in _ref_names(cert.get("secretRef"))}
-            if cert.get("issuerRef"):
-                out.add((gateway_namespace, certificate_name(ns, obj.name)))
-        client_auth = spec.get("clientAuth") or {}
-        if isinstance(client_auth, Mapping):
-            out |= {(ns, n) for n in _ref_names(client_auth.get("caSecretRef"))}
-    return out
+        return _named(ns, _at(spec, "secretRef"))
+    if obj.kind == "GatewayRoute":
+        jwt = _at(spec, "auth", "jwt")
+        return _named(ns, _at(jwt, "publicKeySecretRef")) | _named(ns, _at(jwt, "secretRef"))
+    if obj.kind == "TLSPolicy":
+        out = _named(ns, _at(spec, "certificate", "secretRef")) | _named(ns, _at(spec, "clientAuth", "caSecretRef"))
+        if _at(spec, "certificate", "issuerRef"):
+            out.add((gateway_namespace, certificate_name(ns, obj.name)))
+        return out
+    return set()
 
 
 def secret_data(body: Mapping[str, Any]) -> dict[str, bytes]:
