@@ -1,0 +1,157 @@
+"""``kubegate run`` as a real subprocess: serving, hot reload from files, broken files, logs, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+
+import aiohttp
+
+HMAC_SECRET = "s3cr3t-hmac-value-never-logged-0123456789"
+
+
+def _manifests(port: int, path: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: shop}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: http, port: {port}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: jwt-hmac, namespace: shop}}
+stringData: {{secret: {HMAC_SECRET}}}
+---
+apiVersion: kubegate.dev/v1alpha1
+kind: GatewayRoute
+metadata: {{name: open, namespace: shop}}
+spec:
+  path: "{path}"
+  backends: [{{service: echo, port: {port}}}]
+---
+apiVersion: kubegate.dev/v1alpha1
+kind: GatewayRoute
+metadata: {{name: private, namespace: shop}}
+spec:
+  path: "/private/*rest"
+  backends: [{{service: echo, port: {port}}}]
+  auth:
+    methods: [jwt]
+    jwt: {{algorithms: [HS256], secretRef: {{name: jwt-hmac, key: secret}}}}
+"""
+
+
+async def _read_ports(stream: asyncio.StreamReader, lines: list[str]) -> dict[str, int]:
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), 30)).decode()
+        if not line:
+            raise AssertionError("kubegate run exited early:\n" + "".join(lines))
+        lines.append(line)
+        found = re.search(r"listening: http://[^:]+:(\d+) https://[^:]+:(\d+) admin http://[^:]+:(\d+)", line)
+        if found:
+            return dict(zip(("http", "https", "admin"), map(int, found.groups())))
+
+
+async def _collect(stream: asyncio.StreamReader, lines: list[str]) -> None:
+    async for line in stream:
+        lines.append(line.decode())
+
+
+async def _status(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url) as response:
+        await response.read()
+        return response.status
+
+
+async def test_run_serves_reloads_and_survives_a_broken_file(backend, tmp_path):
+    b = await backend()
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    route_file = folder / "gateway.yaml"
+    route_file.write_text(_manifests(b.port, "/v1/*rest"))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kubegate.cli", "run", "-f", str(folder), "--host", "127.0.0.1",
+        "--http-port", "0", "--https-port", "0", "--admin-port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    err_lines: list[str] = []
+    out_lines: list[str] = []
+    try:
+        ports = await _read_ports(proc.stderr, err_lines)
+        collectors = [asyncio.create_task(_collect(proc.stderr, err_lines)),
+                      asyncio.create_task(_collect(proc.stdout, out_lines))]
+        base = f"http://127.0.0.1:{ports['http']}"
+        async with aiohttp.ClientSession() as session:
+            assert await _status(session, f"{base}/v1/hello") == 200
+            assert b.received[-1]["path"] == "/v1/hello"
+            assert await _status(session, f"{base}/private/x") == 401
+            async with session.get(f"http://127.0.0.1:{ports['admin']}/config") as r:
+                first_hash = (await r.json())["hash"]
+
+            route_file.write_text(_manifests(b.port, "/v1/*rest") + "\n---\nkind: [this is: not yaml\n")
+            await asyncio.sleep(1.5)
+            assert await _status(session, f"{base}/v1/hello") == 200  # last good config keeps serving
+            async with session.get(f"http://127.0.0.1:{ports['admin']}/config") as r:
+                assert (await r.json())["hash"] == first_hash
+
+            route_file.write_text(_manifests(b.port, "/v2/*rest"))
+            deadline = time.monotonic() + 10
+            while await _status(session, f"{base}/v2/hello") != 200:
+                assert time.monotonic() < deadline, "reload did not happen"
+                await asyncio.sleep(0.2)
+            assert await _status(session, f"{base}/v1/hello") == 404
+            async with session.get(f"http://127.0.0.1:{ports['admin']}/metrics") as r:
+                metrics = await r.text()
+            assert 'kubegate_config_reloads_total{result="rejected"} 1.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await asyncio.gather(*collectors)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    logs = "".join(err_lines) + "".join(out_lines)
+    assert "gateway.yaml" in logs and "development CA" in logs
+    assert HMAC_SECRET not in logs
+    assert "Traceback" not in logs
+
+
+async def test_run_reports_port_in_use_in_one_line(tmp_path, free_port):
+    import socket
+
+    (tmp_path / "r.yaml").write_text(
+        "apiVersion: kubegate.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r, namespace: shop}\n"
+        "spec: {path: /, backends: [{url: 'http://127.0.0.1:9'}]}\n"
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kubegate.cli", "run", "-f", str(tmp_path), "--host", "127.0.0.1",
+            "--http-port", str(port), "--https-port", "0", "--admin-port", "0",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert f"kubegate: cannot listen on 127.0.0.1:{port} (http)" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+async def test_run_rejects_bad_files_in_one_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("kind: [broken\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kubegate.cli", "run", "-f", str(tmp_path / "bad.yaml"), "-f", str(tmp_path / "nope"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1 and err.decode().startswith("kubegate: ") and "Traceback" not in err.decode()
