@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kubegate.dataplane.api_key_auth import ApiKeyTable, KeyRecord, extract_api_key
-from kubegate.dataplane.ipfilter import IpFilter, parse_ip
+from kubegate.dataplane.ipfilter import IpFilter, canonical_ip
 from kubegate.dataplane.jwt_auth import JwtRejected, JwtVerifier, TokenCache
 from kubegate.dataplane.mtls_auth import SubjectMatcher, client_identity
 from kubegate.dataplane.ratelimit import Charge, RateLimiter
@@ -337,6 +337,5 @@ class Admission:
         if dimension == "header":
             value = facts.headers.get(lp.header or "")
             return "-" if value is None else "h=" + _discriminator(value)
-        ip = parse_ip(facts.client_ip)
-        return "ip=" + (str(ip) if ip is not None else _discriminator(facts.client_ip))
+        return "ip=" + (canonical_ip(facts.client_ip) or _discriminator(facts.client_ip))
 

@@ -28,6 +28,20 @@ def parse_ip(value: str) -> IpAddress | None:
     return ip
 
 
+@lru_cache(maxsize=65_536)
+def ip_key(value: str) -> tuple[int, int] | None:
+    """(version, integer) of a client address, the form CidrSet looks up; None if unparsable."""
+    ip = parse_ip(value)
+    return None if ip is None else (ip.version, int(ip))
+
+
+@lru_cache(maxsize=65_536)
+def canonical_ip(value: str) -> str | None:
+    """The normalised text form of a client address (rate-limit keys); None if unparsable."""
+    ip = parse_ip(value)
+    return None if ip is None else str(ip)
+
+
 def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     net = ipaddress.ip_network(cidr.strip(), strict=False)
     if net.version == 6 and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
@@ -64,9 +78,11 @@ class CidrSet:
             self._ends[version] = [e for _, e in merged]
 
     def __contains__(self, ip: IpAddress) -> bool:
-        starts = self._starts[ip.version]
-        i = bisect_right(starts, int(ip)) - 1
-        return i >= 0 and int(ip) <= self._ends[ip.version][i]
+        return self.contains(ip.version, int(ip))
+
+    def contains(self, version: int, number: int) -> bool:
+        i = bisect_right(self._starts[version], number) - 1
+        return i >= 0 and number <= self._ends[version][i]
 
     def __bool__(self) -> bool:
         return self.size > 0
@@ -85,9 +101,9 @@ class IpFilter:
         return bool(self._allow) or bool(self._deny)
 
     def permits(self, client_ip: str) -> bool:
-        ip = parse_ip(client_ip)
-        if ip is None:  # an unparsable address can never be proven allowed
+        key = ip_key(client_ip)
+        if key is None:  # an unparsable address can never be proven allowed
             return False
-        if ip in self._deny:
+        if self._deny and self._deny.contains(*key):
             return False
-        return not self._allow or ip in self._allow
+        return not self._allow or self._allow.contains(*key)
