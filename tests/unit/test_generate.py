@@ -1,0 +1,126 @@
+"""Generated objects: ConfigMap, Secret, Certificates, NetworkPolicies; and the 1 MiB limit at scale."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from kubegate.apikeys import generate_api_key
+from kubegate.config import HASH_ANNOTATION, decode_config, decode_secrets
+from kubegate.generate import generate_objects
+from kubegate.resources import ServiceInfo, ServicePort, SourceObject, TranslationInput
+from kubegate.translate import translate
+
+MANAGED = {"app.kubernetes.io/managed-by": "kubegate", "app.kubernetes.io/part-of": "kubegate"}
+DATAPLANE = {"app.kubernetes.io/name": "kubegate", "app.kubernetes.io/component": "dataplane"}
+
+
+def by_kind_name(objects):
+    return {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
+
+
+def test_config_map_and_secret_round_trip(build):
+    route = build.route("admin", auth={"methods": ["jwt"], "jwt": {
+        "algorithms": ["HS256"], "secretRef": {"name": "hmac", "key": "s"}}})
+    inp = build.make_input(route, secrets={("shop", "hmac"): {"s": b"hmac-value"}})
+    result = translate(inp)
+    objects = generate_objects(result, inp)
+    cm, secret = objects[0], objects[1]
+    assert (cm["kind"], cm["metadata"]["name"], cm["metadata"]["namespace"]) == (
+        "ConfigMap", "kubegate-config", "kubegate-system")
+    assert cm["data"] == {"hash": result.hash}
+    assert cm["metadata"]["annotations"] == {HASH_ANNOTATION: result.hash}
+    assert decode_config(cm["binaryData"]["config.json.gz"]) == result.config
+    assert "hmac-value" not in json.dumps(cm)
+    assert (secret["kind"], secret["type"], secret["metadata"]["name"]) == ("Secret", "Opaque", "kubegate-secrets")
+    assert secret["metadata"]["annotations"] == {HASH_ANNOTATION: result.hash}
+    assert base64.b64decode(secret["data"]["hash"]).decode() == result.hash
+    assert decode_secrets(secret["data"]["secrets.json.gz"]).values == {"jwt.shop.admin": "hmac-value"}
+    assert decode_secrets(base64.b64decode(secret["data"]["secrets.json.gz"])) == result.secrets
+    for o in objects:
+        assert MANAGED.items() <= o["metadata"]["labels"].items()
+
+
+def test_certificate_for_issuer_ref(build):
+    tls = build.obj("TLSPolicy", "public", {
+        "hostnames": ["www.example.com", "api.example.com"],
+        "certificate": {"issuerRef": {"name": "le", "kind": "ClusterIssuer"}, "duration": "2160h",
+                        "renewBefore": "720h"}}, "shop")
+    byo = build.obj("TLSPolicy", "byo", {"hostnames": ["b.example.com"],
+                                         "certificate": {"secretRef": {"name": "x"}}}, "shop")
+    inp = build.make_input(tls, byo)
+    objects = by_kind_name(generate_objects(translate(inp), inp))
+    (cert,) = [o for k, o in objects.items() if k[0] == "Certificate"]
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert cert["metadata"]["name"] == "kubegate-shop-public" and cert["metadata"]["namespace"] == "kubegate-system"
+    assert cert["spec"] == {
+        "secretName": "kubegate-shop-public", "dnsNames": ["api.example.com", "www.example.com"],
+        "issuerRef": {"name": "le", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+        "duration": "2160h", "renewBefore": "720h"}
+
+
+def test_network_policies(build):
+    objs = [
+        build.route("a", "/a", backends=[{"service": "web", "port": 80}, {"url": "https://ext.example.com:8443/x"}]),
+        build.route("b", "/b", backends=[{"service": "nosel", "port": 90}]),
+        build.route("c", "/c", namespace="other", backends=[{"service": "api", "port": 7000}]),
+    ]
+    services = [build.service(), build.service("nosel", ports=(90,), selector={}),
+                ServiceInfo(namespace="other", name="api", selector={"app": "api", "tier": "be"},
+                            ports=(ServicePort(port=7000, target_port="http"),))]
+    inp = build.make_input(*objs, services=services)
+    objects = by_kind_name(generate_objects(translate(inp), inp))
+    web = objects[("NetworkPolicy", "shop", "kubegate-backend-web")]["spec"]
+    assert web["podSelector"] == {"matchLabels": {"app": "web"}} and web["policyTypes"] == ["Ingress"]
+    assert web["ingress"] == [{"from": [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubegate-system"}},
+        "podSelector": {"matchLabels": DATAPLANE}}], "ports": [{"protocol": "TCP", "port": 8080}]}]
+    api = objects[("NetworkPolicy", "other", "kubegate-backend-api")]["spec"]
+    assert api["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "http"}]
+    assert ("NetworkPolicy", "shop", "kubegate-backend-nosel") not in objects  # no selector, no pods to name
+    egress = objects[("NetworkPolicy", "kubegate-system", "kubegate-dataplane-egress")]["spec"]
+    assert egress["podSelector"] == {"matchLabels": DATAPLANE} and egress["policyTypes"] == ["Egress"]
+    rules = egress["egress"]
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
+                    "podSelector": {"matchLabels": {"app": "web"}}}],
+            "ports": [{"protocol": "TCP", "port": 8080}]} in rules
+    ports = [p for rule in rules if "to" not in rule for p in rule["ports"]]
+    for expected in ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53},
+                     {"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443},
+                     {"protocol": "TCP", "port": 6379}, {"protocol": "TCP", "port": 8443}):
+        assert expected in ports
+
+
+def test_object_order_is_deterministic(build):
+    objs = [build.route("a", "/a"), build.route("b", "/b", namespace="other")]
+    services = [build.service(), build.service(namespace="other")]
+    inp1 = build.make_input(*objs, services=services)
+    inp2 = build.make_input(*reversed(objs), services=list(reversed(services)))
+    assert generate_objects(translate(inp1), inp1) == generate_objects(translate(inp2), inp2)
+
+
+def test_10k_routes_and_10k_keys_fit_in_1_mib():
+    objects, secrets, services = [], {}, {}
+    for i in range(10_000):
+        ns = f"team-{i % 50}"
+        objects.append(SourceObject(kind="GatewayRoute", namespace=ns, name=f"route-{i}", spec={
+            "hosts": ["api.example.com"], "path": f"/api/v1/service-{i}/:id", "methods": ["GET", "POST"],
+            "backends": [{"service": f"svc-{i % 100}", "port": 8080}], "auth": {"methods": ["apiKey"]}}))
+        objects.append(SourceObject(kind="ApiKey", namespace=ns, name=f"key-{i}", spec={
+            "secretRef": {"name": f"key-{i}", "key": "api-key"}, "routes": [f"route-{i}"],
+            "rateLimit": {"requests": 100, "period": "1m"}}))
+        secrets[(ns, f"key-{i}")] = {"api-key": generate_api_key().encode()}
+    for k in range(50):
+        for j in range(100):
+            services[(f"team-{k}", f"svc-{j}")] = ServiceInfo(
+                namespace=f"team-{k}", name=f"svc-{j}", ports=(ServicePort(port=8080),), selector={"app": f"s{j}"})
+    inp = TranslationInput(objects=tuple(objects), secrets=secrets, services=services)
+    start = time.perf_counter()
+    result = translate(inp)
+    cm, secret = generate_objects(result, inp)[:2]
+    elapsed = time.perf_counter() - start
+    assert len(result.config.routes) == 10_000 and len(result.config.api_keys) == 10_000
+    cm_size, secret_size = len(json.dumps(cm)), len(json.dumps(secret))
+    print(f"10k routes + 10k keys: ConfigMap {cm_size} B, Secret {secret_size} B, {elapsed:.1f}s")
+    assert cm_size < 1024 * 1024 and secret_size < 1024 * 1024
