@@ -137,7 +137,7 @@ class TokenCache:
 class JwtVerifier:
     """One route's compiled jwt settings (routes with identical settings share one)."""
 
-    def __init__(self, cfg: CompiledJwt, secrets: SecretBundle, jwks: JwksCache, cache: TokenCache,
+    def __init__(self, cfg: CompiledJwt, secrets: SecretBundle, jwks: JwksCache | None, cache: TokenCache,
                  ident: int) -> None:
         algorithms = tuple(a for a in cfg.algorithms if a in SUPPORTED_ALGORITHMS)
         if not algorithms or len(algorithms) != len(cfg.algorithms):
@@ -168,6 +168,8 @@ class JwtVerifier:
                 self._static[alg] = key
         elif any(a.startswith("HS") for a in algorithms):
             raise ValueError("HS* algorithms need an HMAC secret, never a JWKS")
+        elif jwks is None:
+            raise ValueError("jwksUri needs a JWKS cache (none configured)")
         self._options = {"verify_aud": bool(cfg.audiences), "require": []}
         self._audience = list(cfg.audiences) or None
 
