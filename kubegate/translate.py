@@ -529,6 +529,11 @@ def translate(inp: TranslationInput) -> TranslationResult:
                 verdicts[obj.ref].unresolved(ROUTE_NOT_FOUND, f"GatewayRoute {obj.namespace}/{target.name} not found")
         verdicts[obj.ref].programmable = True
 
+    by_namespace: dict[str, list[tuple[SourceObject, RateLimitPolicySpec]]] = {}
+    for obj, spec in policies:
+        by_namespace.setdefault(obj.namespace, []).append((obj, spec))
+    compiled_policies: dict[tuple[ObjectRef, str], CompiledRateLimit] = {}
+
     routes: list[CompiledRoute] = []
     for obj, spec in routes_in:
         verdict = verdicts[obj.ref]
@@ -537,9 +542,15 @@ def translate(inp: TranslationInput) -> TranslationResult:
         route = _route(ctx, verdict, spec)
         if route is None:
             continue
-        chosen = choose_policy(route, policies, inp.gateway_namespace)
+        candidates = by_namespace.get(obj.namespace, [])
+        if obj.namespace != inp.gateway_namespace:
+            candidates = candidates + by_namespace.get(inp.gateway_namespace, [])
+        chosen = choose_policy(route, candidates, inp.gateway_namespace)
         if chosen is not None:
-            route = route.model_copy(update={"rate_limit": compile_policy(*chosen)})
+            cache_key = (chosen[0].ref, chosen[2])
+            if cache_key not in compiled_policies:
+                compiled_policies[cache_key] = compile_policy(*chosen)
+            route = route.model_copy(update={"rate_limit": compiled_policies[cache_key]})
         verdict.programmable = True
         routes.append(route)
 
