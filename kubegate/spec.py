@@ -89,9 +89,12 @@ CIDR = Annotated[
 
 
 class SpecModel(BaseModel):
-    """Base for every spec node: unknown fields are errors, as in a structural CRD."""
+    """Base for every spec node: unknown fields are errors, as in a structural CRD.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    Strict types, as the API server's: ``port: "80"`` is rejected, not coerced.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 def cel(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -423,7 +426,9 @@ class ApiKeySpec(SpecModel):
     )
     allowedCIDRs: list[CIDR] = Field(default_factory=list, max_length=256, description="Client CIDRs allowed.")
     rateLimit: KeyRateLimit | None = Field(None, description="Per-key rate limit.")
-    expiresAt: datetime | None = Field(None, description="RFC 3339 time after which the key is refused.")
+    expiresAt: datetime | None = Field(
+        None, strict=False, description="RFC 3339 time after which the key is refused."
+    )
     disabled: bool = Field(False, description="true = the key is refused.")
 
 
