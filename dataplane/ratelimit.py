@@ -265,24 +265,51 @@ class _RespConnection(asyncio.Protocol):
     is consumed and discarded instead of answering the next caller.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._loop = loop
+        self._timeout = timeout
         self._transport: asyncio.Transport | None = None
         self._pending: deque[asyncio.Future] = deque()
         self._buf = bytearray()
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._waiting_since: float | None = None  # outstanding requests and no reply since then
+        self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._watchdog = self._loop.call_later(self._timeout / 2, self._check)
+
+    def _check(self) -> None:
+        """Declare Redis dead when requests are outstanding and nothing came back for ``timeout``.
+
+        One timer per connection instead of one per request; and since asyncio
+        reads sockets before it runs timers, a busy event loop is never taken
+        for a slow Redis.
+        """
+        since = self._waiting_since
+        if since is not None and self._loop.time() - since > self._timeout:
+            self._fail(TimeoutError("redis did not answer in time"))
+            return
+        if not self.closed:
+            self._watchdog = self._loop.call_later(self._timeout / 2, self._check)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError("redis connection lost"))
+
+    def _fail(self, error: Exception) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._transport is not None and not self.closed:
+            self.closed = True
+            self._transport.close()
         self.closed = True
         while self._pending:
             fut = self._pending.popleft()
             if not fut.done():
-                fut.set_exception(ConnectionError("redis connection lost"))
+                fut.set_exception(error)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -297,6 +324,7 @@ class _RespConnection(asyncio.Protocol):
                 fut = self._pending.popleft()
                 if not fut.done():
                     fut.set_result(value)
+            self._waiting_since = self._loop.time() if self._pending else None
         except (RespError, ValueError, IndexError):
             self.close()  # unparsable stream: drop it; callers see a store failure
             return
@@ -318,12 +346,12 @@ class _RespConnection(asyncio.Protocol):
         self._flush_scheduled = False
         if self._out and not self.closed and self._transport is not None:
             self._transport.write(b"".join(self._out))
+            if self._waiting_since is None:
+                self._waiting_since = self._loop.time()
         self._out.clear()
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-        self.connection_lost(None)
+        self._fail(ConnectionError("redis connection closed"))
 
 
 class RedisRateLimiter:
@@ -389,7 +417,7 @@ class RedisRateLimiter:
         ssl_ctx = ssl_module.create_default_context() if self._tls else None
         async with asyncio.timeout(max(1.0, self._timeout * 10)):  # bounded even if callers gave up
             _, conn = await loop.create_connection(
-                lambda: _RespConnection(loop), self._host, self._port, ssl=ssl_ctx
+                lambda: _RespConnection(loop, self._timeout), self._host, self._port, ssl=ssl_ctx
             )
             hello = []
             if self._password is not None:
@@ -432,11 +460,14 @@ class RedisRateLimiter:
             return self._unavailable(failure_mode)
         self.calls += 1
         try:
-            async with asyncio.timeout(self._timeout):
-                conn = await self._connection()
-                reply = await conn.send(self._command(b"EVALSHA", self._sha, charges))
-                if isinstance(reply, RespError) and str(reply).startswith("NOSCRIPT"):
-                    reply = await conn.send(self._command(b"EVAL", self._source, charges))
+            conn = self._conn
+            if conn is None or conn.closed:
+                async with asyncio.timeout(self._timeout):
+                    conn = await self._connection()
+            # no per-request timer: the connection's watchdog fails every waiter when Redis stalls
+            reply = await conn.send(self._command(b"EVALSHA", self._sha, charges))
+            if isinstance(reply, RespError) and str(reply).startswith("NOSCRIPT"):
+                reply = await conn.send(self._command(b"EVAL", self._source, charges))
             if isinstance(reply, RespError):
                 raise reply
             result = _result_from_reply(reply, charges)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ modes.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -54,8 +55,16 @@ class RedisServer:
             sock.sendall((" ".join(words) + "\r\n").encode())
             return sock.recv(65536)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its socket but answers nothing (a hung Redis)."""
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
             self._proc.kill()
             self._proc.wait(timeout=5)
         self._proc = None

@@ -188,6 +188,40 @@ async def test_dead_redis_applies_failure_mode_fast_and_trips_the_breaker(redis_
         await store.close()
 
 
+async def test_hung_redis_is_detected_by_the_watchdog(redis_server: RedisServer):
+    store = RedisRateLimiter(redis_server.url, timeout=0.05, breaker=CircuitBreaker(threshold=1, cooldown=0.2))
+    c = charge("hung", 100)
+    try:
+        assert not (await store.hit([c], "closed")).store_unavailable
+        redis_server.pause()
+        started = time.perf_counter()
+        results = await asyncio.gather(*(store.hit([c], "closed") for _ in range(20)))
+        assert time.perf_counter() - started < 0.2  # every waiter failed together, within ~1.5 x timeout
+        assert all(r.store_unavailable and not r.allowed for r in results)
+        redis_server.resume()
+        await asyncio.sleep(0.25)
+        assert not (await store.hit([c], "closed")).store_unavailable  # fresh connection after the cool-down
+    finally:
+        redis_server.resume()
+        await store.close()
+
+
+async def test_busy_event_loop_is_not_taken_for_a_dead_redis(redis_server: RedisServer):
+    store = RedisRateLimiter(redis_server.url, timeout=0.05)
+    c = charge("busy", 1000)
+    try:
+        await store.hit([c], "closed")
+
+        async def hog():
+            await asyncio.sleep(0)  # runs right after the pipelined write went out
+            time.sleep(0.2)  # noqa: ASYNC251 - the loop is blocked 4 x longer than the store timeout
+
+        results = await asyncio.gather(*(store.hit([c], "closed") for _ in range(10)), hog())
+        assert not any(r.store_unavailable for r in results[:10])
+    finally:
+        await store.close()
+
+
 def test_breaker_half_open_lets_one_probe_through():
     now = [0.0]
     breaker = CircuitBreaker(threshold=2, cooldown=1.0, clock=lambda: now[0])
