@@ -282,7 +282,8 @@ class Informer:
                 if self.last_error != str(exc):
                     log.warning("watch %s failed: %s; retrying", self.path, exc)
                 self.last_error = str(exc)
-                await asyncio.sleep(self.retry_seconds)
+                missing = isinstance(exc, ApiError) and exc.status == 404  # e.g. a CRD not installed (yet)
+                await asyncio.sleep(self.retry_seconds if missing else 1.0)
 
     async def _relist(self) -> str:
         listing = await self.api.list(self.path, **self.params)

@@ -37,7 +37,13 @@ from .programmed import (
     replica_lease,
 )
 from .state import ClusterState, LiveObject
-from .status import CertificateFacts, desired_status, status_changed, transition_events
+from .status import (
+    OPTIONAL_FIELDS,
+    CertificateFacts,
+    desired_status,
+    status_changed,
+    transition_events,
+)
 
 log = logging.getLogger("kubegate.operator.reconcile")
 
@@ -275,7 +281,7 @@ class Reconciler:
         if not self.is_leader():
             return
         body: dict[str, Any] = dict(desired)
-        for stale in ("keyId", "certificate"):
+        for stale in OPTIONAL_FIELDS:
             if stale in live.status and stale not in desired:
                 body[stale] = None
         path = path_for(API_VERSION, ref.kind, ref.namespace, ref.name, "status")

@@ -19,6 +19,7 @@ from .programmed import Acknowledgement
 
 CONDITION_ORDER = ("Accepted", "ResolvedRefs", "Programmed", "Ready", "Reconciling", "Stalled")
 NO_DATA_PLANE = "no data-plane replica is running"
+OPTIONAL_FIELDS = ("keyId", "certificate", "notAfter")  # removed from a status when no longer true
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class CertificateFacts:
     """What cert-manager says about a TLSPolicy's generated Certificate."""
 
     name: str
-    ready: str = "Unknown"  # the Certificate's Ready condition status
+    ready: str = "Unknown"  # status of the Certificate's Ready condition
     reason: str = ""
     not_after: str | None = None
 
@@ -96,28 +97,36 @@ def desired_status(result: ObjectResult, ack: Acknowledgement, previous: Mapping
                    certificate: CertificateFacts | None = None) -> dict[str, Any]:
     """The full ``status`` of one object."""
     previous = previous or {}
+    conditions = desired_conditions(result, ack)
+    if certificate is not None:
+        conditions.append(certificate_condition(certificate))
     status: dict[str, Any] = {
         "observedGeneration": result.generation,
-        "conditions": render_conditions(
-            desired_conditions(result, ack), result.generation, previous.get("conditions") or (), now
-        ),
+        "conditions": render_conditions(conditions, result.generation, previous.get("conditions") or (), now),
     }
     if result.key_id:
         status["keyId"] = result.key_id
     if certificate is not None:
-        status["certificate"] = {
-            "name": certificate.name,
-            "ready": certificate.ready,
-            **({"notAfter": certificate.not_after} if certificate.not_after else {}),
-        }
+        status["certificate"] = certificate.name
+        if certificate.not_after:
+            status["notAfter"] = certificate.not_after
     return status
+
+
+def certificate_condition(cert: CertificateFacts) -> Condition:
+    """The generated Certificate's own Ready condition, mirrored for users (informative, not part of Ready)."""
+    if cert.ready == "True":
+        return Condition(type="CertificateReady", status="True", reason=cert.reason or "Ready",
+                         message=f"Certificate {cert.name} is ready")
+    return Condition(type="CertificateReady", status="False" if cert.ready == "False" else "Unknown",
+                     reason=cert.reason or "Pending", message=f"Certificate {cert.name} is not ready yet")
 
 
 def status_changed(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
     """Whether the managed part of a live status differs from the desired one."""
     live = live or {}
     return any(live.get(k) != v for k, v in desired.items()) or any(
-        k in live for k in ("keyId", "certificate") if k not in desired
+        k in live for k in OPTIONAL_FIELDS if k not in desired
     )
 
 

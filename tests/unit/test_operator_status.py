@@ -86,8 +86,11 @@ def test_api_key_and_certificate_facts_are_shown():
     status = desired_status(result(key_id="ak_0123456789"), Acknowledgement(1, 1), None, "t",
                             CertificateFacts("kubegate-shop-public", "True", "Ready", "2027-01-01T00:00:00Z"))
     assert status["keyId"] == "ak_0123456789"
-    assert status["certificate"] == {"name": "kubegate-shop-public", "ready": "True",
-                                     "notAfter": "2027-01-01T00:00:00Z"}
+    assert (status["certificate"], status["notAfter"]) == ("kubegate-shop-public", "2027-01-01T00:00:00Z")
+    assert conds(status)["CertificateReady"] == ("True", "Ready")
+    assert conds(status)["Ready"] == ("True", "Ready")
+    pending = desired_status(result(), Acknowledgement(1, 1), None, "t", CertificateFacts("c"))
+    assert conds(pending)["CertificateReady"] == ("Unknown", "Pending") and "notAfter" not in pending
     assert status_changed({**status, "extra": 1}, status) is False
     assert status_changed(status, {k: v for k, v in status.items() if k != "keyId"}) is True
 
