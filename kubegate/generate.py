@@ -116,7 +116,7 @@ def _url_port(url: str) -> int:
 def served_backends(
     result: TranslationResult, inp: TranslationInput
 ) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], set[int]]:
-    """((ns, service) -> target ports) of selector-backed Services, and the ports of url: backends."""
+    """((ns, service) -> target ports) of selector-backed Services, and the ports of url: backends and JWKS."""
     services: dict[tuple[str, str], list[dict[str, Any]]] = {}
     url_ports: set[int] = set()
     for obj in inp.objects:
@@ -126,6 +126,8 @@ def served_backends(
         spec, _ = parse_spec(obj.kind, obj.spec)
         if not isinstance(spec, GatewayRouteSpec):
             continue
+        if spec.auth and spec.auth.jwt and spec.auth.jwt.jwksUri:
+            url_ports.add(_url_port(spec.auth.jwt.jwksUri))
         for backend in spec.backends:
             if backend.url is not None:
                 url_ports.add(_url_port(backend.url))

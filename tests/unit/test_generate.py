@@ -65,6 +65,8 @@ def test_network_policies(build):
         build.route("a", "/a", backends=[{"service": "web", "port": 80}, {"url": "https://ext.example.com:8443/x"}]),
         build.route("b", "/b", backends=[{"service": "nosel", "port": 90}]),
         build.route("c", "/c", namespace="other", backends=[{"service": "api", "port": 7000}]),
+        build.route("d", "/d", backends=[{"url": "http://ext"}], auth={"methods": ["jwt"], "jwt": {
+            "jwksUri": "http://idp.example.com:8081/jwks"}}),
     ]
     services = [build.service(), build.service("nosel", ports=(90,), selector={}),
                 ServiceInfo(namespace="other", name="api", selector={"app": "api", "tier": "be"},
@@ -88,7 +90,8 @@ def test_network_policies(build):
     ports = [p for rule in rules if "to" not in rule for p in rule["ports"]]
     for expected in ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53},
                      {"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443},
-                     {"protocol": "TCP", "port": 6379}, {"protocol": "TCP", "port": 8443}):
+                     {"protocol": "TCP", "port": 6379}, {"protocol": "TCP", "port": 8443},
+                     {"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 8081}):
         assert expected in ports
 
 
