@@ -174,6 +174,28 @@ def build_binaries(target: Path, k8s_version: str, etcd_version: str, log=print)
     return took
 
 
+def go_tool(name: str, log=print) -> Path:
+    """Build a small Go helper from hack/<name> (e.g. kstatus), cached by its sources' hash."""
+    src = HACK_DIR / name
+    digest = hashlib.sha256()
+    for path in sorted(src.glob("*")):
+        if path.suffix in (".go", ".mod", ".sum"):
+            digest.update(path.name.encode() + path.read_bytes())
+    target = cache_root() / "tools" / f"{name}-{digest.hexdigest()[:12]}"
+    if os.access(target, os.X_OK):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    partial = target.with_suffix(".partial")
+    proc = subprocess.run([_go(), "build", "-trimpath", "-o", str(partial), "."], cwd=src, capture_output=True,
+                          text=True, env={**os.environ, "GOFLAGS": "-mod=mod -buildvcs=false"}, check=False)
+    if proc.returncode != 0:
+        raise UserError(f"go build of hack/{name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    partial.rename(target)
+    log(f"built hack/{name} in {time.monotonic() - started:.0f}s")
+    return target
+
+
 # --------------------------------------------------------------------------- PKI
 
 
