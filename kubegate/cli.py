@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_files(p)
     _add_listeners(p)
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")
+    p.add_argument("--demo-backends", action="store_true",
+                   help="start an echo server on every loopback port the routes proxy to (for trying the examples)")
 
     p = sub.add_parser("operator", help="the kopf operator (in-cluster or from KUBECONFIG)")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")

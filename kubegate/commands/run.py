@@ -20,6 +20,7 @@ def _configure_logging() -> None:
 
 async def serve(args: argparse.Namespace) -> int:
     from kubegate.dataplane.devca import DevCa
+    from kubegate.dataplane.metrics import Metrics
     from kubegate.dataplane.ratelimit import build_rate_limiter
     from kubegate.dataplane.reload import FileConfigSource, LoadFailed, build, report
     from kubegate.dataplane.server import ConfigRejected, Gateway
@@ -32,13 +33,15 @@ async def serve(args: argparse.Namespace) -> int:
         for line in failed.problems[1:]:
             print(f"kubegate: {line}", file=sys.stderr)
         raise UserError(failed.problems[0]) from None
+    metrics = Metrics()
     try:
-        limiter = build_rate_limiter(args.redis_url)
+        limiter = build_rate_limiter(args.redis_url, metrics=metrics)
     except ValueError as exc:
         raise UserError(f"--redis-url: {exc}") from None
     try:
         gateway = Gateway(host=args.host, http_port=args.http_port, https_port=args.https_port,
-                          admin_port=args.admin_port, limiter=limiter, trusted_proxies=args.trusted_proxies)
+                          admin_port=args.admin_port, limiter=limiter, trusted_proxies=args.trusted_proxies,
+                          metrics=metrics)
     except ValueError as exc:
         await limiter.close()
         raise UserError(str(exc)) from None
@@ -48,7 +51,13 @@ async def serve(args: argparse.Namespace) -> int:
         await limiter.close()
         raise UserError(exc.strerror or str(exc)) from None
     source = FileConfigSource(list(args.paths), gateway, args.namespace, ca)
+    demo_backends = []
     try:
+        if args.demo_backends:
+            from kubegate.demo import local_backend_ports, start_demo_backends
+
+            demo_backends = await start_demo_backends(local_backend_ports(first.config),
+                                                      busy=set(gateway.ports.values()))
         for line in report(first):
             log.warning("%s", line)
         try:
@@ -70,6 +79,8 @@ async def serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     finally:
+        for runner in demo_backends:
+            await runner.cleanup()
         await gateway.stop()
         await limiter.close()
     return 0
