@@ -12,6 +12,7 @@ import base64
 import json
 import signal
 import ssl
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -323,6 +324,35 @@ spec:
     assert http(stack["dataplane"].url("/failover"))[0] == 200
     stack["operator"] = follower
     del stack["operator-b"]
+
+
+def test_a_burst_of_1000_routes_costs_a_handful_of_config_writes(cluster, stack, namespace):
+    watch = subprocess.Popen(
+        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "configmap", "kubegate-config", "-n", GATEWAY_NS,
+         "--watch-only", "-o", "jsonpath={.metadata.resourceVersion}{'\\n'}"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        url = stack["backends"].url("extra")
+        routes = [{"apiVersion": "kubegate.dev/v1alpha1", "kind": "GatewayRoute",
+                   "metadata": {"name": f"burst-{i}", "namespace": namespace},
+                   "spec": {"path": f"/burst/{i}/*rest", "backends": [{"url": url}]}} for i in range(1000)]
+        cluster.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": routes}))
+
+        def all_ready():
+            items = json.loads(cluster.kubectl("get", "gatewayroutes", "-n", namespace, "-o", "json").stdout)["items"]
+            return len(items) == 1000 and all(
+                any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions", ()))
+                for i in items)
+
+        wait_until(all_ready, 120, "1,000 routes Ready", interval=1)
+        assert http(stack["dataplane"].url("/burst/999/x"))[0] == 200
+        time.sleep(1)
+    finally:
+        watch.terminate()
+    writes = [line for line in watch.communicate(timeout=10)[0].splitlines() if line.strip()]
+    assert 1 <= len(writes) <= 10, f"{len(writes)} ConfigMap writes for a burst of 1,000 routes"
+    cluster.kubectl("delete", "gatewayroutes", "--all", "-n", namespace, "--wait=false")
 
 
 def test_processes_survive_the_module(stack):
