@@ -44,8 +44,7 @@ def start_test_cluster(state_dir: Path) -> devcluster.DevCluster:
         cluster.install_crds(CERT_MANAGER_CRD)
         # The whole base: namespace, CRDs again (no-op), RBAC, Services, NetworkPolicies and
         # the Deployments (harmless: no controller-manager turns them into pods).
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kubegate-tests",
-                        "-k", str(MANIFESTS))
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(MANIFESTS))
     except BaseException:
         devcluster.down(state_dir, log=lambda *_: None, keep_logs=True)
         raise
