@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import random
 import re
 import secrets
@@ -23,6 +24,7 @@ from yarl import URL
 from kubegate.config import CompiledRoute
 
 from .bodies import BodyTooLarge
+from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -31,10 +33,16 @@ HOP_BY_HOP = frozenset({
 # Set by the gateway itself; an incoming copy is replaced (X-Forwarded-For is appended to).
 _OWN_HEADERS = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-forwarded-for"})
 _RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
+# Request headers never copied upstream: hop-by-hop, our own, and body framing (the
+# sender frames the body itself); Expect is answered by the gateway, not relayed.
+_SKIP = HOP_BY_HOP | _OWN_HEADERS | {"content-length", "expect"}
+_SKIP_WS = HOP_BY_HOP | _OWN_HEADERS | {"expect"}
+_EMPTY_STATUSES = frozenset({204, 304})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 CHUNK = 64 * 1024
+SMALL_UPLOAD = 64 * 1024  # request bodies up to this size are read whole and sent in one write
 
 
 class ProxyFailure(Exception):
@@ -46,7 +54,7 @@ class ProxyFailure(Exception):
 
 
 def build_session(*, limit: int = 1000, keepalive: float = 30.0) -> aiohttp.ClientSession:
-    """One pooled session per Gateway: keep-alive upstream connections are the biggest win."""
+    """The aiohttp session for upstream WebSockets (plain HTTP goes through upstream.UpstreamPool)."""
     connector = aiohttp.TCPConnector(
         limit=limit, limit_per_host=0, keepalive_timeout=keepalive, ttl_dns_cache=10, use_dns_cache=True,
     )
@@ -61,43 +69,50 @@ def build_session(*, limit: int = 1000, keepalive: float = 30.0) -> aiohttp.Clie
 class UpstreamPlan:
     """Precomputed upstream settings of one route."""
 
-    bases: tuple[str, ...]  # backend base URLs without a trailing slash
+    origins: tuple[Origin, ...]  # parsed backend base URLs
     cumulative: tuple[int, ...]  # running weight totals for bisect
     total_weight: int
     strip_prefix: str | None
-    timeout: aiohttp.ClientTimeout
+    timeout: aiohttp.ClientTimeout  # for WebSockets (aiohttp)
+    request_timeout: float | None
+    connect_timeout: float | None
     retries: int
+
+    @property
+    def bases(self) -> tuple[str, ...]:
+        return tuple(f"{'https' if o.tls else 'http'}://{o.authority}{o.base_path}" for o in self.origins)
 
     @classmethod
     def for_route(cls, route: CompiledRoute) -> UpstreamPlan:
-        bases, cumulative, total = [], [], 0
+        origins, cumulative, total = [], [], 0
         for backend in route.backends:
             if backend.weight <= 0:
                 continue
-            url = URL(backend.url)
-            if url.scheme not in ("http", "https") or not url.host:
-                raise ValueError(f"route {route.id}: backend URL {backend.url!r} is not an absolute http(s) URL")
+            try:
+                origins.append(Origin.parse(backend.url))
+            except ValueError as exc:
+                raise ValueError(f"route {route.id}: {exc}") from None
             total += backend.weight
-            bases.append(backend.url.rstrip("/"))
             cumulative.append(total)
         prefix = route.strip_prefix.rstrip("/") if route.strip_prefix else None
         return cls(
-            tuple(bases), tuple(cumulative), total, prefix or None,
+            tuple(origins), tuple(cumulative), total, prefix or None,
             aiohttp.ClientTimeout(total=route.request_timeout, sock_connect=route.connect_timeout),
-            route.retries,
+            route.request_timeout or None, route.connect_timeout or None, route.retries,
         )
 
-    def pick(self, avoid: str | None = None) -> str | None:
+    def pick(self, avoid: Origin | None = None) -> Origin | None:
         """Weighted random backend; on retry prefer one that was not just tried."""
-        if not self.bases:
+        origins = self.origins
+        if len(origins) == 1:
+            return origins[0]
+        if not origins:
             return None
-        if len(self.bases) == 1:
-            return self.bases[0]
         for _ in range(3):
-            base = self.bases[bisect.bisect_right(self.cumulative, random.randrange(self.total_weight))]
-            if base != avoid:
-                return base
-        return base
+            origin = origins[bisect.bisect_right(self.cumulative, random.randrange(self.total_weight))]
+            if origin is not avoid:
+                return origin
+        return origin
 
     def upstream_path(self, path: str) -> str:
         """Apply stripPrefix on a segment boundary; the result always starts with '/'."""
@@ -107,40 +122,50 @@ class UpstreamPlan:
         return path
 
 
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count(1)
+
+
 def request_id(incoming: str | None) -> str:
-    """Keep a well-formed incoming X-Request-Id (trace continuity); otherwise mint one."""
+    """Keep a well-formed incoming X-Request-Id (trace continuity); otherwise mint one.
+
+    Minted ids are a per-process random prefix plus a counter (32 hex digits):
+    unique without paying for 16 random bytes per request.
+    """
     if incoming and REQUEST_ID.fullmatch(incoming):
         return incoming
-    return secrets.token_hex(16)
+    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def upstream_headers(headers: CIMultiDictProxy[str], *, peer: str, proto: str, host: str, rid: str,
-                     drop: frozenset[str] = frozenset(), websocket: bool = False) -> CIMultiDict[str]:
+                     drop: frozenset[str] = frozenset(), websocket: bool = False) -> list[tuple[str, str]]:
     """Request headers for the upstream: hop-by-hop removed, X-Forwarded-* and X-Request-Id set.
 
     ``drop`` holds lower-case header names the gateway itself fills (forwarded JWT
-    claims), so a client cannot spoof them.
+    claims), so a client cannot spoof them. Content-Length is left to the sender,
+    which frames the body (see :func:`forward`).
     """
     listed = headers.get("Connection")
     connection_named = (
         frozenset(t.strip().lower() for t in listed.split(",")) if listed else frozenset()
     )
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
     forwarded_for = None
+    skip = _SKIP_WS if websocket else _SKIP
     for name, value in headers.items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in _OWN_HEADERS or lower in drop or lower in connection_named:
+        if lower in skip or lower in drop or lower in connection_named:
             if lower == "x-forwarded-for":
                 forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
             continue
         if websocket and lower.startswith("sec-websocket-"):
             continue  # aiohttp's ws_connect writes its own handshake headers
-        out.add(name, value)
-    out["X-Forwarded-For"] = f"{forwarded_for}, {peer}" if forwarded_for else peer
-    out["X-Forwarded-Proto"] = proto
+        out.append((name, value))
+    out.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+    out.append(("X-Forwarded-Proto", proto))
     if host:
-        out["X-Forwarded-Host"] = host
-    out["X-Request-Id"] = rid
+        out.append(("X-Forwarded-Host", host))
+    out.append(("X-Request-Id", rid))
     return out
 
 
@@ -155,7 +180,7 @@ async def stream_body(content: aiohttp.StreamReader, limit: int) -> AsyncIterato
 
 
 async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """Read a whole (bounded) body, for schema validation; BodyTooLarge past ``limit``."""
+    """Read a whole (bounded) body, for schema validation or a small upload; BodyTooLarge past ``limit``."""
     parts, seen = [], 0
     async for chunk in content.iter_chunked(CHUNK):
         seen += len(chunk)
@@ -165,44 +190,59 @@ async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def forward(request: web.BaseRequest, session: aiohttp.ClientSession, plan: UpstreamPlan, target: str,
-                  headers: CIMultiDict[str], body: bytes | AsyncIterator[bytes] | None,
+def _head(method: str, origin: Origin, target: str, headers: list[tuple[str, str]], framing: str) -> bytes:
+    lines = [f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    lines.append(framing)
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPlan, target: str,
+                  headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes] | None,
                   response_headers: dict[str, str], on_headers=None) -> web.StreamResponse:
-    """Send the request upstream (retrying where safe) and stream the answer back.
+    """Send the request upstream (retrying where safe) and relay the answer back.
 
     ``target`` is the path + query for the upstream. ``on_headers`` is called with
-    the upstream latency when response headers arrive (for metrics).
+    the upstream latency when response headers arrive (for metrics). A small
+    upstream body is returned whole (one write to the client); others stream.
     """
     method = request.method
-    attempts = 1 + (plan.retries if body is None and method in IDEMPOTENT else 0)
+    replayable = body is None or isinstance(body, bytes)
+    attempts = 1 + (plan.retries if replayable and method in IDEMPOTENT else 0)
+    if body is None:
+        length = request.headers.get("Content-Length")
+        framing = f"Content-Length: {length}\r\n\r\n" if length is not None else "\r\n"
+        chunked = False
+    elif isinstance(body, bytes):
+        framing, chunked = f"Content-Length: {len(body)}\r\n\r\n", False
+    elif request.content_length is not None:
+        framing, chunked = f"Content-Length: {request.content_length}\r\n\r\n", False
+    else:
+        framing, chunked = "Transfer-Encoding: chunked\r\n\r\n", True
     loop = asyncio.get_running_loop()
-    base: str | None = None
+    origin: Origin | None = None
     failure = ProxyFailure(503, "no_backend", "no backend available")
     for attempt in range(attempts):
-        base = plan.pick(avoid=base)
-        if base is None:
+        origin = plan.pick(avoid=origin)
+        if origin is None:
             raise failure
         started = loop.time()
         try:
-            upstream = await session.request(
-                method, URL(base + target, encoded=True), headers=headers, data=body,
-                allow_redirects=False, timeout=plan.timeout, compress=None,
+            upstream = await pool.request(
+                origin, method, _head(method, origin, target, headers, framing), body, chunked=chunked,
+                timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
             )
-        except BodyTooLarge:
-            raise ProxyFailure(413, "body_too_large", "request body too large") from None
-        except aiohttp.ConnectionTimeoutError:
-            failure = ProxyFailure(504, "upstream_connect_timeout", "upstream connect timed out")
-            continue
-        except aiohttp.ClientConnectorError:
-            failure = ProxyFailure(502, "upstream_unreachable", "upstream connection failed")
-            continue
-        except TimeoutError:
-            raise ProxyFailure(504, "upstream_timeout", "upstream timed out") from None
-        except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, BodyTooLarge) or isinstance(exc.__context__, BodyTooLarge):
-                raise ProxyFailure(413, "body_too_large", "request body too large") from None
+        except UpstreamError as exc:
+            if exc.kind == "connect_timeout":
+                failure = ProxyFailure(504, "upstream_connect_timeout", "upstream connect timed out")
+                continue
+            if exc.kind == "connect":
+                failure = ProxyFailure(502, "upstream_unreachable", "upstream connection failed")
+                continue
+            if exc.kind == "timeout":
+                raise ProxyFailure(504, "upstream_timeout", "upstream timed out") from None
             failure = ProxyFailure(502, "upstream_error", "upstream connection failed")
-            if body is None and method in IDEMPOTENT:
+            if replayable and method in IDEMPOTENT:
                 continue
             raise failure from None
         try:
@@ -216,27 +256,38 @@ async def forward(request: web.BaseRequest, session: aiohttp.ClientSession, plan
     raise failure
 
 
-async def _relay_response(request: web.BaseRequest, upstream: aiohttp.ClientResponse,
-                          extra: dict[str, str]) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    out = response.headers
-    listed = upstream.headers.get("Connection")
-    named = frozenset(t.strip().lower() for t in listed.split(",")) if listed else frozenset()
-    for name, value in upstream.headers.items():
+def _response_headers(upstream: UpstreamResponse, extra: dict[str, str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    named: frozenset[str] | tuple[()] = ()
+    for name, value in upstream.headers:
+        if name.lower() == "connection":
+            named = frozenset(t.strip().lower() for t in value.split(","))
+            break
+    for name, value in upstream.headers:
         lower = name.lower()
         if lower not in _RESPONSE_SKIP and lower not in named:
             out.add(name, value)
     for name, value in extra.items():
         out[name] = value
-    length = upstream.content_length
-    if length is not None:
-        response.content_length = length
+    return out
+
+
+async def _relay_response(request: web.BaseRequest, upstream: UpstreamResponse,
+                          extra: dict[str, str]) -> web.StreamResponse:
+    headers = _response_headers(upstream, extra)
+    status = upstream.status
+    if upstream.body is not None and request.method != "HEAD" and status not in _EMPTY_STATUSES:
+        return web.Response(status=status, reason=upstream.reason or None, body=upstream.body, headers=headers)
+    response = web.StreamResponse(status=status, reason=upstream.reason or None, headers=headers)
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
     try:
         await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(CHUNK):
-            await response.write(chunk)
+        if upstream.stream is not None:
+            async for chunk in upstream.stream:
+                await response.write(chunk)
         await response.write_eof()
-    except (aiohttp.ClientError, TimeoutError, ConnectionResetError):
+    except (UpstreamError, ConnectionResetError, aiohttp.ClientConnectionResetError):
         # Headers are already sent: the only honest signal left is a cut connection.
         if request.transport is not None:
             request.transport.abort()
@@ -249,16 +300,17 @@ def is_websocket_upgrade(headers: CIMultiDictProxy[str]) -> bool:
 
 
 async def relay_websocket(request: web.BaseRequest, session: aiohttp.ClientSession, plan: UpstreamPlan,
-                          target: str, headers: CIMultiDict[str],
+                          target: str, headers: list[tuple[str, str]],
                           response_headers: dict[str, str]) -> web.StreamResponse:
     """Open the upstream WebSocket first, then accept the client's and relay frames both ways."""
-    base = plan.pick()
-    if base is None:
+    origin = plan.pick()
+    if origin is None:
         raise ProxyFailure(503, "no_backend", "no backend available")
+    base = f"{'https' if origin.tls else 'http'}://{origin.authority}{origin.base_path}"
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     try:
         upstream = await session.ws_connect(
-            URL(base + target, encoded=True), headers=headers, protocols=offered, autoclose=False,
+            URL(base + target, encoded=True), headers=CIMultiDict(headers), protocols=offered, autoclose=False,
             max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=plan.timeout.sock_connect or 2.0),
             compress=0,
         )

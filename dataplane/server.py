@@ -30,6 +30,7 @@ from .clientip import ClientAddress
 from .metrics import Metrics
 from .router import MethodNotAllowed, RouteTable, normalize_host, normalize_path
 from .tls import EMPTY_TLS, PolicyContext, SniPeekProtocol, TlsSet, build_tls_set
+from .upstream import UpstreamPool
 
 log = logging.getLogger("kubegate.dataplane")
 
@@ -90,6 +91,7 @@ class Gateway:
         self._client_address = ClientAddress(trusted_proxies)
         self._snapshot: Snapshot | None = None
         self._session = None
+        self._pool: UpstreamPool | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._web_servers: list[web.Server] = []
         self._admin_runner: web.AppRunner | None = None
@@ -187,6 +189,7 @@ class Gateway:
             except ImportError:
                 self._jwks = None
         self._session = proxy.build_session()
+        self._pool = UpstreamPool()
         http = web.Server(self._handle_http, access_log=None, handler_cancellation=True)
         https = web.Server(self._handle_https, access_log=None, handler_cancellation=True)
         self._web_servers = [http, https]
@@ -240,6 +243,9 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._owns_jwks and self._jwks is not None:
             await self._jwks.close()
             self._jwks = None
@@ -310,7 +316,7 @@ class Gateway:
             drop=rt.claim_headers, websocket=websocket,
         )
         if claim_headers:
-            upstream_headers.update(claim_headers)
+            upstream_headers.extend(claim_headers.items())
         try:
             if websocket:
                 response = await proxy.relay_websocket(request, self._session, rt.plan, target, upstream_headers,
@@ -319,14 +325,18 @@ class Gateway:
                 return response
             body: Any = None
             if request.body_exists:
+                if headers.get("Expect", "").lower() == "100-continue":
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 if rt.schema is not None and is_json(headers.get("Content-Type", "")):
                     body = await proxy.read_body(request.content, rt.max_body)
                     problem = rt.schema.problem(body)
                     if problem is not None:
                         return self._error(400, "schema_violation", problem, extra, rt.id, request, started)
+                elif length is not None and length <= proxy.SMALL_UPLOAD:
+                    body = await proxy.read_body(request.content, rt.max_body)  # one write, replayable
                 else:
                     body = proxy.stream_body(request.content, rt.max_body)
-            response = await proxy.forward(request, self._session, rt.plan, target, upstream_headers, body, extra,
+            response = await proxy.forward(request, self._pool, rt.plan, target, upstream_headers, body, extra,
                                            rt.upstream_latency.observe)
         except BodyTooLarge:
             return self._error(413, "body_too_large", "request body too large", extra, rt.id, request, started)
