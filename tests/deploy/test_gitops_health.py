@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from kubegate import devcluster
-
-REPO = Path(__file__).resolve().parents[2]
-HEALTH_LUA = REPO / "manifests" / "argocd" / "health.lua"
+sys.path.insert(0, str(Path(__file__).parent))
+from gitops_checks import HEALTH_LUA, REPO, argo_health, flux_status, kstatus_binary
 
 MINIMAL_SPECS = {
     "GatewayRoute": {"path": "/health/*rest", "backends": [{"url": "http://127.0.0.1:9"}]},
@@ -27,53 +26,15 @@ MINIMAL_SPECS = {
     "ApiKey": {"secretRef": {"name": "health-key", "key": "api-key"}},
     "TLSPolicy": {"hostnames": ["health.example.com"], "certificate": {"secretRef": {"name": "health-tls"}}},
 }
-PLURALS = {"GatewayRoute": "gatewayroutes", "RateLimitPolicy": "ratelimitpolicies", "ApiKey": "apikeys",
-           "TLSPolicy": "tlspolicies"}
-
-
-def lua_literal(value) -> str:
-    """A Python JSON value as a Lua table constructor (lua5.4 ships no JSON decoder)."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        out = []
-        for ch in value:
-            if ch in '\\"':
-                out.append("\\" + ch)
-            elif ch == "\n":
-                out.append("\\n")
-            elif ord(ch) < 32 or ord(ch) > 126:
-                out.append(f"\\u{{{ord(ch):X}}}")
-            else:
-                out.append(ch)
-        return '"' + "".join(out) + '"'
-    if isinstance(value, list):
-        return "{" + ", ".join(lua_literal(v) for v in value) + "}"
-    return "{" + ", ".join(f"[{lua_literal(k)}] = {lua_literal(v)}" for k, v in value.items()) + "}"
-
-
-def argo_health(obj: dict) -> tuple[str, str]:
-    """Run health.lua the way Argo CD does: `obj` is a global, the chunk returns {status, message}."""
-    script = (f"obj = {lua_literal(obj)}\n"
-              f"local hs = assert(loadfile({lua_literal(str(HEALTH_LUA))}))()\n"
-              'io.write(hs.status, "\\t", hs.message or "")\n')
-    proc = subprocess.run(["lua5.4", "-"], input=script, capture_output=True, text=True, check=True)
-    status, _, message = proc.stdout.partition("\t")
-    return status, message
 
 
 @pytest.fixture(scope="module")
 def kstatus() -> Path:
-    return devcluster.go_tool("kstatus")
+    return kstatus_binary()
 
 
-def flux_status(kstatus: Path, obj: dict) -> dict:
-    proc = subprocess.run([str(kstatus)], input=json.dumps(obj), capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)
+PLURALS = {"GatewayRoute": "gatewayroutes", "RateLimitPolicy": "ratelimitpolicies", "ApiKey": "apikeys",
+           "TLSPolicy": "tlspolicies"}
 
 
 def cond(type_: str, status: str, reason: str, message: str = "", generation: int = 1) -> dict:
@@ -120,8 +81,10 @@ class Objects:
 
 
 @pytest.fixture
-def objects(cluster, namespace) -> Objects:
-    return Objects(cluster, namespace)
+def objects(cluster, namespace):
+    yield Objects(cluster, namespace)
+    # These statuses are fakes: leave nothing for an operator started later in the session.
+    cluster.kubectl("delete", ",".join(PLURALS.values()), "--all", "-n", namespace, "--wait=false")
 
 
 @pytest.mark.parametrize("kind", sorted(MINIMAL_SPECS))
