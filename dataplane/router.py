@@ -130,10 +130,8 @@ class RouteTable(Generic[V]):
         for method in methods or (ANY_METHOD,):
             node.methods.setdefault(method, (value, tuple(names)))
 
-    def _tries(self, host: str) -> Iterable[_Node[V]]:
-        node = self._exact.get(host)
-        if node is not None:
-            yield node
+    def _fallback_tries(self, host: str) -> Iterable[_Node[V]]:
+        """Tries after the exact host's, in precedence order: wildcards (longest suffix first), any-host."""
         if self._has_wildcards:
             dot = host.find(".")
             while dot != -1:
@@ -147,10 +145,16 @@ class RouteTable(Generic[V]):
     def lookup(self, host: str, method: str, segments: list[str]) -> Match[V] | MethodNotAllowed | None:
         """Find the route for normalized host + method + path segments (see normalize_path)."""
         allowed: set[str] = set()
-        for root in self._tries(host):
+        root = self._exact.get(host)
+        if root is not None:  # the common case first, without building the candidate list
             found = _search(root, segments, 0, method, (), allowed)
             if found is not None:
                 return found
+        if self._has_wildcards or self._any is not None:
+            for root in self._fallback_tries(host):
+                found = _search(root, segments, 0, method, (), allowed)
+                if found is not None:
+                    return found
         if allowed:
             return MethodNotAllowed(tuple(sorted(allowed)))
         return None
