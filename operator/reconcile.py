@@ -23,7 +23,7 @@ from kubegate.resources import ObjectRef, TranslationInput, TranslationResult
 from kubegate.spec import API_VERSION
 
 from . import apikey_secrets
-from .apply import MANAGED_BY, Applier, Key, garbage, object_key, with_content_hash
+from .apply import MANAGED_BY, Applier, Key, garbage, needs_apply, object_key, with_content_hash
 from .events import post_event
 from .kubeapi import ApiError, Informer, KubeApi, path_for
 from .programmed import (
@@ -77,9 +77,10 @@ def _iso_now() -> str:
 class Reconciler:
     def __init__(self, api: KubeApi, state: ClusterState, *, identity: str,
                  is_leader: Callable[[], bool] = lambda: True,
-                 debounce: float = 0.15, max_wait: float = 1.0) -> None:
+                 debounce: float = 0.05, max_wait: float = 1.0, ack_grace: float = 1.0) -> None:
         self.api, self.state, self.identity, self.is_leader = api, state, identity, is_leader
-        self.debounce, self.max_wait = debounce, max_wait
+        self.debounce, self.max_wait, self.ack_grace = debounce, max_wait, ack_grace
+        self._ack_deadline = 0.0  # until then, "Pending" is not worth a status write
         ns = state.gateway_namespace
         managed = f"{MANAGED_BY}=kubegate"
         self.generated: dict[tuple[str, str], Informer] = {
@@ -100,6 +101,8 @@ class Reconciler:
         self.history = GenerationHistory()
         self.applier = Applier(api)
         self.result: TranslationResult | None = None
+        self._input: TranslationInput | None = None
+        self._desired: dict[Key, dict[str, Any]] = {}
         self.config_hash: str | None = None
         self.status_writes = 0
         self.passes = 0
@@ -114,8 +117,12 @@ class Reconciler:
             self._config_dirty = True
         self._wake.set()
 
-    def _generated_event(self, _type: str, _obj: dict[str, Any]) -> None:
-        self.mark(config=True)  # our own writes settle; anybody else's are reverted
+    def _generated_event(self, event_type: str, obj: dict[str, Any]) -> None:
+        """Deletions and other writers' edits need a pass; the echo of our own write does not."""
+        key = object_key(obj)
+        desired = self._desired.get(key)
+        if event_type == "DELETED" or desired is None or needs_apply(desired, obj, self.applier.settled.get(key)):
+            self.mark(config=True)
 
     def _certificate_event(self, _type: str, _obj: dict[str, Any]) -> None:
         self.mark(config=True)
@@ -181,17 +188,32 @@ class Reconciler:
 
     async def reconcile_once(self) -> None:
         self.passes += 1
+        started = time.monotonic()
+        computed = False
         if self._config_dirty or self.result is None:
             self._config_dirty = False
             await self._fetch_unknown_secrets()
             if await self._generate_api_key_secrets():
                 await self._fetch_unknown_secrets()
             inp = self.state.translation_input()
-            result, desired = await asyncio.to_thread(compute, inp)
+            if self.result is None or inp != self._input:
+                result, desired = await asyncio.to_thread(compute, inp)
+                self._input, self._desired = inp, {object_key(o): o for o in desired}
+                computed = True
+            else:  # nothing the translator reads changed: only check the live objects for drift
+                result, desired = self.result, list(self._desired.values())
             self.history.record(result.hash, result.config.generations)
             await self._sync_generated(desired)
+            if result.hash != self.config_hash and self.replicas:
+                # Live replicas usually acknowledge within milliseconds: write Ready once, not Pending then Ready.
+                self._ack_deadline = time.monotonic() + self.ack_grace
+                asyncio.get_running_loop().call_later(self.ack_grace + 0.01, self.mark, False)
             self.result, self.config_hash = result, result.hash
+        middle = time.monotonic()
+        writes = self.status_writes
         await self._sync_statuses()
+        log.debug("pass %d: config %.3fs (computed: %s), %d status writes in %.3fs", self.passes,
+                  middle - started, computed, self.status_writes - writes, time.monotonic() - middle)
 
     # --- secrets ---------------------------------------------------------------------------
 
@@ -261,6 +283,7 @@ class Reconciler:
         certs = self.generated[("cert-manager.io/v1", "Certificate")].objects
         gateway_ns = self.state.gateway_namespace
         patches = []
+        holding = time.monotonic() < self._ack_deadline
         for ref, live in list(self.state.objects.items()):
             verdict = result.results.get(ref)
             if verdict is None or verdict.generation != live.source.generation:
@@ -270,6 +293,9 @@ class Reconciler:
             cert = (certificate_facts(verdict.certificate, certs.get((gateway_ns, verdict.certificate)))
                     if verdict.certificate else None)
             desired = desired_status(verdict, ack, live.status, stamp, cert)
+            if holding and ack.live_replicas and not ack.acknowledged_by and verdict.programmable \
+                    and verdict.accepted.status == "True":
+                continue  # the acknowledgement is probably on its way
             if status_changed(live.status, desired):
                 patches.append(self._patch_status(ref, live, desired))
         if self._config_dirty:

@@ -1,0 +1,216 @@
+"""Operator + data plane on a private dev cluster: propagation latency, burst readiness, memory.
+
+    python bench/operator.py [--routes 1000] [--changes 100] [--rss-routes 5000]
+
+Starts a dev cluster (kube-apiserver + etcd, as ``kubegate dev-cluster``), the
+operator and one data plane as subprocesses with their own ServiceAccount
+tokens, and an aiohttp backend. Prints:
+
+1. time until N routes created at once are all Ready (target < 10 s for 1,000),
+   and how many ConfigMap writes that burst cost;
+2. apply -> first successful request through the data plane, p50/p99 over
+   single-route changes with N routes present (targets p50 < 0.5 s, p99 < 1.5 s);
+3. operator RSS with --rss-routes routes (target < 300 MiB).
+
+Everything shares this machine's cores: the API server and etcd included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kubegate.operator.kubeapi import Informer, KubeApi, load_credentials, path_for
+
+from kubegate import devcluster
+
+GATEWAY_NS = "kubegate-system"
+NS = "bench"
+API = "kubegate.dev/v1alpha1"
+
+
+def route(name: str, path: str, backend: str) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "GatewayRoute", "metadata": {"name": name, "namespace": NS},
+            "spec": {"path": path, "backends": [{"url": backend}]}}
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj["metadata"].get("generation"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+
+
+def spawn(cluster: devcluster.DevCluster, args: list[str], sa: str, log: Path, **env: str) -> subprocess.Popen:
+    token = cluster.token_for(GATEWAY_NS, sa)
+    full_env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_for_token(token)), **env}
+    full_env.pop("KUBERNETES_SERVICE_HOST", None)
+    return subprocess.Popen([sys.executable, "-m", "kubegate.cli", *args], env=full_env, cwd=REPO,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    return rss, peak
+
+
+async def start_backend() -> tuple[web.AppRunner, str]:
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+
+async def create_routes(api: KubeApi, start: int, count: int, backend: str) -> None:
+    collection = path_for(API, "GatewayRoute", NS)
+    await asyncio.gather(*(api.create(collection, route(f"r{i}", f"/r/{i}/*rest", backend))
+                           for i in range(start, start + count)))
+
+
+async def wait_all_ready(routes: Informer, count: int, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        ready = sum(1 for o in routes.objects.values() if is_ready(o))
+        if ready >= count:
+            return time.monotonic() - started
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"timed out: only {sum(1 for o in routes.objects.values() if is_ready(o))}/{count} Ready")
+
+
+async def first_success(session: aiohttp.ClientSession, url: str, timeout: float = 10.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        async with session.get(url) as resp:
+            await resp.read()
+            if resp.status == 200:
+                return time.monotonic()
+        await asyncio.sleep(0.005)
+    raise SystemExit(f"{url} never answered 200")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def bench(cluster: devcluster.DevCluster, args: argparse.Namespace, logs: Path) -> None:
+    runner, backend = await start_backend()
+    cluster.kubectl("create", "namespace", NS)
+    operator = spawn(cluster, ["operator", "--namespace", GATEWAY_NS], "kubegate-operator", logs / "operator.log",
+                     KUBEGATE_LOG_LEVEL="WARNING")
+    dataplane = spawn(cluster, ["dataplane", "--namespace", GATEWAY_NS, "--host", "127.0.0.1", "--http-port", "0",
+                                "--https-port", "0", "--admin-port", "0"], "kubegate-dataplane",
+                      logs / "dataplane.log", KUBEGATE_LOG_LEVEL="WARNING")
+    try:
+        port = None
+        for _ in range(300):
+            found = re.search(r"http=(\d+)", (logs / "dataplane.log").read_text())
+            if found:
+                port = int(found.group(1))
+                break
+            await asyncio.sleep(0.1)
+        if port is None:
+            raise SystemExit("the data plane did not start; see " + str(logs / "dataplane.log"))
+        async with KubeApi(load_credentials(str(cluster.kubeconfig)), concurrency=32) as api, \
+                aiohttp.ClientSession() as session:
+            routes = Informer(api, path_for(API, "GatewayRoute", NS))
+            config_writes: list[str] = []
+            config_map = Informer(api, path_for("v1", "ConfigMap", GATEWAY_NS),
+                                  lambda t, o: config_writes.append(o["metadata"]["resourceVersion"]),
+                                  field_selector="metadata.name=kubegate-config")
+            watchers = [asyncio.create_task(routes.run()), asyncio.create_task(config_map.run())]
+            await routes.synced.wait()
+            await asyncio.sleep(5)  # the operator's first config is written; its data plane acknowledged it
+            config_writes.clear()
+
+            started = time.monotonic()
+            await create_routes(api, 0, args.routes, backend)
+            created = time.monotonic() - started
+            await wait_all_ready(routes, args.routes, 300)
+            burst_total = time.monotonic() - started
+            await asyncio.sleep(2)
+            writes = len(config_writes)
+            print(f"burst: {args.routes} routes created in {created:.2f}s, all Ready {burst_total:.2f}s after the "
+                  f"first create (target < 10 s for 1,000): {'met' if burst_total < 10 else 'NOT met'}")
+            print(f"burst: {writes} ConfigMap writes for {args.routes} routes")
+
+            latencies = []
+            for k in range(args.changes):
+                i = k % args.routes
+                path = path_for(API, "GatewayRoute", NS, f"r{i}")
+                t0 = time.monotonic()
+                await api.merge_patch(path, {"spec": {"path": f"/changed/{k}/*rest"}})
+                t1 = await first_success(session, f"http://127.0.0.1:{port}/changed/{k}/x")
+                latencies.append(t1 - t0)
+            p50, p99 = statistics.median(latencies), pct(latencies, 0.99)
+            print(f"apply -> first successful request ({args.changes} changes, {args.routes} routes present): "
+                  f"p50 {p50 * 1000:.0f} ms (target < 500: {'met' if p50 < 0.5 else 'NOT met'}), "
+                  f"p99 {p99 * 1000:.0f} ms (target < 1500: {'met' if p99 < 1.5 else 'NOT met'}), "
+                  f"max {max(latencies) * 1000:.0f} ms")
+
+            more = args.rss_routes - args.routes
+            if more > 0:
+                started = time.monotonic()
+                await create_routes(api, args.routes, more, backend)
+                await wait_all_ready(routes, args.rss_routes, 600)
+                print(f"{args.rss_routes} routes all Ready {time.monotonic() - started:.1f}s after adding {more}")
+            await asyncio.sleep(3)
+            rss, peak = rss_mib(operator.pid)
+            print(f"operator RSS with {args.rss_routes} routes: {rss:.0f} MiB (peak {peak:.0f} MiB; target < 300: "
+                  f"{'met' if peak < 300 else 'NOT met'})")
+            dp_rss, dp_peak = rss_mib(dataplane.pid)
+            print(f"data plane RSS with {args.rss_routes} routes: {dp_rss:.0f} MiB (peak {dp_peak:.0f} MiB)")
+            for task in watchers:
+                task.cancel()
+    finally:
+        for proc in (operator, dataplane):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--routes", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--rss-routes", type=int, default=5000)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="kubegate-bench-"))
+    started = time.monotonic()
+    cluster = devcluster.up(state / "cluster", log=lambda m: None)
+    cluster.kubectl("apply", "--server-side", "--field-manager=bench", "-k", str(REPO / "manifests"))
+    print(f"dev cluster up in {time.monotonic() - started:.1f}s (logs in {state})")
+    try:
+        asyncio.run(bench(cluster, args, state))
+    finally:
+        devcluster.down(state / "cluster", log=lambda *_: None)
+
+
+if __name__ == "__main__":
+    main()
