@@ -1,0 +1,30 @@
+"""`kubegate operator` and `kubegate dataplane` fail with one clear line when there is no cluster to talk to."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("command", ["operator", "dataplane"])
+def test_missing_kubeconfig_is_one_line(command, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    env["KUBECONFIG"] = str(tmp_path / "nope.yaml")
+    out = subprocess.run([sys.executable, "-m", "kubegate.cli", command], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    expected = (f"kubegate: no kubeconfig: {tmp_path / 'nope.yaml'} does not exist "
+                "(set KUBECONFIG or run in a cluster)")
+    assert lines == [expected]
+
+
+def test_broken_kubeconfig_is_one_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    env = {**os.environ, "KUBECONFIG": str(broken)}
+    out = subprocess.run([sys.executable, "-m", "kubegate.cli", "operator"], env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("kubegate: cannot load Kubernetes credentials:") and out.stderr.count("\n") == 1
