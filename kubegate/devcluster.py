@@ -352,8 +352,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _stop(pid: int, timeout: float = 10.0) -> None:
-    if not _alive(pid):
+def _runs(pid: int, program: str) -> bool:
+    """Is ``pid`` still ``program``? A recorded PID may have been reused after a reboot or crash."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return False
+    return Path(argv0).name == program
+
+
+def _stop(pid: int, program: str, timeout: float = 10.0) -> None:
+    if not _alive(pid) or not _runs(pid, program):
         return
     try:
         os.killpg(pid, signal.SIGTERM)  # started with setsid, so pid == its process group
@@ -413,7 +422,7 @@ class DevCluster:
             {"server": self.server, "pids": self.pids, "started_in": self.started_in}, indent=1))
 
     def alive(self) -> bool:
-        return bool(self.pids) and all(_alive(p) for p in self.pids.values())
+        return bool(self.pids) and all(_alive(p) and _runs(p, name) for name, p in self.pids.items())
 
     # -- talking to it
 
@@ -541,7 +550,7 @@ def down(state_dir: Path | None = None, *, log=print, keep_logs: bool = False) -
         return False
     for name in ("kube-apiserver", "etcd"):
         if pid := cluster.pids.get(name):
-            _stop(pid)
+            _stop(pid, name)
     if keep_logs:
         for child in state_dir.iterdir():
             if not child.name.endswith(".log"):

@@ -57,3 +57,10 @@ def test_crd_names_and_manifest_files(tmp_path):
 def test_env_without_a_cluster_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="dev-cluster up"):
         devcluster.env_lines(tmp_path)
+
+
+def test_down_never_signals_a_reused_pid():
+    import os
+
+    assert not devcluster._runs(os.getpid(), "kube-apiserver")  # our PID, but not that program
+    assert not devcluster._runs(2**22 + 12345, "etcd")  # beyond pid_max: no such process
