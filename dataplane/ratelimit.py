@@ -16,17 +16,20 @@ bucket is full again, and on refusal seconds until a retry can pass.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
-import ssl as ssl_module
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
 
 if TYPE_CHECKING:
     from kubegate.dataplane.metrics import Metrics
@@ -203,170 +206,65 @@ class CircuitBreaker:
             self._open_until = self._clock() + self.cooldown
 
 
-class RespError(Exception):
-    """An error reply from Redis (e.g. NOSCRIPT, WRONGTYPE)."""
+class Deadline:
+    """Calls ``on_expire`` once the event loop has been responsive for ``timeout`` seconds.
 
-
-_INCOMPLETE = object()
-
-
-def parse_reply(buf: bytes | bytearray, pos: int) -> tuple[object, int] | object:
-    """One RESP2 reply starting at ``pos``: (value, next position), or _INCOMPLETE.
-
-    Error replies are returned as RespError values, not raised, so one bad
-    reply never desynchronises a pipelined connection.
-    """
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        return _INCOMPLETE
-    kind = buf[pos]
-    line = bytes(buf[pos + 1:end])
-    if kind == 58:  # ':' integer
-        return int(line), end + 2
-    if kind == 43:  # '+' simple string
-        return line.decode(), end + 2
-    if kind == 45:  # '-' error
-        return RespError(line.decode(errors="replace")), end + 2
-    if kind == 36:  # '$' bulk string
-        size = int(line)
-        if size < 0:
-            return None, end + 2
-        stop = end + 2 + size
-        if len(buf) < stop + 2:
-            return _INCOMPLETE
-        return bytes(buf[end + 2:stop]), stop + 2
-    if kind == 42:  # '*' array
-        size = int(line)
-        items: list[object] = []
-        pos = end + 2
-        for _ in range(max(size, 0)):
-            parsed = parse_reply(buf, pos)
-            if parsed is _INCOMPLETE:
-                return _INCOMPLETE
-            item, pos = parsed
-            items.append(item)
-        return (items if size >= 0 else None), pos
-    raise RespError(f"unexpected reply type {chr(kind)!r}")
-
-
-def encode_command(*words: str | bytes | float) -> bytes:
-    out = [b"*%d\r\n" % len(words)]
-    for word in words:
-        data = word if isinstance(word, bytes) else str(word).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-class _RespConnection(asyncio.Protocol):
-    """One pipelined Redis connection: replies resolve waiting futures in FIFO order.
-
-    Commands issued in the same event-loop turn go out in one write. A caller
-    that times out leaves its future in the queue (cancelled), so a late reply
-    is consumed and discarded instead of answering the next caller.
+    A plain timer (asyncio.timeout, redis-py's socket timeout) also fires when
+    the loop itself was blocked while Redis answered in time: the reply is
+    read, but the waiting task only resumes some turns after the timer has
+    cancelled it. So time is counted in ticks of ``timeout / 4``, and a tick
+    that fires late (the loop was busy) counts for nothing; ``hard_limit`` (10
+    x timeout, at least 1 s) still decides a hung Redis on a loop that is
+    never on time. In the common case one timer is armed and cancelled.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self._loop = loop
-        self._timeout = timeout
-        self._transport: asyncio.Transport | None = None
-        self._pending: deque[asyncio.Future] = deque()
-        self._buf = bytearray()
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._waiting_since: float | None = None  # outstanding requests and no reply since then
-        self._watchdog: asyncio.TimerHandle | None = None
-        self.closed = False
+    def __init__(self, timeout: float, on_expire: Callable[[], object], *,
+                 hard_limit: float | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._tick = timeout / 4
+        self._needed = timeout
+        self._counted = 0.0
+        self._give_up_at = self._loop.time() + (hard_limit if hard_limit is not None else max(1.0, 10 * timeout))
+        self._on_expire = on_expire
+        self.expired = False
+        self._armed_at = self._loop.time()
+        self._handle = self._loop.call_at(self._armed_at + self._tick, self._on_tick)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._watchdog = self._loop.call_later(self._timeout / 2, self._check)
-
-    def _check(self) -> None:
-        """Declare Redis dead when requests are outstanding and nothing came back for ``timeout``.
-
-        One timer per connection instead of one per request; and since asyncio
-        reads sockets before it runs timers, a busy event loop is never taken
-        for a slow Redis.
-        """
-        since = self._waiting_since
-        if since is not None and self._loop.time() - since > self._timeout:
-            self._fail(TimeoutError("redis did not answer in time"))
+    def _on_tick(self) -> None:
+        now = self._loop.time()
+        if now - self._armed_at <= 2 * self._tick:  # on time: the loop could have read a reply
+            self._counted += self._tick
+        if self._counted >= self._needed - 1e-9 or now >= self._give_up_at:
+            self.expired = True
+            self._on_expire()
             return
-        if not self.closed:
-            self._watchdog = self._loop.call_later(self._timeout / 2, self._check)
+        self._armed_at = now
+        self._handle = self._loop.call_at(now + self._tick, self._on_tick)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(ConnectionError("redis connection lost"))
-
-    def _fail(self, error: Exception) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        if self._transport is not None and not self.closed:
-            self.closed = True
-            self._transport.close()
-        self.closed = True
-        while self._pending:
-            fut = self._pending.popleft()
-            if not fut.done():
-                fut.set_exception(error)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        pos = 0
-        try:
-            while pos < len(buf):
-                parsed = parse_reply(buf, pos)
-                if parsed is _INCOMPLETE:
-                    break
-                value, pos = parsed
-                fut = self._pending.popleft()
-                if not fut.done():
-                    fut.set_result(value)
-            self._waiting_since = self._loop.time() if self._pending else None
-        except (RespError, ValueError, IndexError):
-            self.close()  # unparsable stream: drop it; callers see a store failure
-            return
-        if pos:
-            del buf[:pos]
-
-    def send(self, payload: bytes) -> asyncio.Future:
-        if self.closed:
-            raise ConnectionError("redis connection closed")
-        fut = self._loop.create_future()
-        self._pending.append(fut)
-        self._out.append(payload)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-        return fut
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out and not self.closed and self._transport is not None:
-            self._transport.write(b"".join(self._out))
-            if self._waiting_since is None:
-                self._waiting_since = self._loop.time()
-        self._out.clear()
-
-    def close(self) -> None:
-        self._fail(ConnectionError("redis connection closed"))
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class RedisRateLimiter:
-    """Buckets in Redis, shared by every data-plane replica.
+    """Buckets in Redis (redis.asyncio), shared by every data-plane replica.
 
-    One EVALSHA per request over one pipelined connection; on NOSCRIPT (a
-    restarted or flushed Redis) the call is repeated once as EVAL, which also
-    caches the script again. Keys carry one hash tag per request (see
-    kubegate.dataplane.admission), so the script works on Redis Cluster.
+    One EVALSHA per request, auto-pipelined: calls made while no batch is in
+    flight go out together on the next loop turn, calls made while one is in
+    flight go out together as soon as it returns. So one round trip carries
+    every request of a busy moment, and redis-py's per-command cost is paid
+    once per batch where it can be (measured: see the commit introducing it).
+    The batches use one connection from the client's pool through redis-py's
+    Connection API (pack_commands, send_packed_command, read_response, hiredis
+    parser when installed): its Pipeline class would add a task and two loop
+    turns per batch (and, given a Script, a SCRIPT EXISTS round trip). On
+    NOSCRIPT (a restarted or flushed Redis) the refused calls are repeated
+    once as EVAL, which caches the script again. Keys carry one hash tag per
+    request (see kubegate.dataplane.admission), so the script works on Redis
+    Cluster.
 
-    A lean RESP client rather than redis-py: redis.asyncio costs 55 us per
-    pipelined call and over 200 us per sequential call on the benchmark
-    machine, which alone would eat the data plane's 15% budget for security.
-    Failures are decided within ``timeout`` seconds and trip a breaker, so a
-    dead Redis costs nothing per request while it stays dead.
+    Failures are decided within ``timeout`` seconds (see :class:`Deadline`)
+    and trip a breaker, so a dead Redis costs nothing per request while it
+    stays dead; redis-py's own retries are off, the breaker decides.
     """
 
     def __init__(
@@ -377,81 +275,28 @@ class RedisRateLimiter:
         timeout: float = 0.1,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"redis URL must start with redis:// or rediss://, not {parts.scheme or url!r}://")
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
-        self._tls = parts.scheme == "rediss"
-        self._username = unquote(parts.username) if parts.username else None
-        self._password = unquote(parts.password) if parts.password else None
-        db = parts.path.strip("/")
-        if db and not db.isdigit():
-            raise ValueError(f"redis URL database must be a number, not {db!r}")
-        self._db = int(db or 0)
+        check_redis_url(url)
         self._timeout = timeout
         self._metrics = metrics
         self.breaker = breaker or CircuitBreaker()
-        self._conn: _RespConnection | None = None
-        self._connecting: asyncio.Future | None = None
-        self._source = LUA_SOURCE.encode()
-        self._sha = hashlib.sha1(self._source).hexdigest().encode()
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            # No socket timeout: redis-py's would also fire when the event loop,
+            # not Redis, was slow (and costs a task per write); Deadline decides.
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
+            # RESP2 without CLIENT SETINFO: a fresh connection needs no round
+            # trip of its own (HELLO, SETINFO) before the first batch.
+            protocol=2,
+            driver_info=None,
+        )
+        self._script = self._client.register_script(LUA_SOURCE)
+        self._conn: Connection | None = None
+        self._queue: list[tuple[tuple[object, ...], asyncio.Future]] = []
+        self._sender: asyncio.Task | None = None
         self._args_cache: dict[tuple[int, float], tuple[bytes, bytes, bytes]] = {}
-        self.calls = 0  # round trips attempted (tests prove the breaker skips Redis)
-
-    async def _connection(self) -> _RespConnection:
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            return conn
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-            self._connecting.add_done_callback(lambda f: f.cancelled() or f.exception())
-        try:
-            return await asyncio.shield(self._connecting)
-        finally:
-            if self._connecting is not None and self._connecting.done():
-                self._connecting = None
-
-    async def _connect(self) -> _RespConnection:
-        loop = asyncio.get_running_loop()
-        ssl_ctx = ssl_module.create_default_context() if self._tls else None
-        async with asyncio.timeout(max(1.0, self._timeout * 10)):  # bounded even if callers gave up
-            _, conn = await loop.create_connection(
-                lambda: _RespConnection(loop, self._timeout), self._host, self._port, ssl=ssl_ctx
-            )
-            hello = []
-            if self._password is not None:
-                auth = ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)
-                hello.append(conn.send(encode_command(*auth)))
-            if self._db:
-                hello.append(conn.send(encode_command("SELECT", self._db)))
-            for reply in await asyncio.gather(*hello):
-                if isinstance(reply, RespError):
-                    conn.close()
-                    raise ConnectionError("redis refused AUTH/SELECT")
-        self._conn = conn
-        return conn
-
-    def _command(self, verb: bytes, script: bytes, charges: Sequence[Charge]) -> bytes:
-        n = len(charges)
-        out = [b"*%d\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (3 + 4 * n, len(verb), verb, len(script), script),
-               b"$%d\r\n%d\r\n" % (len(str(n)), n)]
-        for c in charges:
-            key = c.bucket.encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(key), key))
-        cache = self._args_cache
-        for c in charges:
-            args = cache.get((c.capacity, c.per_second))
-            if args is None:
-                args = tuple(
-                    str(v).encode()
-                    for v in (c.capacity, repr(c.per_second), math.ceil(c.capacity / c.per_second * 1000) + 1000)
-                )
-                if len(cache) < 4096:
-                    cache[(c.capacity, c.per_second)] = args
-            for a in args:
-                out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
+        self.calls = 0  # calls that went to Redis (tests prove the breaker skips it)
 
     async def hit(self, charges: Sequence[Charge], failure_mode: FailureMode = "open") -> RateResult:
         if not charges:
@@ -460,29 +305,93 @@ class RedisRateLimiter:
             return self._unavailable(failure_mode)
         self.calls += 1
         try:
-            conn = self._conn
-            if conn is None or conn.closed:
-                async with asyncio.timeout(self._timeout):
-                    conn = await self._connection()
-            # no per-request timer: the connection's watchdog fails every waiter when Redis stalls
-            reply = await conn.send(self._command(b"EVALSHA", self._sha, charges))
-            if isinstance(reply, RespError) and str(reply).startswith("NOSCRIPT"):
-                reply = await conn.send(self._command(b"EVAL", self._source, charges))
-            if isinstance(reply, RespError):
-                raise reply
-            result = _result_from_reply(reply, charges)  # type: ignore[arg-type]
-        except (OSError, TimeoutError, RespError, ValueError, TypeError, IndexError) as exc:
+            reply = await self._submit(self._script_args(charges))
+            result = _result_from_reply(reply, charges)
+        except (RedisError, OSError, TimeoutError, ValueError, TypeError, IndexError) as exc:
             self._failed(exc)
             return self._unavailable(failure_mode)
         self.breaker.success()
         return result
 
+    def _script_args(self, charges: Sequence[Charge]) -> tuple[object, ...]:
+        """numkeys, KEYS..., ARGV... of one script call (see ratelimit.lua)."""
+        cache = self._args_cache
+        argv: list[bytes] = []
+        for c in charges:
+            args = cache.get((c.capacity, c.per_second))
+            if args is None:
+                ttl_ms = math.ceil(c.capacity / c.per_second * 1000) + 1000
+                args = (str(c.capacity).encode(), repr(c.per_second).encode(), str(ttl_ms).encode())
+                if len(cache) < 4096:
+                    cache[(c.capacity, c.per_second)] = args
+            argv.extend(args)
+        return (len(charges), *(c.bucket for c in charges), *argv)
+
+    def _submit(self, args: tuple[object, ...]) -> asyncio.Future:
+        """Queue one script call for the next batch; the future gets its reply."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((args, future))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send_batches())
+        return future
+
+    async def _send_batches(self) -> None:
+        """One batch in flight at a time, until nothing is queued."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._send(batch)
+        finally:
+            self._sender = None
+
+    async def _send(self, batch: list[tuple[tuple[object, ...], asyncio.Future]]) -> None:
+        """Settle a batch's futures with their replies, or all with the store failure."""
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = Deadline(self._timeout, task.cancel)
+        try:
+            replies = await self._round_trip([args for args, _ in batch])
+        except asyncio.CancelledError:
+            if not deadline.expired:  # close()
+                _settle(batch, error=ConnectionError("rate limiter closed"))
+                raise
+            task.uncancel()
+            # whoever queued meanwhile would only wait on the same hung server
+            batch, self._queue = batch + self._queue, []
+            error: Exception = TimeoutError("redis did not answer in time")
+        except Exception as exc:  # noqa: BLE001 - every waiter sees the store failure
+            error = exc
+        else:
+            _settle(batch, replies=replies)
+            return
+        finally:
+            deadline.cancel()
+        if self._conn is not None:
+            await self._conn.disconnect(nowait=True)  # never reuse a stream with replies unread
+        _settle(batch, error=error)
+
+    async def _round_trip(self, calls: list[tuple[object, ...]]) -> list[object]:
+        """EVALSHA for every call in one write; calls refused with NOSCRIPT go again as EVAL."""
+        conn = self._conn
+        if conn is None:
+            self._conn = conn = await self._client.connection_pool.get_connection()
+        elif conn.is_connected and await conn.can_read():  # closed by the server while idle
+            await conn.disconnect(nowait=True)  # send_packed_command connects afresh
+        sha = self._script.sha
+        await conn.send_packed_command(conn.pack_commands([("EVALSHA", sha, *args) for args in calls]), False)
+        replies = [await _read_reply(conn) for _ in calls]
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            source = self._script.script
+            await conn.send_packed_command(conn.pack_commands([("EVAL", source, *calls[i]) for i in missing]), False)
+            for i in missing:
+                replies[i] = await _read_reply(conn)
+        return replies
+
     def _failed(self, exc: Exception) -> None:
         self.breaker.failure()
         log.warning("rate-limit store unavailable: %s", type(exc).__name__)
-        if self.breaker.is_open and self._conn is not None:
-            self._conn.close()  # a hung server: start from a fresh connection on the next probe
-            self._conn = None
 
     def _unavailable(self, failure_mode: FailureMode) -> RateResult:
         if self._metrics is not None:
@@ -490,11 +399,50 @@ class RedisRateLimiter:
         return RateResult(allowed=failure_mode == "open", store_unavailable=True)
 
     async def close(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
+        if self._sender is not None:
+            self._sender.cancel()
+        _settle(self._queue, error=ConnectionError("rate limiter closed"))
+        self._queue = []
         if self._conn is not None:
-            self._conn.close()
+            await self._conn.disconnect(nowait=True)
+            await self._client.connection_pool.release(self._conn)
             self._conn = None
+        await self._client.aclose()
+
+
+async def _read_reply(conn: Connection) -> object:
+    """The next reply; an error reply is returned, not raised, so the stream stays in step."""
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:
+        return exc
+
+
+def _settle(batch: list[tuple[object, asyncio.Future]], *, replies: list[object] | None = None,
+            error: BaseException | None = None) -> None:
+    """Resolve each waiter with its reply (an error reply is raised to its caller) or ``error``."""
+    for i, (_, future) in enumerate(batch):
+        if future.done():  # the caller went away
+            continue
+        outcome = error if replies is None else replies[i]
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def check_redis_url(url: str) -> None:
+    """Reject what redis-py would misread (a non-numeric database is silently db 0 there)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"redis URL must start with redis:// or rediss://, not {parts.scheme or 'no scheme'!r}")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"redis URL database must be a number, not {db!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("redis URL port must be a number") from None
 
 
 def _result_from_reply(reply: Sequence[int], charges: Sequence[Charge]) -> RateResult:

@@ -12,6 +12,7 @@ from kubegate.dataplane.metrics import Metrics
 from kubegate.dataplane.ratelimit import (
     Charge,
     CircuitBreaker,
+    Deadline,
     MemoryRateLimiter,
     RateResult,
     RedisRateLimiter,
@@ -206,20 +207,90 @@ async def test_hung_redis_is_detected_by_the_watchdog(redis_server: RedisServer)
         await store.close()
 
 
-async def test_busy_event_loop_is_not_taken_for_a_dead_redis(redis_server: RedisServer):
+@pytest.mark.parametrize("turns", [1, 2, 3, 4, 5, 6])
+async def test_busy_event_loop_is_not_taken_for_a_dead_redis(redis_server: RedisServer, turns):
+    """The loop blocks 4 x the store timeout a few turns in: before, during or after the write."""
     store = RedisRateLimiter(redis_server.url, timeout=0.05)
     c = charge("busy", 1000)
     try:
         await store.hit([c], "closed")
 
         async def hog():
-            await asyncio.sleep(0)  # runs right after the pipelined write went out
-            time.sleep(0.2)  # noqa: ASYNC251 - the loop is blocked 4 x longer than the store timeout
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            time.sleep(0.2)  # noqa: ASYNC251 - block the loop while the batch is in flight
 
         results = await asyncio.gather(*(store.hit([c], "closed") for _ in range(10)), hog())
         assert not any(r.store_unavailable for r in results[:10])
     finally:
         await store.close()
+
+
+async def test_concurrent_calls_share_a_batch_and_each_gets_its_own_reply(redis_server):
+    store = RedisRateLimiter(redis_server.url, timeout=0.5)
+    c = charge("crowd", 20)
+    try:
+        results = await asyncio.gather(*(store.hit([c], "open") for _ in range(30)))
+        assert [r.allowed for r in results] == [True] * 20 + [False] * 10  # exactly the burst, in order
+        assert [r.remaining for r in results[:20]] == list(range(19, -1, -1))
+        assert all(r.headers()["Retry-After"] for r in results[20:])
+    finally:
+        await store.close()
+
+
+async def test_an_error_reply_fails_only_its_own_call(redis_server):
+    store = RedisRateLimiter(redis_server.url, timeout=0.5)
+    assert redis_server.command("SET", "kg:{t}:rl:wrongtype", "x").startswith(b"+OK")
+    good, bad = charge("fine", 5), charge("wrongtype", 5)
+    try:
+        results = await asyncio.gather(store.hit([good], "closed"), store.hit([bad], "closed"),
+                                       store.hit([good], "closed"))
+        assert [r.store_unavailable for r in results] == [False, True, False]
+        assert [results[0].remaining, results[2].remaining] == [4, 3]
+        assert (await store.hit([good], "closed")).remaining == 2  # the connection stayed in step
+    finally:
+        await store.close()
+
+
+async def test_redis_restarted_while_idle_costs_no_request(redis_server: RedisServer):
+    store = RedisRateLimiter(redis_server.url, timeout=0.5)
+    c = charge("restart", 5)
+    try:
+        assert (await store.hit([c], "closed")).remaining == 4
+        redis_server.stop()
+        redis_server.start()  # same port, empty, no script cached
+        await asyncio.sleep(0.05)  # the loop sees the old connection closed
+        after = await store.hit([c], "closed")
+        assert after.allowed and not after.store_unavailable and after.remaining == 4
+        assert store.breaker.allow() and not store.breaker.is_open
+    finally:
+        await store.close()
+
+
+async def test_deadline_counts_only_time_the_loop_was_responsive():
+    expired_at = []
+    started = time.perf_counter()
+    deadline = Deadline(0.05, lambda: expired_at.append(time.perf_counter() - started))
+    time.sleep(0.15)  # noqa: ASYNC251 - a blocked loop: these 150 ms must not count
+    await asyncio.sleep(0.12)
+    assert deadline.expired and 0.19 <= expired_at[0] < 0.27
+
+
+async def test_deadline_gives_up_on_a_loop_that_is_never_on_time():
+    expired = []
+    deadline = Deadline(0.05, lambda: expired.append(True), hard_limit=0.3)
+    started = time.perf_counter()
+    while not expired and time.perf_counter() - started < 2:
+        time.sleep(0.04)  # noqa: ASYNC251 - every tick comes late
+        await asyncio.sleep(0)
+    assert deadline.expired and 0.3 <= time.perf_counter() - started < 0.5
+
+
+async def test_cancelled_deadline_never_fires():
+    fired = []
+    Deadline(0.02, lambda: fired.append(True)).cancel()
+    await asyncio.sleep(0.05)
+    assert not fired
 
 
 def test_breaker_half_open_lets_one_probe_through():
