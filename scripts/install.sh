@@ -26,5 +26,5 @@ fi
 python3 -m pip install -q -e '.[test]'
 
 command -v kubectl >/dev/null 2>&1 || { echo "install: kubectl is missing (expected in the machine image)" >&2; exit 1; }
-# Build (or reuse) the pinned control plane; prints where the binaries are.
-python3 -m kubegate.devcluster build
+# Build (or reuse) the pinned control plane (about 6 min cold), with visible progress.
+./hack/build-controlplane.sh
