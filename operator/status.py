@@ -1,9 +1,10 @@
 """Status of a kubegate object from the translator's verdict and programmed facts (pure).
 
 Conditions follow API.md (Accepted, ResolvedRefs, Programmed, Ready) plus the
-kstatus pair (Reconciling while the data plane has not loaded this
-generation yet, Stalled while the spec itself is rejected, which only a spec
-change can fix). ``lastTransitionTime`` moves only when a condition's status
+kstatus pair (Reconciling while the object is not Ready for a reason that
+can still resolve by itself: a missing reference, a data plane that has not
+loaded this generation; Stalled while the spec itself is rejected, which only
+a spec change can fix). ``lastTransitionTime`` moves only when a condition's status
 changes, so an unchanged status is byte-identical and never re-written.
 """
 
@@ -60,14 +61,18 @@ def ready_condition(conditions: Sequence[Condition]) -> Condition:
 def desired_conditions(result: ObjectResult, ack: Acknowledgement) -> list[Condition]:
     programmed = programmed_condition(result, ack)
     core = [result.accepted, result.resolved_refs, programmed]
+    ready = ready_condition(core)
     stalled = result.accepted.status == "False"
-    pending = programmed.reason == "Pending"
+    # Not Ready for any other reason (a missing reference, no or a slow data
+    # plane) is work in progress: kstatus (Flux) must keep waiting, not report
+    # Current, which it would do if neither Reconciling nor Stalled were True.
+    reconciling = ready.status != "True" and not stalled
     return [
         *core,
-        ready_condition(core),
-        Condition(type="Reconciling", status="True" if pending else "False",
-                  reason="Pending" if pending else "Idle",
-                  message=programmed.message if pending else ""),
+        ready,
+        Condition(type="Reconciling", status="True" if reconciling else "False",
+                  reason=ready.reason if reconciling else "Idle",
+                  message=ready.message if reconciling else ""),
         Condition(type="Stalled", status="True" if stalled else "False",
                   reason=result.accepted.reason if stalled else "Idle",
                   message=result.accepted.message if stalled else ""),

@@ -50,8 +50,12 @@ if ready ~= nil and ready.status == "True" then
   return hs
 end
 
+-- Reconciling with reason Pending: a data plane is loading this generation.
+-- Other Reconciling reasons (a missing Secret/Service, no data plane) keep
+-- kstatus (Flux) waiting until its timeout, but here they fall through to
+-- Degraded below: they need a person, and Argo CD should say so at once.
 local reconciling = condition(status.conditions, "Reconciling")
-if reconciling ~= nil and reconciling.status == "True" then
+if reconciling ~= nil and reconciling.status == "True" and reconciling.reason == "Pending" then
   hs.status = "Progressing"
   hs.message = describe(reconciling)
   return hs
@@ -63,8 +67,8 @@ if ready == nil or ready.status == "Unknown" then
   return hs
 end
 
--- Ready is False and nothing is in progress: a missing Secret/Service, a conflict,
--- or no data plane running. It needs a person, so say why.
+-- Ready is False and no data plane is merely loading: a missing Secret/Service,
+-- a conflict, or no data plane running. It needs a person, so say why.
 hs.status = "Degraded"
 hs.message = describe(ready)
 return hs

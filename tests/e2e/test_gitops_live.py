@@ -83,7 +83,8 @@ def test_operator_states_read_by_argo_cd_and_flux(cluster, live, kstatus):
     orphan = settled(cluster, ns, "orphan", "False")
     status, message = argo_health(orphan)
     assert status == "Degraded" and "absent" in message
-    assert flux_status(kstatus, orphan)["status"] != "Failed"
+    # kstatus keeps waiting (Reconciling=True) instead of calling it Current: Flux times out, never passes.
+    assert flux_status(kstatus, orphan)["status"] == "InProgress"
 
 
 def test_a_stopped_data_plane_is_degraded_in_argo_cd(cluster, live):

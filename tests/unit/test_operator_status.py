@@ -106,3 +106,13 @@ def test_events_for_refusal_and_ready_transitions_only():
     notes = transition_events(ready, conflicted)
     assert [(e.type, e.reason) for e in notes] == [("Warning", "Conflicted"), ("Warning", "NotReady")]
     assert transition_events(conflicted, conflicted) == []
+
+
+def test_missing_reference_and_missing_data_plane_are_reconciling_so_kstatus_keeps_waiting():
+    missing = Condition(type="ResolvedRefs", status="False", reason="SecretNotFound", message="Secret shop/x")
+    status = desired_status(result(refs=missing, programmable=False), Acknowledgement(1, 1), None, "t")
+    assert conds(status)["Reconciling"] == ("True", "SecretNotFound")
+    assert conds(status)["Stalled"] == ("False", "Idle")
+    no_dp = desired_status(result(), Acknowledgement(0, 0), None, "t")
+    assert conds(no_dp)["Reconciling"] == ("True", "NoDataPlane")
+    assert conds(no_dp)["Stalled"] == ("False", "Idle")
