@@ -58,8 +58,34 @@ class RouteRuntime:
     max_body: int
     needs_admission: bool
     claim_headers: frozenset[str]  # lower-case forwarded-claim headers: never taken from clients
-    latency: Any  # prometheus Histogram child
-    upstream_latency: Any
+    metrics: RouteMetrics
+
+
+class RouteMetrics:
+    """A route's labelled histogram children, created on its first request.
+
+    prometheus_client's ``.labels()`` is slow, so it is not called per request;
+    and an idle route costs no buckets (two histograms are ~8 KiB per route:
+    76 MiB at 10,000 routes if created up front).
+    """
+
+    __slots__ = ("_latency", "_metrics", "_route", "_upstream")
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self._metrics, self._route = metrics, route
+        self._latency: Any = None
+        self._upstream: Any = None
+
+    @property
+    def latency(self) -> Any:
+        if self._latency is None:
+            self._latency = self._metrics.request_latency.labels(self._route)
+        return self._latency
+
+    def observe_upstream(self, seconds: float) -> None:
+        if self._upstream is None:
+            self._upstream = self._metrics.upstream_latency.labels(self._route)
+        self._upstream.observe(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +123,7 @@ class Gateway:
         self._admin_runner: web.AppRunner | None = None
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._miss_latency = self.metrics.request_latency.labels("")
+        self._route_metrics: dict[str, RouteMetrics] = {}
 
     # --- config ----------------------------------------------------------------
 
@@ -160,13 +187,18 @@ class Gateway:
                 route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
                 max_body=route.max_body_bytes, needs_admission=has_work,
                 claim_headers=frozenset(h.lower() for h in claims),
-                latency=self.metrics.request_latency.labels(route.id),
-                upstream_latency=self.metrics.upstream_latency.labels(route.id),
+                metrics=self._metrics_for(route.id),
             )
             runtimes.append((route.hosts, route.path, route.methods, runtime))
         table = RouteTable(runtimes)
         tls = build_tls_set(config.tls, secrets) if config.tls else EMPTY_TLS
         return Snapshot(config, digest, table, admission, tls, time.time())
+
+    def _metrics_for(self, route_id: str) -> RouteMetrics:
+        found = self._route_metrics.get(route_id)
+        if found is None:
+            found = self._route_metrics[route_id] = RouteMetrics(self.metrics, route_id)
+        return found
 
     def _admission(self, config: CompiledConfig, secrets: SecretBundle) -> Any:
         try:
@@ -286,7 +318,7 @@ class Gateway:
         if normalized is None:
             return self._error(400, "bad_path", "path escapes the root", extra, "", request, started)
         path, segments = normalized
-        host = normalize_host(request.host)
+        host = normalize_host(headers.get("Host", ""))  # request.host would resolve our FQDN without one
         found = snap.table.lookup(host, request.method, segments)
         if found is None:
             return self._error(404, "no_route", "no route matches", extra, "", request, started)
@@ -321,7 +353,7 @@ class Gateway:
             if websocket:
                 response = await proxy.relay_websocket(request, self._session, rt.plan, target, upstream_headers,
                                                        extra)
-                self._count(rt.id, request.method, 101, started, rt.latency)
+                self._count(rt.id, request.method, 101, started, rt.metrics.latency)
                 return response
             body: Any = None
             if request.body_exists:
@@ -337,12 +369,12 @@ class Gateway:
                 else:
                     body = proxy.stream_body(request.content, rt.max_body)
             response = await proxy.forward(request, self._pool, rt.plan, target, upstream_headers, body, extra,
-                                           rt.upstream_latency.observe)
+                                           rt.metrics.observe_upstream)
         except BodyTooLarge:
             return self._error(413, "body_too_large", "request body too large", extra, rt.id, request, started)
         except proxy.ProxyFailure as failure:
             return self._error(failure.status, failure.reason, failure.message, extra, rt.id, request, started)
-        self._count(rt.id, request.method, response.status, started, rt.latency)
+        self._count(rt.id, request.method, response.status, started, rt.metrics.latency)
         return response
 
     def _facts(self, request: web.BaseRequest, path: str, host: str, client_ip: str, tls: bool) -> Any:
@@ -368,7 +400,7 @@ class Gateway:
         body = json.dumps({"error": message, "reason": reason, "status": status,
                            "request_id": headers.get("X-Request-Id", "")}, separators=(",", ":"))
         self._count(route, request.method, status, started,
-                    self._miss_latency if not route else self.metrics.request_latency.labels(route))
+                    self._miss_latency if not route else self._metrics_for(route).latency)
         return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
     # --- admin endpoints ----------------------------------------------------------------------
