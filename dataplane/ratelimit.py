@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ class RedisRateLimiter:
         try:
             reply = await self._submit(self._script_args(charges))
             result = _result_from_reply(reply, charges)
-        except (RedisError, OSError, TimeoutError, ValueError, TypeError, IndexError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any store failure applies the failure mode, never a 500
             self._failed(exc)
             return self._unavailable(failure_mode)
         self.breaker.success()

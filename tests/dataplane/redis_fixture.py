@@ -23,9 +23,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._extra_args = extra_args  # e.g. ("--requirepass", "...")
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
@@ -33,7 +34,8 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self._proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             *self._extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -42,16 +44,20 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (and maybe locked)
                         return self
             except OSError:
                 time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
-    def command(self, *words: str) -> bytes:
+    def command(self, *words: str, password: str | None = None) -> bytes:
         """One raw command (inline protocol), for test setup such as SCRIPT FLUSH."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            if password is not None:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    raise RuntimeError("redis refused AUTH")
             sock.sendall((" ".join(words) + "\r\n").encode())
             return sock.recv(65536)
 

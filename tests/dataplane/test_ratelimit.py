@@ -141,6 +141,29 @@ async def test_noscript_is_recovered(redis_server):
         await store.close()
 
 
+async def test_password_and_database_from_the_url(caplog):
+    import redis.asyncio as aioredis
+
+    password = "s3cret-Pass-Word"
+    server = RedisServer("--requirepass", password).start()
+    base = f"127.0.0.1:{server.port}"
+    good = RedisRateLimiter(f"redis://:{password}@{base}/3", timeout=0.5)
+    wrong = RedisRateLimiter(f"redis://:not-{password}@{base}/3", timeout=0.5)
+    try:
+        assert (await good.hit([charge("authed", 4)], "closed")).remaining == 3
+        for db, count in ((3, 1), (0, 0)):
+            client = aioredis.from_url(f"redis://:{password}@{base}/{db}")
+            assert await client.exists("kg:{t}:rl:authed") == count
+            await client.aclose()
+        refused = await wrong.hit([charge("authed", 4)], "closed")
+        assert refused.store_unavailable and not refused.allowed
+        assert password not in caplog.text
+    finally:
+        await good.close()
+        await wrong.close()
+        server.stop()
+
+
 async def test_buckets_expire_in_redis(redis_server):
     import redis.asyncio as aioredis
 
