@@ -35,9 +35,8 @@ from aiohttp import web
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kubegate.operator.kubeapi import Informer, KubeApi, load_credentials, path_for
-
 from kubegate import devcluster
+from kubegate.kubeapi import Informer, KubeApi, load_credentials, path_for
 
 GATEWAY_NS = "kubegate-system"
 NS = "bench"
@@ -134,7 +133,7 @@ async def bench(cluster: devcluster.DevCluster, args: argparse.Namespace, logs: 
             await asyncio.sleep(0.1)
         if port is None:
             raise SystemExit("the data plane did not start; see " + str(logs / "dataplane.log"))
-        async with KubeApi(load_credentials(str(cluster.kubeconfig)), concurrency=32) as api, \
+        async with KubeApi(await load_credentials(str(cluster.kubeconfig)), concurrency=32) as api, \
                 aiohttp.ClientSession() as session:
             routes = Informer(api, path_for(API, "GatewayRoute", NS))
             config_writes: list[str] = []

@@ -16,10 +16,8 @@ import socket
 import time
 from typing import Any
 
-from kubegate.operator.kubeapi import ApiError, KubeApi, path_for
-from kubegate.operator.leader import micro_time
-
 from kubegate.config import HASH_ANNOTATION
+from kubegate.kubeapi import ApiError, KubeApi, micro_time, path_for
 
 log = logging.getLogger("kubegate.dataplane.heartbeat")
 

@@ -15,8 +15,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubegate.operator.kubeapi import Informer, KubeApi, path_for
-
 from kubegate.config import (
     CONFIG_KEY,
     HASH_ANNOTATION,
@@ -27,6 +25,7 @@ from kubegate.config import (
     decode_config,
     decode_secrets,
 )
+from kubegate.kubeapi import Informer, KubeApi, path_for
 
 log = logging.getLogger("kubegate.dataplane.k8s_source")
 

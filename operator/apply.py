@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .kubeapi import FIELD_MANAGER, ApiError, KubeApi, object_path
+from kubegate.kubeapi import FIELD_MANAGER, ApiError, KubeApi, object_path
 
 log = logging.getLogger("kubegate.operator.apply")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .kubeapi import ApiError, KubeApi, path_for
+from kubegate.kubeapi import ApiError, KubeApi, path_for
 
 log = logging.getLogger("kubegate.operator.events")
 

@@ -13,10 +13,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-from .kubeapi import ApiError, KubeApi, path_for
+from kubegate.kubeapi import ApiError, KubeApi, micro_time, path_for
+
 from .programmed import parse_time
 
 log = logging.getLogger("kubegate.operator.leader")
@@ -39,11 +39,6 @@ def decide(lease: Mapping[str, Any] | None, me: str, now: float) -> Action:
     if not holder or renewed is None or renewed + duration <= now:
         return "acquire"
     return "follow"
-
-
-def micro_time(ts: float) -> str:
-    """Kubernetes MicroTime."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def lease_body(namespace: str, name: str, me: str, now: float, duration: int,

@@ -19,13 +19,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
 from kubegate.resources import ObjectRef, TranslationInput, TranslationResult
 from kubegate.spec import API_VERSION
 
 from . import apikey_secrets
 from .apply import MANAGED_BY, Applier, Key, garbage, needs_apply, object_key, with_content_hash
 from .events import post_event
-from .kubeapi import ApiError, Informer, KubeApi, path_for
 from .programmed import (
     COMPONENT_LABEL,
     DATAPLANE_COMPONENT,

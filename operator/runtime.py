@@ -16,10 +16,10 @@ import socket
 import kopf
 
 from kubegate.errors import UserError
+from kubegate.kubeapi import ApiError, KubeApi, load_credentials, path_for
 from kubegate.spec import API_VERSION, PLURALS
 
 from .handlers import build_registry
-from .kubeapi import ApiError, KubeApi, load_credentials, path_for
 from .leader import LeaderElector
 from .reconcile import Reconciler
 from .state import ClusterState
@@ -70,7 +70,7 @@ async def seed_with_retry(api: KubeApi, state: ClusterState, attempts: int = 30)
 
 
 async def run_operator(namespace: str, *, stop: asyncio.Event | None = None) -> None:
-    credentials = load_credentials()
+    credentials = await load_credentials()
     identity = replica_identity()
     stop = stop or asyncio.Event()
     async with KubeApi(credentials) as api:

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from kubegate.errors import UserError
-from kubegate.operator.kubeapi import KubeApi, load_credentials
+from kubegate.kubeapi import KubeApi, load_credentials
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
@@ -20,7 +20,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     from kubegate.dataplane.ratelimit import build_rate_limiter
     from kubegate.dataplane.server import Gateway
 
-    credentials = load_credentials()
+    credentials = await load_credentials()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -49,7 +49,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
 
 
 def main(args: argparse.Namespace) -> int:
-    load_credentials()  # one-line error for a missing kubeconfig, before binding any port
+    asyncio.run(load_credentials())  # one-line error for a missing kubeconfig, before binding any port
     logging.basicConfig(level=os.environ.get("KUBEGATE_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 
-from kubegate.operator.kubeapi import load_credentials
+from kubegate.kubeapi import load_credentials
 
 
 def _logging() -> None:
@@ -29,7 +29,7 @@ async def _main(namespace: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    load_credentials()  # a missing/broken kubeconfig is a one-line UserError before anything starts
+    asyncio.run(load_credentials())  # a missing/broken kubeconfig: a one-line UserError before anything starts
     _logging()
     asyncio.run(_main(args.namespace))
     return 0

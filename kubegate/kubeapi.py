@@ -1,11 +1,12 @@
-"""A small asyncio Kubernetes API client: credentials, CRUD, server-side apply, list+watch.
+"""The Kubernetes API as both halves use it: credentials, CRUD, server-side apply, list+watch.
 
-Why not the ``kubernetes`` package's client: it is synchronous, and the
-operator writes hundreds of statuses concurrently while the data plane must
-never block its event loop. Credentials are still read by the ``kubernetes``
-package (kubeconfig or in-cluster service account), so every auth form
-kubectl understands works here too. The data plane imports this module as
-well (``kubegate.operator.kubeapi``): both halves talk to the API the same way.
+Built on ``kubernetes_asyncio`` (the async port of the official client), so
+the operator can write hundreds of statuses concurrently and the data plane
+never blocks its event loop. Objects stay plain JSON dicts addressed by REST
+path (``ApiClient.call_api``): kubegate reads and writes its CRs, generated
+objects and Leases all alike, and typed models would only add conversions.
+Watches use the library's ``Watch`` (resume at the last resourceVersion;
+410 Gone ends it so the caller relists). kopf keeps its own client.
 """
 
 from __future__ import annotations
@@ -14,75 +15,92 @@ import asyncio
 import json
 import logging
 import os
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.watch import Watch
 
 from kubegate.errors import UserError
 
 log = logging.getLogger("kubegate.kubeapi")
 
 FIELD_MANAGER = "kubegate"
+AUTH = ["BearerToken"]  # the one auth setting the client knows; client certificates live in the TLS context
+JSON_ANSWERS = {200: "object", 201: "object", 202: "object"}  # "object": the parsed JSON, no model
+REQUEST_TIMEOUT = 30
+WATCH_SERVER_TIMEOUT = 240  # the server ends each stream; Watch resumes it where it stopped
+WATCH_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
 
 
 class ApiError(Exception):
-    """A non-2xx answer from the API server; ``status`` is the HTTP code."""
+    """A non-2xx answer from the API server in one line; ``status`` is the HTTP code."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
+        super().__init__(f"{status} {reason}: {message}" if reason else f"{status} {message}")
         self.status, self.reason, self.message = status, reason, message
 
 
-@dataclass(frozen=True)
-class Credentials:
-    server: str
-    ssl_context: ssl.SSLContext | bool
-    token: Callable[[], str | None]
+def api_error(exc: ApiException) -> ApiError:
+    """The library's multi-line exception (headers and all) as a one-line ApiError."""
+    status = int(exc.status or 0)
+    if exc.body is None:  # raised by Watch from an ERROR event: reason is "Reason: message"
+        reason, _, message = str(exc.reason or "").partition(": ")
+        return ApiError(status, reason, message.strip())
+    try:
+        body = json.loads(exc.body)
+        return ApiError(status, body.get("reason", ""), str(body.get("message", exc.body)).strip())
+    except (ValueError, AttributeError):
+        return ApiError(status, str(exc.reason or ""), str(exc.body).strip()[:200])
 
 
-def load_credentials(kubeconfig: str | None = None) -> Credentials:
+# --- credentials -----------------------------------------------------------------------
+
+
+async def load_credentials(kubeconfig: str | None = None) -> client.Configuration:
     """In-cluster service account when running in a Pod, else KUBECONFIG / ~/.kube/config."""
-    from kubernetes import client, config
-
     cfg = client.Configuration()
     try:
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
             "/var/run/secrets/kubernetes.io/serviceaccount/token"
         ):
-            config.load_incluster_config(client_configuration=cfg)
+            config.load_incluster_config(client_configuration=cfg)  # re-reads the rotated token itself
         else:
             path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
             if not os.path.exists(path.split(os.pathsep)[0]):
                 raise UserError(f"no kubeconfig: {path} does not exist (set KUBECONFIG or run in a cluster)")
-            config.load_kube_config(config_file=path, client_configuration=cfg)
+            loader = await config.load_kube_config(config_file=path, client_configuration=cfg)
+            cfg.refresh_api_key_hook = _renewing(loader)
     except UserError:
         raise
     except (config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot load Kubernetes credentials: {exc}") from None
+    return cfg
 
-    if cfg.verify_ssl is False:
-        ctx: ssl.SSLContext | bool = False
-    else:
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
-        if cfg.cert_file and cfg.key_file:
-            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
 
-    def token() -> str | None:
-        if cfg.refresh_api_key_hook is not None:
-            cfg.refresh_api_key_hook(cfg)
-        value = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
-        return value
+def _renewing(loader: Any) -> Callable[[client.Configuration], Any] | None:
+    """Exec-plugin, OIDC and GCP tokens expire; before each request the loader renews an expired one."""
+    if loader.provider is None and getattr(loader, "exec_plugin_expiry", None) is None:
+        return None  # a static token or client certificate: nothing to renew
 
-    return Credentials(server=cfg.host.rstrip("/"), ssl_context=ctx, token=token)
+    async def renew(cfg: client.Configuration) -> None:
+        await loader.load_and_set(cfg)
+
+    return renew
+
+
+def micro_time(ts: float) -> str:
+    """Kubernetes MicroTime (Lease renewTime/acquireTime)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # --- paths -------------------------------------------------------------------------
 
-# apiVersion/kind -> plural, for every kind kubegate reads or writes.
+# kind -> plural, for every kind kubegate reads or writes.
 PLURALS = {
     "ConfigMap": "configmaps",
     "Secret": "secrets",
@@ -122,11 +140,10 @@ def object_path(obj: dict[str, Any], subresource: str | None = None) -> str:
 
 
 class KubeApi:
-    """One aiohttp session against one API server."""
+    """One ``ApiClient`` (one connection pool) per process; at most ``concurrency`` requests in flight."""
 
-    def __init__(self, credentials: Credentials, *, concurrency: int = 16) -> None:
-        self.credentials = credentials
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, configuration: client.Configuration, *, concurrency: int = 16) -> None:
+        self.client = client.ApiClient(configuration)
         self._slots = asyncio.Semaphore(concurrency)
 
     async def __aenter__(self) -> KubeApi:  # noqa: PYI034
@@ -135,37 +152,22 @@ class KubeApi:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context, limit=64)
-            self._session = aiohttp.ClientSession(connector=connector)
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        token = self.credentials.token()
-        if token:
-            headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
-        if content_type:
-            headers["Content-Type"] = content_type
-        return headers
+        await self.client.close()
 
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
-        data = None if body is None else json.dumps(body)
-        async with self._slots, self.session().request(
-            method, self.credentials.server + path, params=_params(params), data=data,
-            headers=self._headers(content_type if data is not None else None),
-            timeout=aiohttp.ClientTimeout(total=30),
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 300:
-                raise _error(resp.status, text)
-            return json.loads(text) if text else {}
+        async with self._slots:
+            try:
+                answer = await self.client.call_api(
+                    path, method, query_params=_params(params), body=body,
+                    header_params={"Accept": "application/json", "Content-Type": content_type},
+                    response_types_map=JSON_ANSWERS, auth_settings=AUTH,
+                    _return_http_data_only=True, _request_timeout=REQUEST_TIMEOUT,
+                )
+            except ApiException as exc:
+                raise api_error(exc) from None
+        return answer if isinstance(answer, dict) else {}
 
     async def get(self, path: str, **params: Any) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -187,10 +189,9 @@ class KubeApi:
 
     async def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
         """Server-side apply with the one field manager "kubegate"; a no-op apply writes nothing."""
-        params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
-        return await self.request(
-            "PATCH", object_path(obj), params=params, body=obj, content_type="application/apply-patch+yaml"
-        )
+        params = {"fieldManager": FIELD_MANAGER, "force": force}
+        return await self.request("PATCH", object_path(obj), params=params, body=obj,
+                                  content_type="application/apply-patch+yaml")
 
     async def delete(self, path: str, **params: Any) -> bool:
         """True when deleted, False when it was already gone."""
@@ -206,43 +207,45 @@ class KubeApi:
         return await self.request("GET", path, params=params)
 
     async def watch(self, path: str, resource_version: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
-        """Raw watch events ({type, object}) from resource_version until the server ends the stream."""
-        query = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
-                 "timeoutSeconds": 240, **params}
-        async with self.session().get(
-            self.credentials.server + path, params=_params(query), headers=self._headers(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300),
-        ) as resp:
-            if resp.status >= 300:
-                raise _error(resp.status, await resp.text())
-            async for line in _lines(resp.content):
-                yield json.loads(line)
+        """Watch events ({type, object}) from resource_version on, across server-side stream ends.
 
+        Ends only by raising: ApiError 410 Gone once that version is compacted away (relist then).
+        """
+        async with Watch() as stream:
+            try:
+                async for event in stream.stream(self._open_watch, path, resource_version=resource_version,
+                                                 **params):
+                    if not isinstance(event, dict):
+                        raise ValueError(f"watch {path}: not a JSON event: {str(event)[:100]}")  # noqa: TRY004
+                    yield event
+            except ApiException as exc:
+                raise api_error(exc) from None
 
-async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    buffer = b""
-    async for chunk in stream.iter_any():
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if buffer.strip():
-        yield buffer
+    async def _open_watch(self, path: str, *, watch: bool, resource_version: str, _preload_content: bool,
+                          **params: Any) -> aiohttp.ClientResponse:
+        """The streaming response ``Watch`` reads line by line (it re-opens it with a newer version).
+
+        A refused watch raises here: ``Watch`` would otherwise take an empty error body for the
+        normal end of a stream and reconnect at once, forever.
+        """
+        query = {**params, "watch": watch, "resourceVersion": resource_version, "allowWatchBookmarks": True,
+                 "timeoutSeconds": WATCH_SERVER_TIMEOUT}
+        response = await self.client.call_api(
+            path, "GET", query_params=_params(query), header_params={"Accept": "application/json"},
+            auth_settings=AUTH, _preload_content=_preload_content, _request_timeout=WATCH_CLIENT_TIMEOUT,
+        )
+        if response.status >= 300:
+            refused = ApiException(status=response.status, reason=response.reason)
+            refused.body = await response.text()
+            response.release()
+            raise refused
+        return response
 
 
 def _params(params: dict[str, Any] | None) -> dict[str, str] | None:
     if not params:
         return None
-    return {k: str(v) for k, v in params.items() if v is not None}
-
-
-def _error(status: int, text: str) -> ApiError:
-    try:
-        body = json.loads(text)
-        return ApiError(status, body.get("reason", ""), str(body.get("message", text)).strip())
-    except ValueError:
-        return ApiError(status, "", text.strip()[:200])
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items() if v is not None}
 
 
 # --- informer ------------------------------------------------------------------------
@@ -274,8 +277,7 @@ class Informer:
             try:
                 version = await self._relist()
                 self.last_error = None
-                while version:
-                    version = await self._watch(version)
+                await self._watch(version)
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, ApiError, aiohttp.ClientError, OSError, ValueError) as exc:
@@ -304,22 +306,22 @@ class Informer:
         self.synced.set()
         return listing["metadata"]["resourceVersion"]
 
-    async def _watch(self, version: str) -> str | None:
-        """Consume one watch stream; returns where to resume, or None to relist."""
-        async for event in self.api.watch(self.path, version, **self.params):
-            kind, obj = event.get("type"), event.get("object") or {}
-            if kind == "ERROR":
-                return None  # 410 Gone and friends: start over with a fresh list
-            version = obj.get("metadata", {}).get("resourceVersion", version)
-            if kind == "BOOKMARK":
-                continue
-            key = _key(obj)
-            if kind == "DELETED":
-                self.objects.pop(key, None)
-            else:
-                self.objects[key] = obj
-            self._emit(kind, obj)
-        return version
+    async def _watch(self, version: str) -> None:
+        """Apply watch events until ``version`` is too old to resume from (410 Gone): then relist."""
+        try:
+            async for event in self.api.watch(self.path, version, **self.params):
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "BOOKMARK":
+                    continue
+                key = _key(obj)
+                if kind == "DELETED":
+                    self.objects.pop(key, None)
+                else:
+                    self.objects[key] = obj
+                self._emit(kind, obj)
+        except ApiError as exc:
+            if exc.status != 410:
+                raise
 
     def _emit(self, kind: str, obj: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -329,8 +331,3 @@ class Informer:
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return meta.get("namespace") or "", meta.get("name") or ""
-
-
-async def run_all(*tasks: Awaitable[Any]) -> None:
-    """Run background loops until one fails or all are cancelled."""
-    await asyncio.gather(*tasks)
