@@ -11,19 +11,16 @@ declared backends, DNS, Redis and the API server.
 from __future__ import annotations
 
 import base64
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubegate.config import (
-    CONFIG_KEY,
-    HASH_ANNOTATION,
-    HASH_KEY,
-    SECRETS_KEY,
-    encode_config,
-    encode_secrets,
-)
+from pydantic import BaseModel
+
+from kubegate.config import CONFIG_KEY, HASH_ANNOTATION, HASH_KEY, SECRETS_KEY, compress
 from kubegate.resources import ServiceInfo, SourceObject, TranslationInput, TranslationResult
-from kubegate.spec import GatewayRouteSpec, TLSPolicySpec, parse_spec
+from kubegate.spec import GatewayRouteSpec, TLSPolicySpec
+from kubegate.translate import canonical_bytes, spec_of
 
 CONFIG_MAP_NAME = "kubegate-config"
 SECRET_NAME = "kubegate-secrets"
@@ -43,13 +40,18 @@ def _metadata(name: str, namespace: str, annotations: dict[str, str] | None = No
     return meta
 
 
+def _encoded(model: BaseModel) -> str:
+    """base64(gzip(canonical JSON)), as ``encode_config``/``encode_secrets``, reusing translate()'s JSON."""
+    return base64.b64encode(compress(canonical_bytes(model))).decode()
+
+
 def config_map(result: TranslationResult, namespace: str) -> dict[str, Any]:
     """ConfigMap with the gzip+base64 compiled config (binaryData) and its hash."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(CONFIG_MAP_NAME, namespace, {HASH_ANNOTATION: result.hash}),
-        "binaryData": {CONFIG_KEY: encode_config(result.config)},
+        "binaryData": {CONFIG_KEY: _encoded(result.config)},
         "data": {HASH_KEY: result.hash},
     }
 
@@ -64,7 +66,7 @@ def secret(result: TranslationResult, namespace: str) -> dict[str, Any]:
         "data": {
             # Secret data is base64 of the stored bytes, like ConfigMap binaryData: the
             # stored bytes are the gzip JSON, so decode_secrets() reads either form.
-            SECRETS_KEY: encode_secrets(result.secrets),
+            SECRETS_KEY: _encoded(result.secrets),
             HASH_KEY: base64.b64encode(result.hash.encode()).decode(),
         },
     }
@@ -81,7 +83,7 @@ def certificates(result: TranslationResult, inp: TranslationInput) -> list[dict[
     for obj in inp.objects:
         if obj.kind != "TLSPolicy" or not _accepted(result, obj):
             continue
-        spec, _ = parse_spec(obj.kind, obj.spec)
+        spec = spec_of(obj)
         if not isinstance(spec, TLSPolicySpec) or spec.certificate.issuerRef is None:
             continue
         name = result.results[obj.ref].certificate
@@ -108,6 +110,7 @@ def _target_port(service: ServiceInfo, port: int) -> dict[str, Any]:
     return {"protocol": "TCP", "port": port}
 
 
+@functools.lru_cache(maxsize=1024)
 def _url_port(url: str) -> int:
     parts = urlsplit(url)
     return parts.port or (443 if parts.scheme == "https" else 80)
@@ -119,11 +122,14 @@ def served_backends(
     """((ns, service) -> target ports) of selector-backed Services, and the ports of url: backends and JWKS."""
     services: dict[tuple[str, str], list[dict[str, Any]]] = {}
     url_ports: set[int] = set()
+    seen: set[tuple[str, str | None, int | None]] = set()  # thousands of routes share a few Services
     for obj in inp.objects:
-        verdict = result.results.get(obj.ref)
-        if obj.kind != "GatewayRoute" or verdict is None or not verdict.programmable:
+        if obj.kind != "GatewayRoute":
             continue
-        spec, _ = parse_spec(obj.kind, obj.spec)
+        verdict = result.results.get(obj.ref)
+        if verdict is None or not verdict.programmable:
+            continue
+        spec = spec_of(obj)
         if not isinstance(spec, GatewayRouteSpec):
             continue
         if spec.auth and spec.auth.jwt and spec.auth.jwt.jwksUri:
@@ -132,6 +138,10 @@ def served_backends(
             if backend.url is not None:
                 url_ports.add(_url_port(backend.url))
                 continue
+            where = (obj.namespace, backend.service, backend.port)
+            if where in seen:
+                continue
+            seen.add(where)
             service = inp.services.get((obj.namespace, backend.service))
             if service is None or not service.selector or backend.port not in {p.port for p in service.ports}:
                 continue  # unresolved, ExternalName or selector-less: no pods to name

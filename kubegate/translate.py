@@ -7,15 +7,31 @@ object never stops the others: it gets ``Accepted=False`` or
 
 Secret material (HMAC secrets, API-key hashes, TLS keys) goes to the
 :class:`SecretBundle` only; an API key itself never leaves this module.
+
+Speed (config-propagation latency): every step is linear in the number of
+objects (conflicts and rate-limit precedence are dict lookups, never pairwise
+scans), and a :class:`Translator` remembers what each object compiled to in
+its previous call, so an unchanged object is neither re-validated nor
+recompiled nor re-serialised. The memo is an optimisation only: its answers
+are checked against everything the object read (its spec, the Secrets and
+Services it looked up, the routes it named), and :func:`translate` returns
+byte-identical results with or without it.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
+import json
 import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import (
@@ -24,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
 )
+from pydantic import BaseModel
 
 from kubegate.apikeys import key_hash, key_id
 from kubegate.config import (
@@ -39,7 +56,7 @@ from kubegate.config import (
     CompiledRoute,
     CompiledTls,
     SecretBundle,
-    config_hash,
+    canonical_json,
 )
 from kubegate.durations import parse_duration
 from kubegate.resources import (
@@ -73,6 +90,9 @@ INVALID_CERTIFICATE = "InvalidCertificate"
 CERTIFICATE_NOT_READY = "CertificateNotReady"
 
 MAX_NAME = 63
+ANY = "*"  # "every host" / "every method" in the conflict index (empty lists in the spec)
+
+Scope = Literal["route", "namespace", "gateway"]
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -83,11 +103,16 @@ def age_key(obj: SourceObject) -> tuple[str, str, str]:
     return (obj.creation_timestamp, obj.namespace, obj.name)
 
 
+_PARAM = re.compile(r"/:[A-Za-z_][A-Za-z0-9_]*")
+_BRACED = re.compile(r"/\{[A-Za-z_][A-Za-z0-9_]*\}")
+_CATCH_ALL = re.compile(r"/\*[A-Za-z_][A-Za-z0-9_]*")
+
+
 def normalise_path(path: str) -> str:
     """``/a/:id`` and ``/a/{x}`` claim the same requests; so do ``*rest`` and ``*tail``."""
-    path = re.sub(r"/:[A-Za-z_][A-Za-z0-9_]*", "/{}", path)
-    path = re.sub(r"/\{[A-Za-z_][A-Za-z0-9_]*\}", "/{}", path)
-    return re.sub(r"/\*[A-Za-z_][A-Za-z0-9_]*", "/*", path)
+    path = _PARAM.sub("/{}", path)
+    path = _BRACED.sub("/{}", path)
+    return _CATCH_ALL.sub("/*", path)
 
 
 def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> set[str] | None:
@@ -115,6 +140,10 @@ def backend_url(service: ServiceInfo, port: int, cluster_domain: str) -> str:
     return f"http://{service.name}.{service.namespace}.svc.{cluster_domain}:{port}"
 
 
+# Durations repeat across thousands of objects ("30s", "1m"); parsing is pure.
+_seconds = functools.lru_cache(maxsize=4096)(parse_duration)
+
+
 def _ok(type_: str) -> Condition:
     return Condition(type=type_, status="True", reason=type_, message="")
 
@@ -123,65 +152,7 @@ def _false(type_: str, reason: str, message: str) -> Condition:
     return Condition(type=type_, status="False", reason=reason, message=message)
 
 
-# --- per-translation state ----------------------------------------------------------
-
-
-@dataclass
-class _Verdict:
-    """Mutable while translating one object; frozen into an ObjectResult at the end."""
-
-    obj: SourceObject
-    accepted: Condition = field(default_factory=lambda: _ok(ACCEPTED))
-    missing: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
-    key_id: str | None = None
-    certificate: str | None = None
-    programmable: bool = False
-
-    def reject(self, reason: str, message: str) -> None:
-        self.accepted = _false(ACCEPTED, reason, message)
-
-    def unresolved(self, reason: str, message: str) -> None:
-        self.missing.append((reason, message))
-
-    def result(self) -> ObjectResult:
-        if self.missing:
-            reason = self.missing[0][0]
-            resolved = _false(RESOLVED_REFS, reason, "; ".join(m for _, m in self.missing))
-        else:
-            resolved = _ok(RESOLVED_REFS)
-        return ObjectResult(
-            ref=self.obj.ref,
-            generation=self.obj.generation,
-            accepted=self.accepted,
-            resolved_refs=resolved,
-            key_id=self.key_id,
-            certificate=self.certificate,
-            programmable=self.programmable,
-        )
-
-
-@dataclass
-class _Context:
-    inp: TranslationInput
-    bundle: dict[str, str] = field(default_factory=dict)
-    warnings: set[str] = field(default_factory=set)
-
-    def secret_value(
-        self, verdict: _Verdict, namespace: str, ref: SecretKeyRef, what: str
-    ) -> bytes | None:
-        """The bytes at ref in namespace, or None with SecretNotFound recorded (and a warning)."""
-        data = self.inp.secrets.get((namespace, ref.name))
-        if data is None:
-            verdict.unresolved(SECRET_NOT_FOUND, f"{what}: Secret {namespace}/{ref.name} not found")
-            self.warnings.add(
-                f"{verdict.obj.ref}: Secret {namespace}/{ref.name} is not among the inputs "
-                f"(kept elsewhere?); {what} is not served without it"
-            )
-            return None
-        if ref.key not in data:
-            verdict.unresolved(SECRET_NOT_FOUND, f"{what}: Secret {namespace}/{ref.name} has no key {ref.key!r}")
-            return None
-        return data[ref.key]
+_ACCEPTED_OK, _RESOLVED_OK = _ok(ACCEPTED), _ok(RESOLVED_REFS)
 
 
 def _text(value: bytes) -> str | None:
@@ -191,59 +162,253 @@ def _text(value: bytes) -> str | None:
         return None
 
 
+def _tagged(value: Any) -> str:
+    return f"\0{type(value).__name__}:{value!r}"  # YAML dates and the like: never equal to a string
+
+
+_FINGERPRINT = json.JSONEncoder(separators=(",", ":"), default=_tagged)
+# Exactly json.dumps(..., sort_keys=True, separators=(",", ":")), i.e. config.canonical_json, built once.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def _fingerprint(spec: Any) -> str | None:
+    """The exact raw spec (types and key order included: ``1``, ``1.0`` and ``true`` differ);
+    None for a structure JSON cannot hold (a recursive YAML alias), which is never reused."""
+    try:
+        return _FINGERPRINT.encode(spec)
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+# --- canonical JSON, assembled from cached pieces ---------------------------------------
+
+_CANONICAL_KEEP = 4  # configs whose canonical bytes stay known (current, previous, ...)
+_canonical: OrderedDict[int, tuple[BaseModel, bytes]] = OrderedDict()
+_canonical_lock = threading.Lock()
+
+
+def _remember_canonical(model: BaseModel, payload: bytes) -> None:
+    with _canonical_lock:
+        _canonical[id(model)] = (model, payload)
+        _canonical.move_to_end(id(model))
+        while len(_canonical) > _CANONICAL_KEEP:
+            _canonical.popitem(last=False)
+
+
+def canonical_bytes(model: BaseModel) -> bytes:
+    """``canonical_json(model)``, without re-serialising a config or bundle translate() just produced."""
+    with _canonical_lock:
+        known = _canonical.get(id(model))
+    if known is not None and known[0] is model:
+        return known[1]
+    return canonical_json(model)
+
+
+def _item_json(model: BaseModel) -> bytes:
+    return _CANONICAL.encode(model.model_dump(mode="json")).encode()
+
+
+def _assemble_json(config: CompiledConfig, lists: dict[str, list[bytes]]) -> bytes:
+    """``canonical_json(config)`` with the big lists spliced in from their items' cached JSON."""
+    top: dict[str, Any] = config.model_dump(mode="json", exclude=set(lists))
+    marks = {name: f"\0{name}\0" for name in lists}
+    top.update(marks)
+    text = _CANONICAL.encode(top).encode()
+    for name, items in lists.items():
+        mark = json.dumps(marks[name]).encode()
+        head, found, tail = text.partition(mark)
+        if not found:  # impossible while CompiledConfig has these fields; never guess
+            return canonical_json(config)
+        text = b"".join((head, b"[", b",".join(items), b"]", tail))
+    return text
+
+
+# --- what one object compiled to (the memo's unit) ------------------------------------
+
+_SECRET, _SERVICE, _ROUTE = "secret", "service", "route"
+
+
+@dataclass(frozen=True, slots=True)
+class _Fragment:
+    """One object's compiled part plus every side effect, so a cache hit can replay it."""
+
+    compiled: Any  # CompiledRoute / CompiledApiKey / CompiledTls, or None
+    missing: tuple[tuple[str, str], ...]  # (reason, message) for ResolvedRefs
+    warnings: tuple[str, ...]
+    bundle: tuple[tuple[str, str], ...]  # SecretBundle entries
+    key_id: str | None
+    certificate: str | None
+    reads: tuple[tuple[str, Any, Any], ...]  # (table, key, value seen): what it depends on
+
+
+class _Scope:
+    """Compiling one object: reads the inputs (recording what it saw) and collects side effects."""
+
+    __slots__ = ("bundle", "certificate", "inp", "key_id", "missing", "obj", "reads", "route_names", "warnings")
+
+    def __init__(self, inp: TranslationInput, route_names: set[tuple[str, str]], obj: SourceObject) -> None:
+        self.inp, self.route_names, self.obj = inp, route_names, obj
+        self.reads: list[tuple[str, Any, Any]] = []
+        self.missing: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+        self.bundle: list[tuple[str, str]] = []
+        self.key_id: str | None = None
+        self.certificate: str | None = None
+
+    def secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        value = self.inp.secrets.get((namespace, name))
+        self.reads.append((_SECRET, (namespace, name), value))
+        return value
+
+    def service(self, namespace: str, name: str) -> ServiceInfo | None:
+        value = self.inp.services.get((namespace, name))
+        self.reads.append((_SERVICE, (namespace, name), value))
+        return value
+
+    def route_exists(self, namespace: str, name: str) -> bool:
+        value = (namespace, name) in self.route_names
+        self.reads.append((_ROUTE, (namespace, name), value))
+        return value
+
+    def unresolved(self, reason: str, message: str) -> None:
+        self.missing.append((reason, message))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def put(self, key: str, value: str) -> None:
+        self.bundle.append((key, value))
+
+    def secret_value(self, namespace: str, ref: SecretKeyRef, what: str) -> bytes | None:
+        """The bytes at ref in namespace, or None with SecretNotFound recorded (and a warning)."""
+        data = self.secret(namespace, ref.name)
+        if data is None:
+            self.unresolved(SECRET_NOT_FOUND, f"{what}: Secret {namespace}/{ref.name} not found")
+            self.warn(
+                f"{self.obj.ref}: Secret {namespace}/{ref.name} is not among the inputs "
+                f"(kept elsewhere?); {what} is not served without it"
+            )
+            return None
+        if ref.key not in data:
+            self.unresolved(SECRET_NOT_FOUND, f"{what}: Secret {namespace}/{ref.name} has no key {ref.key!r}")
+            return None
+        return data[ref.key]
+
+    def fragment(self, compiled: Any) -> _Fragment:
+        return _Fragment(compiled, tuple(self.missing), tuple(self.warnings), tuple(self.bundle),
+                         self.key_id, self.certificate, tuple(self.reads))
+
+
+def _still_valid(fragment: _Fragment, inp: TranslationInput, route_names: set[tuple[str, str]]) -> bool:
+    """Whether everything the fragment read is unchanged (identity first, then equality)."""
+    for table, key, seen in fragment.reads:
+        if table == _SECRET:
+            now = inp.secrets.get(key)
+        elif table == _SERVICE:
+            now = inp.services.get(key)
+        else:
+            now = key in route_names
+        if now is not seen and now != seen:
+            return False
+    return True
+
+
 # --- GatewayRoute -------------------------------------------------------------------
 
 
-def _claims(routes: list[tuple[SourceObject, GatewayRouteSpec]], verdicts: dict[ObjectRef, _Verdict]) -> None:
+class _ClaimIndex:
+    """Accepted routes by (normalised path, host, method); ``*`` stands for an empty list.
+
+    Finding the oldest accepted route that overlaps a new one costs a few dict
+    lookups per host x method pair instead of a scan over every route on the path.
+    Each bucket keeps its oldest claimant, and the oldest of those is the oldest overlap.
+    """
+
+    def __init__(self) -> None:
+        self.cells: dict[tuple[str, str, str], int] = {}  # (path, host|*, method|*)
+        self.by_host: dict[tuple[str, str], int] = {}  # (path, host|*): any method
+        self.by_method: dict[tuple[str, str], int] = {}  # (path, method|*): any host
+        self.by_path: dict[str, int] = {}
+        self.claimants: list[tuple[_Verdict, tuple[str, ...], tuple[str, ...]]] = []
+
+    def oldest_overlap(self, path: str, hosts: tuple[str, ...], methods: tuple[str, ...]) -> int | None:
+        found: list[int] = []
+        if hosts and methods:
+            for h in hosts:
+                for m in methods:
+                    for key in ((path, h, m), (path, h, ANY), (path, ANY, m), (path, ANY, ANY)):
+                        if key in self.cells:
+                            found.append(self.cells[key])
+        elif hosts:
+            for key in [(path, h) for h in hosts] + [(path, ANY)]:
+                if key in self.by_host:
+                    found.append(self.by_host[key])
+        elif methods:
+            for key in [(path, m) for m in methods] + [(path, ANY)]:
+                if key in self.by_method:
+                    found.append(self.by_method[key])
+        elif path in self.by_path:
+            found.append(self.by_path[path])
+        return min(found) if found else None
+
+    def claim(self, path: str, hosts: tuple[str, ...], methods: tuple[str, ...], verdict: _Verdict) -> None:
+        index = len(self.claimants)
+        self.claimants.append((verdict, hosts, methods))
+        for h in hosts or (ANY,):
+            self.by_host.setdefault((path, h), index)
+            for m in methods or (ANY,):
+                self.cells.setdefault((path, h, m), index)
+        for m in methods or (ANY,):
+            self.by_method.setdefault((path, m), index)
+        self.by_path.setdefault(path, index)
+
+
+def _claims(routes: list[_Verdict]) -> None:
     """Older routes win host+path+method overlaps; losers get Accepted=False Conflicted."""
-    winners: dict[str, list[tuple[SourceObject, GatewayRouteSpec]]] = {}
-    for obj, spec in routes:  # already oldest first
-        key = normalise_path(spec.path)
-        hosts = tuple(sorted(h.lower() for h in spec.hosts))
-        methods = tuple(sorted(spec.methods))
-        for other, other_spec in winners.get(key, []):
-            shared_hosts = _overlap(hosts, tuple(sorted(h.lower() for h in other_spec.hosts)))
-            shared_methods = _overlap(methods, tuple(sorted(other_spec.methods)))
-            if shared_hosts is not None and shared_methods is not None:
-                verdicts[obj.ref].reject(
-                    CONFLICTED,
-                    f"path {spec.path} (hosts {', '.join(sorted(shared_hosts))}; methods "
-                    f"{', '.join(sorted(shared_methods))}) is already claimed by the older "
-                    f"GatewayRoute {other.namespace}/{other.name}",
-                )
-                break
-        else:
-            winners.setdefault(key, []).append((obj, spec))
+    index = _ClaimIndex()
+    for verdict in routes:  # already oldest first
+        path, hosts, methods = verdict.entry.claims()
+        winner = index.oldest_overlap(path, hosts, methods)
+        if winner is None:
+            index.claim(path, hosts, methods, verdict)
+            continue
+        other, other_hosts, other_methods = index.claimants[winner]
+        shared_hosts = _overlap(hosts, other_hosts) or set()
+        shared_methods = _overlap(methods, other_methods) or set()
+        verdict.reject(
+            CONFLICTED,
+            f"path {verdict.entry.model.path} (hosts {', '.join(sorted(shared_hosts))}; methods "  # type: ignore[union-attr]
+            f"{', '.join(sorted(shared_methods))}) is already claimed by the older "
+            f"GatewayRoute {other.obj.namespace}/{other.obj.name}",
+        )
 
 
-def _backends(
-    ctx: _Context, verdict: _Verdict, spec: GatewayRouteSpec
-) -> list[CompiledBackend]:
-    ns = verdict.obj.namespace
+def _backends(scope: _Scope, spec: GatewayRouteSpec) -> list[CompiledBackend]:
+    ns = scope.obj.namespace
     out = []
     for backend in spec.backends:
         if backend.url is not None:
             out.append(CompiledBackend(url=backend.url, weight=backend.weight))
             continue
-        service = ctx.inp.services.get((ns, backend.service))
+        service = scope.service(ns, backend.service)
         if service is None:
-            verdict.unresolved(BACKEND_NOT_FOUND, f"service {backend.service} not found in namespace {ns}")
+            scope.unresolved(BACKEND_NOT_FOUND, f"service {backend.service} not found in namespace {ns}")
             continue
         declared = {p.port for p in service.ports}
         if backend.port not in declared and not (service.type == "ExternalName" and not declared):
-            verdict.unresolved(BACKEND_NOT_FOUND, f"service {backend.service} has no port {backend.port}")
+            scope.unresolved(BACKEND_NOT_FOUND, f"service {backend.service} has no port {backend.port}")
             continue
-        url = backend_url(service, backend.port, ctx.inp.cluster_domain)
+        url = backend_url(service, backend.port, scope.inp.cluster_domain)
         out.append(CompiledBackend(url=url, weight=backend.weight))
     return out
 
 
-def _jwt(ctx: _Context, verdict: _Verdict, spec: GatewayRouteSpec) -> tuple[CompiledJwt | None, bool]:
+def _jwt(scope: _Scope, spec: GatewayRouteSpec) -> tuple[CompiledJwt | None, bool]:
     """(compiled JWT settings, usable); unusable key material fails the route closed."""
     jwt = spec.auth.jwt if spec.auth else None
     if jwt is None:
         return None, True
-    obj = verdict.obj
+    obj = scope.obj
     compiled = {
         "issuer": jwt.issuer,
         "audiences": tuple(jwt.audiences),
@@ -253,40 +418,39 @@ def _jwt(ctx: _Context, verdict: _Verdict, spec: GatewayRouteSpec) -> tuple[Comp
         "forward_claims": dict(jwt.forwardClaims),
     }
     if jwt.secretRef is not None:
-        raw = ctx.secret_value(verdict, obj.namespace, jwt.secretRef, "auth.jwt.secretRef")
+        raw = scope.secret_value(obj.namespace, jwt.secretRef, "auth.jwt.secretRef")
         if raw is None:
             return None, False
         secret = _text(raw)
         if not secret:
-            verdict.unresolved(INVALID_KEY, f"auth.jwt.secretRef: Secret {obj.namespace}/{jwt.secretRef.name} "
-                                            f"key {jwt.secretRef.key!r} is empty or not UTF-8")
+            scope.unresolved(INVALID_KEY, f"auth.jwt.secretRef: Secret {obj.namespace}/{jwt.secretRef.name} "
+                                          f"key {jwt.secretRef.key!r} is empty or not UTF-8")
             return None, False
         bundle_key = f"jwt.{obj.namespace}.{obj.name}"
-        ctx.bundle[bundle_key] = secret
+        scope.put(bundle_key, secret)
         compiled["hmac_secret"] = bundle_key
     if jwt.publicKeySecretRef is not None:
         ref = jwt.publicKeySecretRef
-        raw = ctx.secret_value(verdict, obj.namespace, ref, "auth.jwt.publicKeySecretRef")
+        raw = scope.secret_value(obj.namespace, ref, "auth.jwt.publicKeySecretRef")
         if raw is None:
             return None, False
         try:
             load_pem_public_key(raw)
         except (ValueError, TypeError):
-            verdict.unresolved(INVALID_KEY, f"auth.jwt.publicKeySecretRef: Secret {obj.namespace}/{ref.name} "
-                                            f"key {ref.key!r} is not a PEM public key")
+            scope.unresolved(INVALID_KEY, f"auth.jwt.publicKeySecretRef: Secret {obj.namespace}/{ref.name} "
+                                          f"key {ref.key!r} is not a PEM public key")
             return None, False
         compiled["public_key_pem"] = raw.decode()
     return CompiledJwt(**compiled), True
 
 
-def _route(
-    ctx: _Context, verdict: _Verdict, spec: GatewayRouteSpec
-) -> CompiledRoute | None:
-    backends = _backends(ctx, verdict, spec)
-    jwt, jwt_ok = _jwt(ctx, verdict, spec)
+def _route(scope: _Scope, spec: GatewayRouteSpec) -> CompiledRoute | None:
+    """The route without its rate limit (precedence is decided across objects, later)."""
+    backends = _backends(scope, spec)
+    jwt, jwt_ok = _jwt(scope, spec)
     if not backends or not jwt_ok:
         return None
-    obj = verdict.obj
+    obj = scope.obj
     auth = None
     if spec.auth is not None:
         auth = CompiledAuth(
@@ -304,8 +468,8 @@ def _route(
         methods=tuple(spec.methods),
         backends=tuple(backends),
         strip_prefix=spec.rewrite.stripPrefix if spec.rewrite else None,
-        request_timeout=parse_duration(spec.timeouts.request),
-        connect_timeout=parse_duration(spec.timeouts.connect),
+        request_timeout=_seconds(spec.timeouts.request),
+        connect_timeout=_seconds(spec.timeouts.connect),
         retries=spec.retries.attempts,
         max_body_bytes=spec.maxBodyBytes,
         request_schema=spec.requestSchema or None,
@@ -325,7 +489,7 @@ def compile_policy(obj: SourceObject, spec: RateLimitPolicySpec, scope: str) -> 
             dimension=limit.dimension,
             header=limit.header,
             requests=limit.requests,
-            period_seconds=parse_duration(limit.period),
+            period_seconds=_seconds(limit.period),
             burst=limit.burst or limit.requests,
         )
         for index, limit in enumerate(spec.limits)
@@ -335,61 +499,69 @@ def compile_policy(obj: SourceObject, spec: RateLimitPolicySpec, scope: str) -> 
     )
 
 
-def choose_policy(
-    route: CompiledRoute,
-    policies: list[tuple[SourceObject, RateLimitPolicySpec]],
-    gateway_namespace: str,
-) -> tuple[SourceObject, RateLimitPolicySpec, Literal["route", "namespace", "gateway"]] | None:
-    """The one policy for a route: route-targeted > namespace-wide > gateway-wide; ties -> oldest."""
-    targeted = namespace_wide = gateway_wide = None
-    for obj, spec in policies:  # oldest first, so the first match of each tier wins
-        names = {t.name for t in spec.targetRefs}
-        if obj.namespace == route.namespace and route.name in names:
-            targeted = targeted or (obj, spec, "route")
-        elif obj.namespace == route.namespace and not names:
-            namespace_wide = namespace_wide or (obj, spec, "namespace")
-        elif obj.namespace == gateway_namespace and not names:
-            gateway_wide = gateway_wide or (obj, spec, "gateway")
-    return targeted or namespace_wide or gateway_wide
+class _PolicyIndex:
+    """Rate-limit precedence by lookup: route-targeted > namespace-wide > gateway-wide; ties -> oldest."""
+
+    def __init__(self, policies: list[_Verdict], gateway_namespace: str) -> None:
+        self.gateway_namespace = gateway_namespace
+        self.targeted: dict[tuple[str, str], _Verdict] = {}
+        self.namespace_wide: dict[str, _Verdict] = {}
+        for policy in policies:  # oldest first: setdefault keeps the oldest of each tier
+            namespace, spec = policy.obj.namespace, policy.entry.model
+            for target in spec.targetRefs:  # type: ignore[union-attr]
+                self.targeted.setdefault((namespace, target.name), policy)
+            if not spec.targetRefs:  # type: ignore[union-attr]
+                self.namespace_wide.setdefault(namespace, policy)
+
+    def choose(self, namespace: str, name: str) -> tuple[_Verdict, Scope] | None:
+        policy = self.targeted.get((namespace, name))
+        if policy is not None:
+            return policy, "route"
+        policy = self.namespace_wide.get(namespace)
+        if policy is not None:
+            return policy, "namespace"
+        if namespace != self.gateway_namespace:
+            policy = self.namespace_wide.get(self.gateway_namespace)
+            if policy is not None:
+                return policy, "gateway"
+        return None
 
 
 # --- ApiKey -----------------------------------------------------------------------------
 
 
-def _api_key(
-    ctx: _Context, verdict: _Verdict, spec: ApiKeySpec, route_names: set[tuple[str, str]]
-) -> CompiledApiKey | None:
-    obj = verdict.obj
-    raw = ctx.secret_value(verdict, obj.namespace, spec.secretRef, "secretRef")
+def _api_key(scope: _Scope, spec: ApiKeySpec) -> CompiledApiKey | None:
+    obj = scope.obj
+    raw = scope.secret_value(obj.namespace, spec.secretRef, "secretRef")
     for name in spec.routes:
-        if (obj.namespace, name) not in route_names:
-            verdict.unresolved(ROUTE_NOT_FOUND, f"GatewayRoute {obj.namespace}/{name} not found")
+        if not scope.route_exists(obj.namespace, name):
+            scope.unresolved(ROUTE_NOT_FOUND, f"GatewayRoute {obj.namespace}/{name} not found")
     if raw is None:
         return None
     key = _text(raw)
     key = key.strip() if key else key
     if not key:
-        verdict.unresolved(INVALID_KEY, f"secretRef: Secret {obj.namespace}/{spec.secretRef.name} "
-                                        f"key {spec.secretRef.key!r} is empty or not UTF-8")
+        scope.unresolved(INVALID_KEY, f"secretRef: Secret {obj.namespace}/{spec.secretRef.name} "
+                                      f"key {spec.secretRef.key!r} is empty or not UTF-8")
         return None
     hashed = key_hash(key)
     hash_ref = f"apikey.{obj.namespace}.{obj.name}"
-    ctx.bundle[hash_ref] = hashed
-    verdict.key_id = key_id(hashed)
+    scope.put(hash_ref, hashed)
+    scope.key_id = key_id(hashed)
     rate_limit = None
     if spec.rateLimit is not None:
         rate_limit = CompiledLimit(
             key=f"apikey:{obj.namespace}/{obj.name}",
             dimension="apiKey",
             requests=spec.rateLimit.requests,
-            period_seconds=parse_duration(spec.rateLimit.period),
+            period_seconds=_seconds(spec.rateLimit.period),
             burst=spec.rateLimit.requests,
         )
     expires = spec.expiresAt
     if expires is not None and expires.tzinfo is None:
         expires = expires.replace(tzinfo=UTC)
     return CompiledApiKey(
-        id=verdict.key_id,
+        id=scope.key_id,
         namespace=obj.namespace,
         name=obj.name,
         hash_ref=hash_ref,
@@ -423,55 +595,55 @@ def _pem_problem(cert: bytes, key: bytes) -> str | None:
     return None
 
 
-def _tls(ctx: _Context, verdict: _Verdict, spec: TLSPolicySpec) -> CompiledTls | None:
-    obj, inp = verdict.obj, ctx.inp
+def _tls(scope: _Scope, spec: TLSPolicySpec) -> CompiledTls | None:
+    obj, inp = scope.obj, scope.inp
     prefix = f"tls.{obj.namespace}.{obj.name}"
     if spec.certificate.issuerRef is not None:
-        verdict.certificate = certificate_name(obj.namespace, obj.name)
-        where = (inp.gateway_namespace, verdict.certificate)
-        data = inp.secrets.get(where) or {}
+        scope.certificate = certificate_name(obj.namespace, obj.name)
+        where = (inp.gateway_namespace, scope.certificate)
+        data = scope.secret(*where) or {}
         if not data.get("tls.crt") or not data.get("tls.key"):
-            verdict.unresolved(
+            scope.unresolved(
                 CERTIFICATE_NOT_READY,
-                f"Certificate {inp.gateway_namespace}/{verdict.certificate} has not been issued yet "
+                f"Certificate {inp.gateway_namespace}/{scope.certificate} has not been issued yet "
                 f"(Secret {where[0]}/{where[1]} has no tls.crt/tls.key)",
             )
             return None
     else:
         where = (obj.namespace, spec.certificate.secretRef.name)
-        data = inp.secrets.get(where)
+        data = scope.secret(*where)
         if data is None or not data.get("tls.crt") or not data.get("tls.key"):
-            verdict.unresolved(
+            scope.unresolved(
                 SECRET_NOT_FOUND,
                 f"certificate.secretRef: Secret {where[0]}/{where[1]} "
                 + ("not found" if data is None else "has no tls.crt/tls.key"),
             )
             if data is None:
-                ctx.warnings.add(f"{obj.ref}: Secret {where[0]}/{where[1]} is not among the inputs (kept elsewhere?)")
+                scope.warn(f"{obj.ref}: Secret {where[0]}/{where[1]} is not among the inputs (kept elsewhere?)")
             return None
     problem = _pem_problem(data["tls.crt"], data["tls.key"])
     if problem:
-        verdict.unresolved(INVALID_CERTIFICATE, f"Secret {where[0]}/{where[1]}: {problem}")
+        scope.unresolved(INVALID_CERTIFICATE, f"Secret {where[0]}/{where[1]}: {problem}")
         return None
     client_auth = None
     if spec.clientAuth is not None:
         ca_ref = None
         if spec.clientAuth.mode != "none" and spec.clientAuth.caSecretRef is not None:
-            ca = ctx.secret_value(verdict, obj.namespace, spec.clientAuth.caSecretRef, "clientAuth.caSecretRef")
+            ca = scope.secret_value(obj.namespace, spec.clientAuth.caSecretRef, "clientAuth.caSecretRef")
             if ca is None:
                 return None
             try:
                 x509.load_pem_x509_certificates(ca)
             except ValueError:
-                verdict.unresolved(INVALID_CERTIFICATE, "clientAuth.caSecretRef is not a PEM CA bundle")
+                scope.unresolved(INVALID_CERTIFICATE, "clientAuth.caSecretRef is not a PEM CA bundle")
                 return None
             ca_ref = f"{prefix}.ca"
-            ctx.bundle[ca_ref] = ca.decode()
+            scope.put(ca_ref, ca.decode())
         client_auth = CompiledClientAuth(
             mode=spec.clientAuth.mode, ca_bundle=ca_ref, allowed_subjects=tuple(spec.clientAuth.allowedSubjects)
         )
-    ctx.bundle[f"{prefix}.crt"] = data["tls.crt"].decode()
-    ctx.bundle[f"{prefix}.key"] = data["tls.key"].decode()
+    scope.put(f"{prefix}.crt", data["tls.crt"].decode())
+    scope.put(f"{prefix}.key", data["tls.key"].decode())
     hsts = spec.hsts
     return CompiledTls(
         id=f"{obj.namespace}/{obj.name}",
@@ -485,107 +657,300 @@ def _tls(ctx: _Context, verdict: _Verdict, spec: TLSPolicySpec) -> CompiledTls |
     )
 
 
-def _hostname_claims(
-    policies: list[tuple[SourceObject, TLSPolicySpec]], verdicts: dict[ObjectRef, _Verdict]
-) -> None:
+def _hostname_claims(policies: list[_Verdict]) -> None:
     """A hostname has one certificate: the older TLSPolicy wins, the other is Conflicted."""
     owner: dict[str, SourceObject] = {}
-    for obj, spec in policies:
-        clash = sorted(h for h in {x.lower() for x in spec.hostnames} if h in owner)
+    for verdict in policies:
+        hostnames = verdict.entry.model.hostnames  # type: ignore[union-attr]
+        clash = sorted(h for h in {x.lower() for x in hostnames} if h in owner)
         if clash:
             winner = owner[clash[0]]
-            verdicts[obj.ref].reject(
+            verdict.reject(
                 CONFLICTED,
                 f"hostname {clash[0]} is already served by the older TLSPolicy {winner.namespace}/{winner.name}",
             )
             continue
-        for host in spec.hostnames:
-            owner[host.lower()] = obj
+        for host in hostnames:
+            owner[host.lower()] = verdict.obj
+
+
+# --- per-translation state ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    """Everything derived from one object's spec; reused while the raw spec is unchanged."""
+
+    source: SourceObject  # the last object seen with this spec (identity fast path)
+    fingerprint: str | None
+    model: SpecModel | None
+    invalid: str | None  # InvalidSpec message
+    fragment: _Fragment | None = None
+    policies: dict[str, CompiledRateLimit] = field(default_factory=dict)  # RateLimitPolicy: scope -> compiled
+    served: tuple[Any, ...] | None = None  # (fragment, rate limit, final compiled object, its JSON)
+    result: tuple[tuple[Any, ...], ObjectResult] | None = None  # (verdict facts, ObjectResult)
+    route_claims: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None
+
+    @classmethod
+    def parse(cls, obj: SourceObject) -> _Entry:
+        model, errors = parse_spec(obj.kind, obj.spec)
+        invalid = None if model is not None else "; ".join(f"{e.field}: {e.reason}" for e in errors)
+        return cls(obj, _fingerprint(obj.spec), model, invalid)
+
+    def reuse_for(self, obj: SourceObject) -> _Entry | None:
+        """This entry if ``obj`` has exactly the same spec (same object, or same fingerprint)."""
+        if obj is self.source or obj.spec is self.source.spec:
+            return self
+        if self.fingerprint is None or _fingerprint(obj.spec) != self.fingerprint:
+            return None
+        self.source = obj
+        return self
+
+    def claims(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        """A route's (normalised path, sorted hosts, sorted methods) for the conflict index."""
+        if self.route_claims is None:
+            spec: GatewayRouteSpec = self.model  # type: ignore[assignment]
+            self.route_claims = (normalise_path(spec.path), tuple(sorted(h.lower() for h in spec.hosts)),
+                                 tuple(sorted(spec.methods)))
+        return self.route_claims
+
+    def serve(self, fragment: _Fragment, rate_limit: CompiledRateLimit | None = None) -> tuple[Any, bytes]:
+        """The final compiled object (a route with its winning rate limit) and its canonical JSON."""
+        served = self.served
+        if served is not None and served[0] is fragment and served[1] is rate_limit:
+            return served[2], served[3]
+        compiled = fragment.compiled
+        if rate_limit is not None:
+            compiled = compiled.model_copy(update={"rate_limit": rate_limit})
+        payload = _item_json(compiled)
+        self.served = (fragment, rate_limit, compiled, payload)
+        return compiled, payload
+
+
+@dataclass(slots=True, eq=False)
+class _Verdict:
+    """Mutable while translating one object; frozen into an ObjectResult at the end."""
+
+    obj: SourceObject
+    ref: ObjectRef
+    entry: _Entry
+    accepted: Condition = _ACCEPTED_OK
+    missing: tuple[tuple[str, str], ...] = ()  # (reason, message)
+    key_id: str | None = None
+    certificate: str | None = None
+    programmable: bool = False
+
+    def reject(self, reason: str, message: str) -> None:
+        self.accepted = _false(ACCEPTED, reason, message)
+
+    def unresolved(self, reason: str, message: str) -> None:
+        self.missing += ((reason, message),)
+
+    def result(self) -> ObjectResult:
+        facts = (self.obj.generation, self.accepted, self.missing, self.key_id, self.certificate, self.programmable)
+        cached = self.entry.result
+        if cached is not None and cached[0] == facts:
+            return cached[1]
+        if self.missing:
+            reason = self.missing[0][0]
+            resolved = _false(RESOLVED_REFS, reason, "; ".join(m for _, m in self.missing))
+        else:
+            resolved = _RESOLVED_OK
+        result = ObjectResult(
+            ref=self.ref,
+            generation=self.obj.generation,
+            accepted=self.accepted,
+            resolved_refs=resolved,
+            key_id=self.key_id,
+            certificate=self.certificate,
+            programmable=self.programmable,
+        )
+        self.entry.result = (facts, result)
+        return result
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Translation allocates many long-lived objects and no reference cycles; the cyclic
+    collector's repeated full scans of them cost more than the translation itself."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # --- the translator ---------------------------------------------------------------------------
 
 
-def translate(inp: TranslationInput) -> TranslationResult:
-    """Compile every valid, unconflicted, resolvable object; report on all of them."""
-    ctx = _Context(inp)
-    objects = sorted(inp.objects, key=lambda o: (age_key(o), o.kind))
-    verdicts = {o.ref: _Verdict(o) for o in objects}
-    parsed: dict[str, list[tuple[SourceObject, SpecModel]]] = {}
-    for obj in objects:
-        model, errors = parse_spec(obj.kind, obj.spec)
-        if model is None:
-            verdicts[obj.ref].reject(INVALID_SPEC, "; ".join(f"{e.field}: {e.reason}" for e in errors))
-        else:
-            parsed.setdefault(obj.kind, []).append((obj, model))
+class Translator:
+    """:func:`translate` plus a memo of what each object compiled to in the previous call.
 
-    routes_in = parsed.get("GatewayRoute", [])
-    route_names = {(o.namespace, o.name) for o in objects if o.kind == "GatewayRoute"}
-    _claims(routes_in, verdicts)
-    policies = parsed.get("RateLimitPolicy", [])
-    for obj, spec in policies:
-        for target in spec.targetRefs:
-            if (obj.namespace, target.name) not in route_names:
-                verdicts[obj.ref].unresolved(ROUTE_NOT_FOUND, f"GatewayRoute {obj.namespace}/{target.name} not found")
-        verdicts[obj.ref].programmable = True
+    Holds only the entries of the objects in the latest input (bounded by it).
+    Thread-safe: each call builds a fresh memo from the previous one and
+    publishes it when done; entries are only ever reused after checking them.
+    """
 
-    by_namespace: dict[str, list[tuple[SourceObject, RateLimitPolicySpec]]] = {}
-    for obj, spec in policies:
-        by_namespace.setdefault(obj.namespace, []).append((obj, spec))
-    compiled_policies: dict[tuple[ObjectRef, str], CompiledRateLimit] = {}
+    def __init__(self) -> None:
+        self._state: tuple[tuple[str, str], dict[ObjectRef, _Entry]] = (("", ""), {})
 
-    routes: list[CompiledRoute] = []
-    for obj, spec in routes_in:
-        verdict = verdicts[obj.ref]
-        if verdict.accepted.status != "True":
-            continue
-        route = _route(ctx, verdict, spec)
-        if route is None:
-            continue
-        candidates = by_namespace.get(obj.namespace, [])
-        if obj.namespace != inp.gateway_namespace:
-            candidates = candidates + by_namespace.get(inp.gateway_namespace, [])
-        chosen = choose_policy(route, candidates, inp.gateway_namespace)
-        if chosen is not None:
-            cache_key = (chosen[0].ref, chosen[2])
-            if cache_key not in compiled_policies:
-                compiled_policies[cache_key] = compile_policy(*chosen)
-            route = route.model_copy(update={"rate_limit": compiled_policies[cache_key]})
-        verdict.programmable = True
-        routes.append(route)
+    def clear(self) -> None:
+        self._state = (("", ""), {})
 
-    api_keys = []
-    for obj, spec in parsed.get("ApiKey", []):
-        compiled = _api_key(ctx, verdicts[obj.ref], spec, route_names)
-        if compiled is not None:
-            verdicts[obj.ref].programmable = True
-            api_keys.append(compiled)
+    def spec_of(self, obj: SourceObject) -> SpecModel | None:
+        """The validated spec of ``obj`` (from the memo when unchanged); None if invalid."""
+        entry = self._state[1].get(obj.ref)
+        if entry is not None and entry.reuse_for(obj) is not None:
+            return entry.model
+        return parse_spec(obj.kind, obj.spec)[0]
 
-    tls_policies = parsed.get("TLSPolicy", [])
-    _hostname_claims(tls_policies, verdicts)
-    tls = []
-    for obj, spec in tls_policies:
-        verdict = verdicts[obj.ref]
-        if verdict.accepted.status != "True":
-            continue
-        compiled_tls = _tls(ctx, verdict, spec)
-        if compiled_tls is not None:
+    def translate(self, inp: TranslationInput) -> TranslationResult:
+        """Compile every valid, unconflicted, resolvable object; report on all of them."""
+        with _collector_paused():
+            return self._translate(inp)
+
+    def _translate(self, inp: TranslationInput) -> TranslationResult:
+        env = (inp.gateway_namespace, inp.cluster_domain)
+        old_env, old = self._state
+        if old_env != env:
+            old = {}
+        memo: dict[ObjectRef, _Entry] = {}
+        verdicts: dict[ObjectRef, _Verdict] = {}
+        by_kind: dict[str, list[_Verdict]] = {}
+        for obj in sorted(inp.objects, key=lambda o: (age_key(o), o.kind)):
+            ref = obj.ref
+            entry = old.get(ref)
+            entry = entry.reuse_for(obj) if entry is not None else None
+            if entry is None:
+                entry = _Entry.parse(obj)
+            memo[ref] = entry
+            verdicts[ref] = verdict = _Verdict(obj, ref, entry)
+            if entry.model is None:
+                verdict.reject(INVALID_SPEC, entry.invalid or "")
+            else:
+                by_kind.setdefault(obj.kind, []).append(verdict)
+        route_names = {(o.namespace, o.name) for o in inp.objects if o.kind == "GatewayRoute"}
+        warnings: set[str] = set()
+        bundle: dict[str, str] = {}
+
+        def compiled(verdict: _Verdict, build: Any) -> _Fragment:
+            """The object's fragment: reused when everything it read is unchanged, else rebuilt."""
+            entry = verdict.entry
+            fragment = entry.fragment
+            if fragment is None or not _still_valid(fragment, inp, route_names):
+                scope = _Scope(inp, route_names, verdict.obj)
+                fragment = entry.fragment = scope.fragment(build(scope, entry.model))
+            verdict.missing += fragment.missing
+            verdict.key_id, verdict.certificate = fragment.key_id, fragment.certificate
+            if fragment.warnings:
+                warnings.update(fragment.warnings)
+            if fragment.bundle:
+                bundle.update(fragment.bundle)
+            return fragment
+
+        routes_in = by_kind.get("GatewayRoute", [])
+        _claims(routes_in)
+        policies = by_kind.get("RateLimitPolicy", [])
+        for verdict in policies:
+            namespace = verdict.obj.namespace
+            for target in verdict.entry.model.targetRefs:  # type: ignore[union-attr]
+                if (namespace, target.name) not in route_names:
+                    verdict.unresolved(ROUTE_NOT_FOUND, f"GatewayRoute {namespace}/{target.name} not found")
             verdict.programmable = True
-            tls.append(compiled_tls)
+        precedence = _PolicyIndex(policies, inp.gateway_namespace)
 
-    results = {ref: v.result() for ref, v in sorted(verdicts.items())}
-    config = CompiledConfig(
-        gateway_namespace=inp.gateway_namespace,
-        routes=tuple(sorted(routes, key=lambda r: r.id)),
-        api_keys=tuple(sorted(api_keys, key=lambda k: (k.namespace, k.name))),
-        tls=tuple(sorted(tls, key=lambda t: t.id)),
-        generations={str(ref): r.generation for ref, r in results.items() if r.programmable},
-    )
-    secrets = SecretBundle(values=dict(sorted(ctx.bundle.items())))
-    return TranslationResult(
-        config=config,
-        secrets=secrets,
-        hash=config_hash(config, secrets),
-        results=results,
-        warnings=tuple(sorted(ctx.warnings)),
-    )
+        routes: list[tuple[str, CompiledRoute, bytes]] = []
+        for verdict in routes_in:
+            if verdict.accepted is not _ACCEPTED_OK:
+                continue
+            fragment = compiled(verdict, _route)
+            if fragment.compiled is None:
+                continue
+            rate_limit = None
+            chosen = precedence.choose(verdict.obj.namespace, verdict.obj.name)
+            if chosen is not None:
+                policy, scope = chosen
+                rate_limit = policy.entry.policies.get(scope)
+                if rate_limit is None:
+                    rate_limit = policy.entry.policies[scope] = compile_policy(policy.obj, policy.entry.model, scope)
+            route, payload = verdict.entry.serve(fragment, rate_limit)
+            verdict.programmable = True
+            routes.append((route.id, route, payload))
+
+        api_keys: list[tuple[tuple[str, str], CompiledApiKey, bytes]] = []
+        for verdict in by_kind.get("ApiKey", []):
+            fragment = compiled(verdict, _api_key)
+            if fragment.compiled is not None:
+                verdict.programmable = True
+                key, payload = verdict.entry.serve(fragment)
+                api_keys.append(((key.namespace, key.name), key, payload))
+
+        tls_policies = by_kind.get("TLSPolicy", [])
+        _hostname_claims(tls_policies)
+        tls: list[tuple[str, CompiledTls, bytes]] = []
+        for verdict in tls_policies:
+            if verdict.accepted is not _ACCEPTED_OK:
+                continue
+            fragment = compiled(verdict, _tls)
+            if fragment.compiled is not None:
+                verdict.programmable = True
+                policy_tls, payload = verdict.entry.serve(fragment)
+                tls.append((policy_tls.id, policy_tls, payload))
+
+        routes.sort(key=lambda item: item[0])
+        api_keys.sort(key=lambda item: item[0])
+        tls.sort(key=lambda item: item[0])
+        results = {ref: verdicts[ref].result() for ref in sorted(verdicts)}
+        config = CompiledConfig(
+            gateway_namespace=inp.gateway_namespace,
+            routes=tuple(item[1] for item in routes),
+            api_keys=tuple(item[1] for item in api_keys),
+            tls=tuple(item[1] for item in tls),
+            generations={str(ref): r.generation for ref, r in results.items() if r.programmable},
+        )
+        secrets = SecretBundle(values=dict(sorted(bundle.items())))
+        config_json = _assemble_json(config, {
+            "routes": [item[2] for item in routes],
+            "api_keys": [item[2] for item in api_keys],
+            "tls": [item[2] for item in tls],
+        })
+        secrets_json = canonical_json(secrets)
+        _remember_canonical(config, config_json)
+        _remember_canonical(secrets, secrets_json)
+        self._state = (env, memo)
+        return TranslationResult.model_construct(
+            config=config,
+            secrets=secrets,
+            hash=_hash(config_json, secrets_json),
+            results=results,
+            warnings=tuple(sorted(warnings)),
+        )
+
+
+def _hash(config_json: bytes, secrets_json: bytes) -> str:
+    """``config_hash(config, secrets)`` from the canonical bytes already at hand."""
+    digest = hashlib.sha256()
+    digest.update(config_json)
+    digest.update(b"\0")
+    digest.update(secrets_json)
+    return digest.hexdigest()
+
+
+_default = Translator()
+
+
+def translate(inp: TranslationInput) -> TranslationResult:
+    """Compile every valid, unconflicted, resolvable object; report on all of them.
+
+    A pure function of ``inp``; a module-level :class:`Translator` makes repeated
+    calls with mostly unchanged objects (the operator's hot path) incremental.
+    """
+    return _default.translate(inp)
+
+
+def spec_of(obj: SourceObject) -> SpecModel | None:
+    """The validated spec of ``obj`` (None if invalid), from the translator's memo when unchanged."""
+    return _default.spec_of(obj)
