@@ -20,8 +20,8 @@ from .state import ClusterState
 
 def build_registry(state: ClusterState, reconciler: Reconciler) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    # Same credentials as the rest of the process: kubeconfig or the in-cluster service account.
-    kopf.on.login(registry=registry, id="login")(kopf.login_via_client)
+    # Same credentials and library as kubegate.kubeapi: kubeconfig or the in-cluster service account.
+    kopf.on.login(registry=registry, id="login")(kopf.login_via_async_client)
 
     for kind, plural in PLURALS.items():
         def on_custom_resource(event: dict[str, Any], _kind: str = kind, **_: Any) -> None:
