@@ -106,8 +106,13 @@ def _one_line(exc: BaseException) -> str:
 class Gateway:
     def __init__(self, *, host: str = "0.0.0.0", http_port: int = 8080, https_port: int = 8443,
                  admin_port: int = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
-                 metrics: Metrics | None = None, audit: AuditLog | None = None, jwks: Any = None) -> None:
+                 metrics: Metrics | None = None, audit: AuditLog | None = None, jwks: Any = None,
+                 reuse_port: bool = False) -> None:
+        """``reuse_port``: bind the HTTP/HTTPS listeners with SO_REUSEPORT so several worker
+        processes can share them (the kernel spreads connections; nginx/Envoy do the same).
+        The admin port is never shared: each worker's metrics must be scraped separately."""
         self.host = host
+        self.reuse_port = reuse_port
         self.ports = {"http": http_port, "https": https_port, "admin": admin_port}
         self.limiter = limiter
         self.metrics = metrics or Metrics()
@@ -253,6 +258,7 @@ class Gateway:
     async def _bind(self, loop: asyncio.AbstractEventLoop, factory: Any, name: str) -> asyncio.base_events.Server:
         try:
             server = await loop.create_server(factory, self.host, self.ports[name], reuse_address=True,
+                                              reuse_port=self.reuse_port or None,
                                               backlog=1024)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports[name]} ({name}): "
