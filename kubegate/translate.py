@@ -954,3 +954,8 @@ def translate(inp: TranslationInput) -> TranslationResult:
 def spec_of(obj: SourceObject) -> SpecModel | None:
     """The validated spec of ``obj`` (None if invalid), from the translator's memo when unchanged."""
     return _default.spec_of(obj)
+
+
+def clear_memo() -> None:
+    """Forget what :func:`translate` remembers (benchmarks of the cold path; tests)."""
+    _default.clear()

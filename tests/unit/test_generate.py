@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import time
 
 from kubegate.apikeys import generate_api_key
-from kubegate.config import HASH_ANNOTATION, decode_config, decode_secrets
+from kubegate.config import HASH_ANNOTATION, canonical_json, decode_config, decode_secrets
 from kubegate.generate import generate_objects
 from kubegate.resources import ServiceInfo, ServicePort, SourceObject, TranslationInput
-from kubegate.translate import translate
+from kubegate.translate import Translator, translate
 
 MANAGED = {"app.kubernetes.io/managed-by": "kubegate", "app.kubernetes.io/part-of": "kubegate"}
 DATAPLANE = {"app.kubernetes.io/name": "kubegate", "app.kubernetes.io/component": "dataplane"}
@@ -93,6 +94,33 @@ def test_network_policies(build):
                      {"protocol": "TCP", "port": 6379}, {"protocol": "TCP", "port": 8443},
                      {"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 8081}):
         assert expected in ports
+
+
+def test_shared_services_are_listed_once_per_port(build):
+    objs = [build.route(f"r{i}", f"/r{i}", backends=[{"service": "web", "port": 80 + i % 2}]) for i in range(6)]
+    inp = build.make_input(*objs, services=[build.service(ports=(80, 81))])
+    objects = by_kind_name(generate_objects(translate(inp), inp))
+    ingress = objects[("NetworkPolicy", "shop", "kubegate-backend-web")]["spec"]["ingress"]
+    assert ingress[0]["ports"] == [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 8081}]
+
+
+def test_payloads_are_the_canonical_json_with_or_without_the_memo(build):
+    """generate reuses the bytes translate() assembled; they must be canonical_json() exactly."""
+    objs = [build.route("a", "/a", requestSchema={"type": "object", "required": ["z", "a"]}),
+            build.route("b", "/b", hosts=["x.example.com"]),
+            build.route("admin", "/admin", auth={"methods": ["jwt"], "jwt": {
+                "algorithms": ["HS256"], "secretRef": {"name": "hmac", "key": "s"}}})]
+    inp = build.make_input(*objs, secrets={("shop", "hmac"): {"s": b"hmac-value"}})
+    translate(inp)
+    memoised = translate(inp)  # second call: every route's JSON comes from the memo
+    fresh = Translator().translate(inp)  # not the module memo: generate falls back to canonical_json
+    for result in (memoised, fresh):
+        cm, secret = generate_objects(result, inp)[:2]
+        config_bytes = gzip.decompress(base64.b64decode(cm["binaryData"]["config.json.gz"]))
+        secrets_bytes = gzip.decompress(base64.b64decode(secret["data"]["secrets.json.gz"]))
+        assert config_bytes == canonical_json(result.config)
+        assert secrets_bytes == canonical_json(result.secrets)
+    assert generate_objects(memoised, inp) == generate_objects(fresh, inp)
 
 
 def test_object_order_is_deterministic(build):

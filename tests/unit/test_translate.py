@@ -1,17 +1,32 @@
-"""The pure translator: every field, every rejection reason, precedence, scoping, secrets, determinism."""
+"""The pure translator: every field, every rejection reason, precedence, scoping, secrets, determinism,
+and the memo that makes repeated translations incremental (same bytes with or without it)."""
 
 from __future__ import annotations
 
 import base64
 import gzip
+import itertools
 import json
+import random
 
 import pytest
 
 from kubegate.apikeys import generate_api_key, key_hash, key_id
-from kubegate.config import config_hash, decode_config, encode_config, encode_secrets
-from kubegate.resources import ObjectRef, ServiceInfo, ServicePort
-from kubegate.translate import certificate_name, normalise_path, translate
+from kubegate.config import (
+    canonical_json,
+    config_hash,
+    decode_config,
+    encode_config,
+    encode_secrets,
+)
+from kubegate.resources import ObjectRef, ServiceInfo, ServicePort, SourceObject, TranslationInput
+from kubegate.translate import (
+    Translator,
+    canonical_bytes,
+    certificate_name,
+    normalise_path,
+    translate,
+)
 
 HMAC = b"super-secret-hmac-value"
 
@@ -420,3 +435,204 @@ def test_generation_is_recorded(build):
     result = translate(build.make_input(r))
     assert result.config.generations == {"GatewayRoute/shop/a": 7}
     assert result.results[ref("GatewayRoute", "a")].generation == 7
+
+
+# --- linear indexes: the same verdicts as pairwise comparison ----------------------------------------
+
+HOSTS = ["x.example.com", "y.example.com", "z.example.com"]
+METHODS = ["GET", "POST", "PUT"]
+
+
+def overlap(a, b):
+    return not a or not b or bool(set(a) & set(b))
+
+
+def pairwise_winners(routes):
+    """The definition: oldest first, a route loses to the oldest accepted route it overlaps."""
+    winners, verdict = [], {}
+    for obj in sorted(routes, key=lambda o: (o.creation_timestamp, o.namespace, o.name)):
+        spec = obj.spec
+        loser_of = next((w for w in winners if normalise_path(w.spec["path"]) == normalise_path(spec["path"])
+                         and overlap(w.spec.get("hosts", []), spec.get("hosts", []))
+                         and overlap(w.spec.get("methods", []), spec.get("methods", []))), None)
+        verdict[obj.name] = None if loser_of is None else loser_of.name
+        if loser_of is None:
+            winners.append(obj)
+    return verdict
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conflict_index_agrees_with_pairwise_comparison(build, seed):
+    rnd = random.Random(seed)
+    routes = []
+    for i in range(120):
+        spec = {"path": rnd.choice(["/a", "/a/:id", "/a/{x}", "/b/*rest", "/b/*tail"])}
+        if rnd.random() < 0.6:
+            spec["hosts"] = rnd.sample(HOSTS, rnd.randint(1, 2))
+        if rnd.random() < 0.6:
+            spec["methods"] = rnd.sample(METHODS, rnd.randint(1, 2))
+        routes.append(build.route(f"r{i}", created=f"2025-01-{rnd.randint(1, 9):02d}T00:00:00Z", **spec))
+    result = Translator().translate(build.make_input(*routes))
+    for name, winner in pairwise_winners(routes).items():
+        verdict = result.results[ref("GatewayRoute", name)]
+        if winner is None:
+            assert verdict.accepted.status == "True", name
+        else:
+            assert verdict.accepted.reason == "Conflicted", name
+            assert verdict.accepted.message.endswith(f"older GatewayRoute shop/{winner}"), (name, winner)
+
+
+def test_conflict_message_names_the_shared_hosts_and_methods(build):
+    older = build.route("older", created="2024-01-01T00:00:00Z", hosts=["x.example.com", "y.example.com"])
+    newer = build.route("newer", created="2025-01-01T00:00:00Z", hosts=["y.example.com"], methods=["GET"])
+    verdict = translate(build.make_input(older, newer)).results[ref("GatewayRoute", "newer")]
+    assert verdict.accepted.message == ("path /x (hosts y.example.com; methods GET) is already claimed by the "
+                                        "older GatewayRoute shop/older")
+
+
+def test_precedence_index_with_many_policies(build):
+    routes = [build.route(f"r{i}", f"/r{i}") for i in range(30)]
+    policies = [policy(build, f"p{i}", targets=[f"r{i}"], created=f"2025-01-{1 + i % 2:02d}T00:00:00Z")
+                for i in range(0, 30, 3)]
+    policies += [policy(build, "late", targets=["r0", "r1"], created="2025-02-01T00:00:00Z"),
+                 policy(build, "ns-wide", created="2025-01-05T00:00:00Z")]
+    result = translate(build.make_input(*routes, *policies))
+    chosen = {r.name: (r.rate_limit.policy, r.rate_limit.scope) for r in result.config.routes}
+    assert chosen["r0"] == ("shop/p0", "route")  # older than "late"
+    assert chosen["r1"] == ("shop/late", "route")
+    assert chosen["r3"] == ("shop/p3", "route")
+    assert chosen["r2"] == ("shop/ns-wide", "namespace")
+
+
+# --- the memo: an optimisation only ----------------------------------------------------------------
+
+
+def mixed_input(build, pki, seed, n=40):
+    """Routes, policies, keys and TLS policies that resolve, conflict, miss and fail in every way."""
+    rnd = random.Random(seed)
+    services = [build.service("web", ns, ports=(80, 81)) for ns in ("shop", "other")]
+    services.append(build.service("ext", "shop", type="ExternalName", external_name="ext.example.com", ports=()))
+    secrets = {("shop", "hmac"): {"s": HMAC, "empty": b""}, ("shop", "pub"): {"k": pki["public.pem"], "bad": b"x"},
+               ("shop", "tls"): {"tls.crt": pki["tls.crt"], "tls.key": pki["tls.key"]},
+               ("shop", "ca"): {"ca.crt": pki["ca.crt"]}}
+    objs = []
+    for i in range(n):
+        ns = rnd.choice(["shop", "other"])
+        spec = {"path": rnd.choice(["/a", "/a/:id", "/b", f"/p{i}"]),
+                "backends": [{"service": rnd.choice(["web", "ext", "gone"]), "port": rnd.choice([80, 81, 9])}]}
+        if rnd.random() < 0.5:
+            spec["hosts"] = rnd.sample(HOSTS, 1)
+        auth = rnd.random()
+        if auth < 0.2:
+            spec["auth"] = {"methods": ["jwt"], "jwt": {"algorithms": ["HS256"], "secretRef": {
+                "name": rnd.choice(["hmac", "gone"]), "key": rnd.choice(["s", "empty"])}}}
+        elif auth < 0.3:
+            spec["auth"] = {"methods": ["jwt"], "jwt": {"algorithms": ["RS256"], "publicKeySecretRef": {
+                "name": "pub", "key": rnd.choice(["k", "bad"])}}}
+        if rnd.random() < 0.1:
+            spec["requestSchema"] = {"type": "object", "required": ["q"]}
+        objs.append(build.route(f"r{i}", namespace=ns, created=f"2025-01-{rnd.randint(1, 9):02d}T00:00:00Z", **spec))
+    for i in range(n // 5):
+        objs.append(policy(build, f"p{i}", ns=rnd.choice(["shop", "other", "kubegate-system"]),
+                           targets=rnd.choice([(), (f"r{rnd.randrange(n)}",)])))
+    for i in range(n // 4):
+        secrets[("shop", f"k{i}-key")] = {"api-key": f"kg_{seed}_{i}".encode()} if rnd.random() < 0.7 else {}
+        objs.append(api_key(build, f"k{i}", routes=[f"r{rnd.randrange(n)}"], rateLimit={"requests": 5, "period": "1m"}))
+    objs.append(tls_policy(build, "byo", ns="shop", hostnames=["x.example.com"], certificate={"secretRef": {"name": "tls"}},
+                           clientAuth={"mode": "require", "caSecretRef": {"name": "ca", "key": "ca.crt"}}))
+    objs.append(tls_policy(build, "issued", hostnames=["y.example.com"]))
+    return build.make_input(*objs, services=services, secrets=secrets)
+
+
+def same_output(a, b):
+    assert canonical_json(a.config) == canonical_json(b.config)
+    assert canonical_json(a.secrets) == canonical_json(b.secrets)
+    assert a.hash == b.hash == config_hash(b.config, b.secrets)
+    assert a.results == b.results and list(a.results) == list(b.results)
+    assert a.warnings == b.warnings
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cached_and_uncached_results_are_byte_identical(build, pki, seed):
+    inputs = [mixed_input(build, pki, s) for s in (seed, seed + 10, seed)]
+    warm = Translator()
+    for inp in inputs:  # the same refs with other specs in between: every entry is checked, none trusted
+        cached = warm.translate(inp)
+        uncached = Translator().translate(inp)
+        same_output(cached, uncached)
+        assert canonical_bytes(cached.config) == canonical_json(cached.config)
+        assert canonical_bytes(cached.secrets) == canonical_json(cached.secrets)
+    again = warm.translate(inputs[-1])
+    assert again.config.routes == cached.config.routes
+    assert all(a is b for a, b in zip(again.config.routes, cached.config.routes, strict=True))  # reused
+
+
+def hmac_route(build):
+    return build.route("admin", auth={"methods": ["jwt"], "jwt": {"algorithms": ["HS256"],
+                                                                   "secretRef": {"name": "hmac", "key": "s"}}})
+
+
+def test_a_changed_referenced_secret_invalidates(build):
+    translator = Translator()
+    first = translator.translate(build.make_input(hmac_route(build), secrets={("shop", "hmac"): {"s": b"one"}}))
+    changed = build.make_input(hmac_route(build), secrets={("shop", "hmac"): {"s": b"two"}})
+    second = translator.translate(changed)
+    assert first.secrets.values == {"jwt.shop.admin": "one"}
+    assert second.secrets.values == {"jwt.shop.admin": "two"}
+    same_output(second, Translator().translate(changed))
+    gone = translator.translate(build.make_input(hmac_route(build)))
+    assert gone.config.routes == () and gone.results[ref("GatewayRoute", "admin")].resolved_refs.reason == "SecretNotFound"
+
+
+def test_a_changed_service_and_a_new_route_invalidate(build):
+    translator = Translator()
+    route, key = build.route("a", backends=[{"service": "web", "port": 81}]), api_key(build, routes=["b"])
+    secrets = {("shop", "acme-key"): {"api-key": b"kg_abc"}}
+    first = translator.translate(build.make_input(route, key, secrets=secrets))
+    assert first.results[ref("GatewayRoute", "a")].resolved_refs.reason == "BackendNotFound"
+    assert first.results[ref("ApiKey", "acme")].resolved_refs.reason == "RouteNotFound"
+    inp = build.make_input(route, key, build.route("b", "/b"), secrets=secrets,
+                           services=[build.service(ports=(80, 81))])
+    second = translator.translate(inp)
+    assert second.results[ref("GatewayRoute", "a")].resolved_refs.status == "True"
+    assert second.results[ref("ApiKey", "acme")].resolved_refs.status == "True"
+    same_output(second, Translator().translate(inp))
+
+
+def test_policy_generation_and_cluster_domain_changes_are_seen(build):
+    translator = Translator()
+    route = build.route("a")
+    translator.translate(build.make_input(route, policy(build, "p", requests=10)))
+    result = translator.translate(build.make_input(route, policy(build, "p", requests=20)))
+    assert result.config.routes[0].rate_limit.limits[0].requests == 20
+    bumped = route.model_copy(update={"generation": 5})
+    result = translator.translate(build.make_input(bumped))
+    assert result.results[ref("GatewayRoute", "a")].generation == 5 and result.config.routes[0].rate_limit is None
+    other_domain = TranslationInput(**{**build.make_input(bumped).__dict__, "cluster_domain": "corp.local"})
+    assert translator.translate(other_domain).config.routes[0].backends[0].url == "http://web.shop.svc.corp.local:80"
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, True), (1, 1.0), ({"a": 1, "b": 2}, {"b": 2, "a": 1})])
+def test_specs_equal_in_python_but_not_in_json_are_not_confused(build, before, after):
+    """``1 == True == 1.0`` in Python, but the strict spec treats them differently: never reuse across them."""
+    translator = Translator()
+    spec = {"path": "/a", "backends": [{"service": "web", "port": 80}]}
+    if isinstance(before, dict):
+        make = lambda value: {**spec, "requestSchema": value}
+    else:
+        make = lambda value: {**spec, "retries": {"attempts": value}}
+    for value in (before, after):
+        obj = SourceObject(kind="GatewayRoute", namespace="shop", name="a", spec=make(value))
+        inp = build.make_input(obj)
+        same_output(translator.translate(inp), Translator().translate(inp))
+
+
+def test_concurrent_translations_share_the_memo_safely(build, pki):
+    from concurrent.futures import ThreadPoolExecutor
+
+    translator = Translator()
+    inputs = [mixed_input(build, pki, s, n=30) for s in range(3)]
+    expected = [Translator().translate(inp).hash for inp in inputs]
+    with ThreadPoolExecutor(3) as pool:
+        hashes = list(pool.map(lambda i: translator.translate(inputs[i]).hash, itertools.chain(*[range(3)] * 4)))
+    assert hashes == expected * 4
