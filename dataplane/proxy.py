@@ -199,8 +199,11 @@ def _head(method: str, origin: Origin, target: str, headers: list[tuple[str, str
 
 async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPlan, target: str,
                   headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes] | None,
-                  response_headers: dict[str, str], on_headers=None) -> web.StreamResponse:
+                  response_headers: dict[str, str], on_headers=None, relay=None) -> web.StreamResponse:
     """Send the request upstream (retrying where safe) and relay the answer back.
+
+    ``relay`` (optional) writes the answer itself: ``await relay(request, upstream,
+    headers)`` with the filtered response headers (the lean HTTP/1.1 front uses it).
 
     ``target`` is the path + query for the upstream. ``on_headers`` is called with
     the upstream latency when response headers arrive (for metrics). A small
@@ -250,6 +253,8 @@ async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPl
                 continue
             if on_headers is not None:
                 on_headers(loop.time() - started)
+            if relay is not None:
+                return await relay(request, upstream, _response_headers(upstream, response_headers))
             return await _relay_response(request, upstream, response_headers)
         finally:
             upstream.release()

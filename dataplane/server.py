@@ -27,6 +27,7 @@ from . import proxy
 from .audit import AuditLog
 from .bodies import BodyTooLarge, SchemaCheck, is_json
 from .clientip import ClientAddress
+from .http1 import FastHttpProtocol, SimpleRequest
 from .metrics import Metrics
 from .router import MethodNotAllowed, RouteTable, normalize_host, normalize_path
 from .tls import EMPTY_TLS, PolicyContext, SniPeekProtocol, TlsSet, build_tls_set
@@ -107,12 +108,15 @@ class Gateway:
     def __init__(self, *, host: str = "0.0.0.0", http_port: int = 8080, https_port: int = 8443,
                  admin_port: int = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
                  metrics: Metrics | None = None, audit: AuditLog | None = None, jwks: Any = None,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, fast_http: bool = True) -> None:
         """``reuse_port``: bind the HTTP/HTTPS listeners with SO_REUSEPORT so several worker
         processes can share them (the kernel spreads connections; nginx/Envoy do the same).
-        The admin port is never shared: each worker's metrics must be scraped separately."""
+        The admin port is never shared: each worker's metrics must be scraped separately.
+        ``fast_http``: serve simple plain-HTTP requests with the lean front (http1.py)."""
         self.host = host
         self.reuse_port = reuse_port
+        self.fast_http = fast_http
+        self._fast_connections: set[FastHttpProtocol] = set()
         self.ports = {"http": http_port, "https": https_port, "admin": admin_port}
         self.limiter = limiter
         self.metrics = metrics or Metrics()
@@ -231,7 +235,11 @@ class Gateway:
         https = web.Server(self._handle_https, access_log=None, handler_cancellation=True)
         self._web_servers = [http, https]
         try:
-            server = await self._bind(loop, http, "http")
+            http_factory: Any = http
+            if self.fast_http:
+                def http_factory() -> FastHttpProtocol:
+                    return FastHttpProtocol(self._handle_simple, http, self._fast_connections)
+            server = await self._bind(loop, http_factory, "http")
             self._servers.append(server)
             server = await self._bind(
                 loop, lambda: SniPeekProtocol(self._current_tls, https, self._tls_error), "https"
@@ -270,6 +278,13 @@ class Gateway:
         """Stop accepting, let in-flight requests finish (bounded), then close upstream pools."""
         for server in self._servers:
             server.close()
+        for conn in list(self._fast_connections):
+            conn.close_if_idle()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while any(conn.busy for conn in self._fast_connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self._fast_connections):
+            conn.close_if_idle()
         for web_server in self._web_servers:
             await web_server.shutdown(SHUTDOWN_GRACE)
         for server in self._servers:
@@ -306,7 +321,10 @@ class Gateway:
     async def _handle_https(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self._handle(request, True)
 
-    async def _handle(self, request: web.BaseRequest, tls: bool) -> web.StreamResponse:
+    async def _handle_simple(self, request: SimpleRequest, relay: Any) -> Any:
+        return await self._handle(request, False, relay)
+
+    async def _handle(self, request: web.BaseRequest, tls: bool, relay: Any = None) -> web.StreamResponse:
         snap = self._snapshot  # this request's config, whatever apply() does meanwhile
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -375,7 +393,7 @@ class Gateway:
                 else:
                     body = proxy.stream_body(request.content, rt.max_body)
             response = await proxy.forward(request, self._pool, rt.plan, target, upstream_headers, body, extra,
-                                           rt.metrics.observe_upstream)
+                                           rt.metrics.observe_upstream, relay)
         except BodyTooLarge:
             return self._error(413, "body_too_large", "request body too large", extra, rt.id, request, started)
         except proxy.ProxyFailure as failure:

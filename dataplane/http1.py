@@ -1,0 +1,352 @@
+"""A lean HTTP/1.1 front for the plain-HTTP listener: simple requests served directly,
+everything else handed to aiohttp.
+
+aiohttp's server machinery costs ~30 us of CPU per request (request objects,
+a task per request, writer and response preparation), a quarter of a proxied
+request. Most API traffic is the simplest case: HTTP/1.1, no request body, no
+upgrade. For exactly that strict subset this protocol parses the head itself
+and writes the answer itself. Anything else (a body, Transfer-Encoding,
+Expect, Upgrade/WebSocket, HTTP/1.0, odd bytes, an oversized head) makes it
+hand the connection, unread bytes included, to aiohttp's own protocol at a
+request boundary, so every edge case (and every refusal) stays aiohttp's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from multidict import CIMultiDict, CIMultiDictProxy
+
+log = logging.getLogger("kubegate.dataplane")
+
+MAX_HEAD = 8190  # aiohttp's default limit; larger heads go to aiohttp for its 431/400
+MAX_BUFFERED = 64 * 1024  # pipelined bytes held while a request is in flight before pausing reads
+KEEPALIVE_SECONDS = 75.0
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET = re.compile(r"/[!-~]*")  # origin-form, visible ASCII only
+_BAD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")  # checked per line: no bare CR/LF, no controls
+# Request headers that mean "not the simple case": body framing, protocol switches, 100-continue.
+_HAND_OFF_HEADERS = frozenset({"transfer-encoding", "upgrade", "expect", "http2-settings"})
+_EMPTY_STATUSES = frozenset({204, 304})
+
+
+class Target(NamedTuple):
+    raw_path: str
+    raw_query_string: str
+
+
+class SimpleRequest:
+    """The parts of aiohttp's BaseRequest the gateway pipeline reads, for a bodyless request."""
+
+    __slots__ = ("close", "headers", "method", "rel_url", "remote", "transport")
+
+    body_exists = False
+    content = None
+    writer = None
+
+    def __init__(self, method: str, target: Target, headers: CIMultiDictProxy[str], remote: str,
+                 transport: asyncio.Transport, close: bool) -> None:
+        self.method = method
+        self.rel_url = target
+        self.headers = headers
+        self.remote = remote
+        self.transport = transport
+        self.close = close
+
+    @property
+    def content_length(self) -> int | None:
+        return 0 if "Content-Length" in self.headers else None
+
+
+def parse_simple(head: bytes) -> tuple[str, Target, list[tuple[str, str]], bool] | None:
+    """(method, target, headers, close) for the strict simple subset; None = let aiohttp decide.
+
+    ``head`` is everything before the blank line. Pure, so it is unit-tested directly.
+    """
+    lines = head.split(b"\r\n")
+    for line in lines:
+        if _BAD_BYTES.search(line):
+            return None
+    try:
+        text = [line.decode("ascii") for line in lines]
+    except UnicodeDecodeError:
+        return None
+    parts = text[0].split(" ")
+    if len(parts) != 3 or parts[2] != "HTTP/1.1" or not _TOKEN.fullmatch(parts[0]):
+        return None
+    method, target = parts[0], parts[1]
+    if not _TARGET.fullmatch(target) or "#" in target:
+        return None
+    headers: list[tuple[str, str]] = []
+    hosts = 0
+    close = False
+    for line in text[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not _TOKEN.fullmatch(name):
+            return None  # includes obs-fold continuation lines (leading whitespace)
+        value = value.strip(" \t")
+        lower = name.lower()
+        if lower in _HAND_OFF_HEADERS:
+            return None
+        if lower == "content-length" and value != "0":
+            return None
+        if lower == "host":
+            hosts += 1
+        elif lower == "connection" and "close" in value.lower():
+            close = True
+        headers.append((name, value))
+    if hosts != 1:
+        return None
+    path, _, query = target.partition("?")
+    return method, Target(path, query), headers, close
+
+
+class _Sent:
+    """What a response written straight to the transport reports back to the pipeline."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+Handler = Callable[[SimpleRequest, Any], Awaitable[Any]]
+
+
+class FastHttpProtocol(asyncio.Protocol):
+    """One client connection: simple requests one at a time; otherwise aiohttp takes over."""
+
+    def __init__(self, handler: Handler, fallback: Callable[[], asyncio.Protocol],
+                 connections: set[FastHttpProtocol]) -> None:
+        self._handler = handler
+        self._fallback = fallback
+        self._connections = connections
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._remote = ""
+        self._buf = b""
+        self._task: asyncio.Task | None = None
+        self._paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._close_after = False
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if peer else ""
+        self._connections.add(self)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf = self._buf + data if self._buf else data
+        if self._task is None:
+            self._next()
+        elif len(self._buf) > MAX_BUFFERED and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        return False  # like aiohttp: EOF closes, and connection_lost cancels the request in flight
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._transport = None
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._task is not None:
+            self._task.cancel()  # the client is gone: stop the upstream exchange too
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Start the next buffered request, or hand the connection over."""
+        buf = self._buf
+        if not buf or self._transport is None:
+            return
+        end = buf.find(b"\r\n\r\n")
+        if end == -1:
+            if len(buf) > MAX_HEAD:
+                self._hand_off()
+            return
+        parsed = parse_simple(buf[:end]) if end <= MAX_HEAD else None
+        if parsed is None:
+            self._hand_off()
+            return
+        self._buf = buf[end + 4:]
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        method, target, headers, close = parsed
+        request = SimpleRequest(method, target, CIMultiDictProxy(CIMultiDict(headers)), self._remote,
+                                self._transport, close)
+        self._task = self._loop.create_task(self._serve(request))
+
+    def _hand_off(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+        self._connections.discard(self)
+        protocol = self._fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        data, self._buf = self._buf, b""
+        self._transport = None
+        if self._paused:
+            transport.resume_reading()
+        if data:
+            protocol.data_received(data)
+
+    async def _serve(self, request: SimpleRequest) -> None:
+        try:
+            result = await self._handler(request, self._relay)
+            if isinstance(result, web.Response):
+                self._write_response(request, result)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("request failed")
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        finally:
+            self._task = None
+        transport = self._transport
+        if transport is None:
+            return
+        if request.close or self._close_after:
+            transport.close()
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self._arm_idle()
+        self._next()
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self._loop.call_later(KEEPALIVE_SECONDS, self._expire)
+
+    def _expire(self) -> None:
+        self._idle = None
+        if self._task is None and self._transport is not None:
+            self._transport.close()
+
+    # --- writing ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _head(status: int, reason: str, headers: Any, framing: str, close: bool) -> bytes:
+        """Status line and headers (name, value pairs); Date and Server added when missing."""
+        lines = [f"HTTP/1.1 {status} {reason or _reason(status)}\r\n"]
+        has_date = has_server = False
+        for name, value in headers:
+            lower = name.lower()
+            has_date = has_date or lower == "date"
+            has_server = has_server or lower == "server"
+            lines.append(f"{name}: {value}\r\n")
+        if not has_date:
+            lines.append(f"Date: {rfc822_formatted_time()}\r\n")
+        if not has_server:
+            lines.append("Server: kubegate\r\n")
+        if close:
+            lines.append("Connection: close\r\n")
+        lines.append(framing)
+        return "".join(lines).encode("utf-8", "surrogateescape")
+
+    def _write_response(self, request: SimpleRequest, response: web.Response) -> None:
+        """An error response built by the pipeline (small, whole body)."""
+        body = response.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        head = self._head(response.status, response.reason, response.headers.items(),
+                          f"Content-Length: {len(body)}\r\n\r\n", request.close)
+        if self._transport is not None:
+            self._transport.write(head if request.method == "HEAD" else head + body)
+
+    async def _relay(self, request: SimpleRequest, upstream: Any, headers: list[tuple[str, str]]) -> _Sent:
+        """Write the upstream answer (from proxy.forward) straight to the client."""
+        transport = self._transport
+        if transport is None:
+            raise ConnectionResetError("client closed the connection")
+        status = upstream.status
+        no_body = request.method == "HEAD" or status in _EMPTY_STATUSES or status < 200
+        length = upstream.content_length
+        if status in _EMPTY_STATUSES:
+            framing = "\r\n"
+        elif upstream.body is not None and not no_body:
+            length = len(upstream.body)
+            framing = f"Content-Length: {length}\r\n\r\n"
+        elif length is not None:
+            framing = f"Content-Length: {length}\r\n\r\n"
+        elif no_body:
+            framing = "\r\n"
+        else:
+            framing = "Transfer-Encoding: chunked\r\n\r\n"
+        head = self._head(status, upstream.reason, headers, framing, request.close)
+        if upstream.body is not None or no_body:
+            transport.write(head if no_body else head + upstream.body)
+            return _Sent(status)
+        transport.write(head)
+        try:
+            await self._copy(upstream.stream, chunked=length is None)
+        except Exception:  # noqa: BLE001 - headers are out: a cut connection is the only honest signal
+            self._close_after = True
+            if self._transport is not None:
+                self._transport.abort()
+        return _Sent(status)
+
+    async def _copy(self, stream: AsyncIterator[bytes] | None, *, chunked: bool) -> None:
+        if stream is not None:
+            async for chunk in stream:
+                if self._transport is None:
+                    raise ConnectionResetError("client closed the connection")
+                self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if self._write_paused:
+                    self._drain = self._loop.create_future()
+                    try:
+                        await self._drain
+                    finally:
+                        self._drain = None
+        if chunked and self._transport is not None:
+            self._transport.write(b"0\r\n\r\n")
+
+    def close_if_idle(self) -> None:
+        if self._task is None and self._transport is not None:
+            self._transport.close()
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
