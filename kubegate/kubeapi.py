@@ -6,7 +6,8 @@ never blocks its event loop. Objects stay plain JSON dicts addressed by REST
 path (``ApiClient.call_api``): kubegate reads and writes its CRs, generated
 objects and Leases all alike, and typed models would only add conversions.
 Watches use the library's ``Watch`` (resume at the last resourceVersion;
-410 Gone ends it so the caller relists). kopf keeps its own client.
+410 Gone ends it so the caller relists). kopf watches the kubegate kinds
+with its own HTTP client, logged in through this same library.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ApiError(Exception):
     """A non-2xx answer from the API server in one line; ``status`` is the HTTP code."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
+        message = " ".join(message.split())  # e.g. a webhook's multi-line denial
         super().__init__(f"{status} {reason}: {message}" if reason else f"{status} {message}")
         self.status, self.reason, self.message = status, reason, message
 
@@ -50,12 +52,12 @@ def api_error(exc: ApiException) -> ApiError:
     status = int(exc.status or 0)
     if exc.body is None:  # raised by Watch from an ERROR event: reason is "Reason: message"
         reason, _, message = str(exc.reason or "").partition(": ")
-        return ApiError(status, reason, message.strip())
+        return ApiError(status, reason, message)
     try:
         body = json.loads(exc.body)
-        return ApiError(status, body.get("reason", ""), str(body.get("message", exc.body)).strip())
+        return ApiError(status, body.get("reason", ""), str(body.get("message", exc.body)))
     except (ValueError, AttributeError):
-        return ApiError(status, str(exc.reason or ""), str(exc.body).strip()[:200])
+        return ApiError(status, str(exc.reason or ""), str(exc.body)[:200])
 
 
 # --- credentials -----------------------------------------------------------------------
