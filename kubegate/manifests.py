@@ -23,6 +23,8 @@ from kubegate.resources import ObjectRef, ServiceInfo, SourceObject
 from kubegate.spec import GROUP, KINDS, VERSION
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+# libyaml's parser when PyYAML has it (8x faster on thousands of objects); same documents and lines.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_NAMESPACE = "default"  # what kubectl uses without -n
 
 
@@ -79,7 +81,7 @@ def _documents(text: str, file: str, problems: list[Problem]) -> list[tuple[Any,
     """(document, line) pairs; a YAML error stops that file with one Problem."""
     docs: list[tuple[Any, int | None]] = []
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _YAML_LOADER(text)
         try:
             while loader.check_node():
                 node = loader.get_node()
