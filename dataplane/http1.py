@@ -229,7 +229,11 @@ class FastHttpProtocol(asyncio.Protocol):
             result = await self._handler(request, self._relay)
             if isinstance(result, web.Response):
                 self._write_response(request, result)
-        except asyncio.CancelledError:
+            if self._write_paused:  # a client that pipelines without reading waits for its answers
+                await self._drained()
+        except (asyncio.CancelledError, ConnectionError):
+            if self._transport is not None:
+                self._transport.abort()
             return
         except Exception:
             log.exception("request failed")
@@ -330,13 +334,16 @@ class FastHttpProtocol(asyncio.Protocol):
                     raise ConnectionResetError("client closed the connection")
                 self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if self._write_paused:
-                    self._drain = self._loop.create_future()
-                    try:
-                        await self._drain
-                    finally:
-                        self._drain = None
+                    await self._drained()
         if chunked and self._transport is not None:
             self._transport.write(b"0\r\n\r\n")
+
+    async def _drained(self) -> None:
+        self._drain = self._loop.create_future()
+        try:
+            await self._drain
+        finally:
+            self._drain = None
 
     def close_if_idle(self) -> None:
         if self._task is None and self._transport is not None:
