@@ -792,6 +792,9 @@ class Translator:
     Holds only the entries of the objects in the latest input (bounded by it).
     Thread-safe: each call builds a fresh memo from the previous one and
     publishes it when done; entries are only ever reused after checking them.
+    Inputs are values (their models are frozen): an object passed again as the
+    very same instance is trusted to carry the same spec; any other object is
+    compared by the exact JSON of its spec.
     """
 
     def __init__(self) -> None:
