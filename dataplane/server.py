@@ -33,6 +33,11 @@ from .router import MethodNotAllowed, RouteTable, normalize_host, normalize_path
 from .tls import EMPTY_TLS, PolicyContext, SniPeekProtocol, TlsSet, build_tls_set
 from .upstream import UpstreamPool
 
+try:  # the security layer; a checkout without it can still serve routes that need no admission
+    from .admission import RequestFacts
+except ImportError:  # pragma: no cover
+    RequestFacts = None  # type: ignore[assignment,misc]
+
 log = logging.getLogger("kubegate.dataplane")
 
 SHUTDOWN_GRACE = 10.0
@@ -402,8 +407,6 @@ class Gateway:
         return response
 
     def _facts(self, request: web.BaseRequest, path: str, host: str, client_ip: str, tls: bool) -> Any:
-        from .admission import RequestFacts
-
         peer_cert = request.transport.get_extra_info("peercert") if tls and request.transport else None
         return RequestFacts(method=request.method, path=path, host=host, client_ip=client_ip,
                             headers=request.headers, peer_cert=peer_cert or None, tls=tls)
