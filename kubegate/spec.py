@@ -542,6 +542,15 @@ def field_path(loc: tuple[Any, ...], root: str = "spec") -> str:
     return out
 
 
+def _show(value: Any) -> str:
+    """A user's value as the API server would quote it; never raises (YAML aliases can make cycles)."""
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, TypeError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _reason(error: dict[str, Any]) -> str:
     """Phrase pydantic's errors the way the API server phrases the same CRD rejection.
 
@@ -554,15 +563,15 @@ def _reason(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "Required value"
     if kind in ("literal_error", "enum"):
-        return f'Unsupported value: {json.dumps(value, default=str)}: supported values: {ctx.get("expected", "")}'
+        return f'Unsupported value: {_show(value)}: supported values: {ctx.get("expected", "")}'
     if kind == "string_pattern_mismatch":
-        return f"Invalid value: {json.dumps(value)}: should match '{ctx.get('pattern', '')}'"
+        return f"Invalid value: {_show(value)}: should match '{ctx.get('pattern', '')}'"
     if kind == "greater_than_equal":
         return f"Invalid value: {value}: should be greater than or equal to {ctx['ge']}"
     if kind == "less_than_equal":
         return f"Invalid value: {value}: should be less than or equal to {ctx['le']}"
     if kind.startswith(("datetime", "date_")):
-        return f"Invalid value: {json.dumps(value, default=str)}: must be of type date-time"
+        return f"Invalid value: {_show(value)}: must be of type date-time"
     if kind == "too_short":
         return f"Invalid value: {ctx.get('actual_length')}: should have at least {ctx.get('min_length')} items"
     if kind == "too_long":
@@ -570,12 +579,12 @@ def _reason(error: dict[str, Any]) -> str:
     if kind == "string_too_long":
         return f"Too long: may not be more than {ctx.get('max_length')} bytes"
     if kind == "string_too_short":
-        return f"Invalid value: {json.dumps(value)}: should be at least {ctx.get('min_length')} chars long"
+        return f"Invalid value: {_show(value)}: should be at least {ctx.get('min_length')} chars long"
     if kind in ("int_type", "int_parsing", "string_type", "bool_type", "bool_parsing", "list_type", "dict_type",
                 "model_type", "int_from_float"):
         expected = {"int": "integer", "string": "string", "bool": "boolean", "list": "array",
                     "dict": "object", "model": "object"}[kind.split("_")[0]]
-        return f"Invalid value: {json.dumps(value, default=str)}: must be of type {expected}"
+        return f"Invalid value: {_show(value)}: must be of type {expected}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return error["msg"]
