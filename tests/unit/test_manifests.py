@@ -102,10 +102,12 @@ def test_problem_format():
     assert str(p) == "f.yaml: GatewayRoute/shop/r: spec.path: bad"
 
 
-def test_self_referencing_yaml_alias_is_one_clear_problem_not_a_traceback(tmp_path):
+def test_self_referencing_yaml_alias_is_one_clear_problem_not_a_traceback(tmp_path, capsys):
     from kubegate.cli import main
 
     bad = tmp_path / "cycle.yaml"
     bad.write_text("apiVersion: kubegate.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: cyc, namespace: shop}\n"
                    "spec:\n  path: &p [*p]\n  backends: [{url: 'http://x'}]\n")
     assert main(["validate", "-f", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "GatewayRoute/shop/cyc: spec.path: Invalid value" in err and "Traceback" not in err
