@@ -28,6 +28,7 @@ log = logging.getLogger("kubegate.dataplane")
 MAX_HEAD = 8190  # aiohttp's default limit; larger heads go to aiohttp for its 431/400
 MAX_BUFFERED = 64 * 1024  # pipelined bytes held while a request is in flight before pausing reads
 KEEPALIVE_SECONDS = 75.0
+SWEEP_SECONDS = 5.0  # idle connections are closed within this much after KEEPALIVE_SECONDS
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET = re.compile(r"/[!-~]*")  # origin-form, visible ASCII only
 _BAD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")  # checked per line: no bare CR/LF, no controls
@@ -119,11 +120,45 @@ class _Sent:
 Handler = Callable[[SimpleRequest, Any], Awaitable[Any]]
 
 
+class ClientConnections:
+    """The open front connections, with one periodic sweep closing idle ones (a timer
+    per request would cost a heap push, a cancel and a pop on every request)."""
+
+    def __init__(self) -> None:
+        self._conns: set[FastHttpProtocol] = set()
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def add(self, conn: FastHttpProtocol) -> None:
+        self._conns.add(conn)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+
+    def discard(self, conn: FastHttpProtocol) -> None:
+        self._conns.discard(conn)
+
+    def __iter__(self):
+        return iter(list(self._conns))
+
+    def _sweep(self) -> None:
+        self._ticker = None
+        now = asyncio.get_running_loop().time()
+        for conn in list(self._conns):
+            if not conn.busy and now - conn.idle_since > KEEPALIVE_SECONDS:
+                conn.close_if_idle()
+        if self._conns:
+            self._ticker = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+
 class FastHttpProtocol(asyncio.Protocol):
     """One client connection: simple requests one at a time; otherwise aiohttp takes over."""
 
     def __init__(self, handler: Handler, fallback: Callable[[], asyncio.Protocol],
-                 connections: set[FastHttpProtocol]) -> None:
+                 connections: ClientConnections) -> None:
         self._handler = handler
         self._fallback = fallback
         self._connections = connections
@@ -135,7 +170,7 @@ class FastHttpProtocol(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self.idle_since = self._loop.time()
         self._close_after = False
 
     @property
@@ -165,8 +200,6 @@ class FastHttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
         self._transport = None
-        if self._idle is not None:
-            self._idle.cancel()
         if self._task is not None:
             self._task.cancel()  # the client is gone: stop the upstream exchange too
         drain = self._drain
@@ -199,9 +232,6 @@ class FastHttpProtocol(asyncio.Protocol):
             self._hand_off()
             return
         self._buf = buf[end + 4:]
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         method, target, headers, close = parsed
         request = SimpleRequest(method, target, CIMultiDictProxy(CIMultiDict(headers)), self._remote,
                                 self._transport, close)
@@ -211,8 +241,6 @@ class FastHttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if self._idle is not None:
-            self._idle.cancel()
         self._connections.discard(self)
         protocol = self._fallback()
         transport.set_protocol(protocol)
@@ -255,14 +283,7 @@ class FastHttpProtocol(asyncio.Protocol):
         self._next()
 
     def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = self._loop.call_later(KEEPALIVE_SECONDS, self._expire)
-
-    def _expire(self) -> None:
-        self._idle = None
-        if self._task is None and self._transport is not None:
-            self._transport.close()
+        self.idle_since = self._loop.time()
 
     # --- writing ----------------------------------------------------------------------------------
 

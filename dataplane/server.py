@@ -27,7 +27,7 @@ from . import proxy
 from .audit import AuditLog
 from .bodies import BodyTooLarge, SchemaCheck, is_json
 from .clientip import ClientAddress
-from .http1 import FastHttpProtocol, SimpleRequest
+from .http1 import ClientConnections, FastHttpProtocol, SimpleRequest
 from .metrics import Metrics
 from .router import MethodNotAllowed, RouteTable, normalize_host, normalize_path
 from .tls import EMPTY_TLS, PolicyContext, SniPeekProtocol, TlsSet, build_tls_set
@@ -121,7 +121,7 @@ class Gateway:
         self.host = host
         self.reuse_port = reuse_port
         self.fast_http = fast_http
-        self._fast_connections: set[FastHttpProtocol] = set()
+        self._fast_connections = ClientConnections()
         self.ports = {"http": http_port, "https": https_port, "admin": admin_port}
         self.limiter = limiter
         self.metrics = metrics or Metrics()
@@ -283,13 +283,14 @@ class Gateway:
         """Stop accepting, let in-flight requests finish (bounded), then close upstream pools."""
         for server in self._servers:
             server.close()
-        for conn in list(self._fast_connections):
+        for conn in self._fast_connections:
             conn.close_if_idle()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while any(conn.busy for conn in self._fast_connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for conn in list(self._fast_connections):
+        for conn in self._fast_connections:
             conn.close_if_idle()
+        self._fast_connections.close()
         for web_server in self._web_servers:
             await web_server.shutdown(SHUTDOWN_GRACE)
         for server in self._servers:

@@ -31,6 +31,7 @@ MAX_HEAD = 64 * 1024  # upstream response head size limit
 HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is buffered unread
 IDLE_PER_ORIGIN = 256  # keep at most this many idle connections per origin
 IDLE_SECONDS = 30.0  # drop connections idle longer than this (below common server keep-alives)
+DEADLINE_TICK = 0.05  # request timeouts are checked this often (they fire up to this late)
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -170,7 +171,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # loop time; watched by the pool's sweep, not a timer of its own
         self._chunk_state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers
 
     # --- asyncio.Protocol -----------------------------------------------------------------
@@ -238,7 +239,8 @@ class _Connection(asyncio.Protocol):
         self._buf.clear()
         self._future = self.loop.create_future()
         if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timeout)
+            self.deadline = deadline
+            self.pool.watch(self)
         return self._future
 
     def write(self, data: bytes) -> None:
@@ -259,7 +261,7 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Give up on this exchange (client gone, body too large): never reuse the connection."""
         self._keep_alive = False
-        self._cancel_timer()
+        self._clear_deadline()
         if self._state not in (0, 5):
             self._state = 5
             body = self._response.stream if self._response is not None else None
@@ -269,7 +271,7 @@ class _Connection(asyncio.Protocol):
 
     def finish_exchange(self) -> None:
         if self._state == 5 and self._keep_alive and not self.closed:
-            self._cancel_timer()
+            self._clear_deadline()
             self._state = 0
             self._response = None
             self._future = None
@@ -455,7 +457,7 @@ class _Connection(asyncio.Protocol):
 
     def _complete(self) -> None:
         self._state = 5
-        self._cancel_timer()
+        self._clear_deadline()
         response = self._response
         if response is not None and response.stream is not None:
             response.stream.finish()
@@ -463,7 +465,7 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: UpstreamError) -> None:
         self._keep_alive = False
         self._state = 5
-        self._cancel_timer()
+        self._clear_deadline()
         future = self._future
         if future is not None and not future.done():
             future.set_exception(error)
@@ -471,14 +473,13 @@ class _Connection(asyncio.Protocol):
             self._response.stream.finish(error)
         self._close()
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def on_timeout(self) -> None:
         self._fail(UpstreamError("timeout", "upstream timed out"))
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _clear_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline = None
+            self.pool.unwatch(self)
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -494,6 +495,26 @@ class UpstreamPool:
         self._all: set[_Connection] = set()
         self._ssl = ssl_context
         self._closed = False
+        self._watched: set[_Connection] = set()  # exchanges with a deadline
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def watch(self, conn: _Connection) -> None:
+        """One periodic sweep for all request deadlines: a timer per request (heap push,
+        cancel, pop with Python-level comparisons) costs more than the sweep."""
+        self._watched.add(conn)
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(DEADLINE_TICK, self._sweep)
+
+    def unwatch(self, conn: _Connection) -> None:
+        self._watched.discard(conn)
+
+    def _sweep(self) -> None:
+        self._ticker = None
+        now = self.loop.time()
+        for conn in [c for c in self._watched if c.deadline is not None and c.deadline <= now]:
+            conn.on_timeout()
+        if self._watched and not self._closed:
+            self._ticker = self.loop.call_later(DEADLINE_TICK, self._sweep)
 
     def put_idle(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.origin.key, [])
@@ -580,6 +601,9 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for conn in list(self._all):
             conn.abort()
         self._all.clear()
