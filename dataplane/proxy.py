@@ -263,11 +263,7 @@ async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPl
 
 def _response_headers(upstream: UpstreamResponse, extra: dict[str, str]) -> list[tuple[str, str]]:
     """Upstream response headers minus hop-by-hop (and those its Connection names), plus ours."""
-    named: frozenset[str] | tuple[()] = ()
-    for name, value in upstream.headers:
-        if name.lower() == "connection":
-            named = frozenset(t.strip().lower() for t in value.split(","))
-            break
+    named = upstream.connection
     ours = {name.lower() for name in extra}  # the gateway's values replace the upstream's
     out = [(name, value) for name, value in upstream.headers
            if (lower := name.lower()) not in _RESPONSE_SKIP and lower not in named and lower not in ours]

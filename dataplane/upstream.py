@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,9 @@ IDLE_PER_ORIGIN = 256  # keep at most this many idle connections per origin
 IDLE_SECONDS = 30.0  # drop connections idle longer than this (below common server keep-alives)
 DEADLINE_TICK = 0.05  # request timeouts are checked this often (they fire up to this late)
 _NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+# Never relayed to a client: NUL and other controls, CR not before LF, LF not after CR.
+_BAD_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 class UpstreamError(Exception):
@@ -129,7 +133,7 @@ class _Body:
 class UpstreamResponse:
     """Status, raw headers and either ``body`` (whole, small) or ``stream`` (async iterable)."""
 
-    __slots__ = ("_conn", "body", "content_length", "headers", "reason", "status", "stream")
+    __slots__ = ("_conn", "body", "connection", "content_length", "headers", "reason", "status", "stream")
 
     def __init__(self, conn: _Connection, status: int, reason: str, headers: list[tuple[str, str]],
                  content_length: int | None) -> None:
@@ -140,6 +144,7 @@ class UpstreamResponse:
         self.content_length = content_length
         self.body: bytes | None = None
         self.stream: _Body | None = None
+        self.connection: frozenset[str] = frozenset()  # lower-case tokens of its Connection header
 
     def release(self) -> None:
         """Give the connection back (when the exchange completed cleanly) or close it."""
@@ -302,9 +307,12 @@ class _Connection(asyncio.Protocol):
             if len(buf) > MAX_HEAD:
                 raise BadResponse("response head too large")
             return
-        lines = bytes(buf[:end]).decode("utf-8", "surrogateescape").split("\r\n")
+        head = bytes(buf[:end])
         rest = bytes(buf[end + 4:])
         buf.clear()
+        if _BAD_HEAD.search(head):
+            raise BadResponse("control characters or bare CR/LF in the response head")
+        lines = head.decode("utf-8", "surrogateescape").split("\r\n")
         status_line = lines[0].split(" ", 2)
         if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
             raise BadResponse("malformed status line")
@@ -319,29 +327,32 @@ class _Connection(asyncio.Protocol):
         length: int | None = None
         chunked = False
         keep_alive = status_line[0] != "HTTP/1.0"
+        connection: frozenset[str] = frozenset()
         for line in lines[1:]:
             name, sep, value = line.partition(":")
-            if not sep or not name or name[-1] in " \t":
-                raise BadResponse("malformed header line")
+            if not sep or not name or name[0] in " \t" or name[-1] in " \t":
+                raise BadResponse("malformed header line")  # includes obs-fold continuations
             value = value.strip()
             lower = name.lower()
-            if lower == "content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise BadResponse("invalid Content-Length")
-                length = int(value)
-            elif lower == "transfer-encoding":
-                chunked = value.lower().endswith("chunked")
-            elif lower == "connection":
-                tokens = value.lower()
-                if "close" in tokens:
-                    keep_alive = False
-                elif "keep-alive" in tokens:
-                    keep_alive = True
+            if lower in _FRAMING:
+                if lower == "content-length":
+                    if not value.isdigit() or (length is not None and int(value) != length):
+                        raise BadResponse("invalid Content-Length")
+                    length = int(value)
+                elif lower == "transfer-encoding":
+                    chunked = value.lower().endswith("chunked")
+                else:
+                    connection = frozenset(t.strip() for t in value.lower().split(","))
+                    if "close" in connection:
+                        keep_alive = False
+                    elif "keep-alive" in connection:
+                        keep_alive = True
             headers.append((name, value))
         self._keep_alive = keep_alive
         if chunked:
             length = None
         response = self._response = UpstreamResponse(self, status, reason, headers, length)
+        response.connection = connection
         if self._head_request or status in _NO_BODY_STATUSES:
             response.body = b""
             self._complete()

@@ -208,3 +208,19 @@ def test_origin_parsing():
     assert Origin.parse("http://[::1]:81").authority == "[::1]:81"
     with pytest.raises(ValueError):
         Origin.parse("ftp://x")
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n",  # bare CR: response splitting
+    b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: x\r\nContent-Length: 0\r\n\r\n",  # bare LF
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+])
+async def test_response_heads_that_could_split_or_smuggle_are_refused(pool, head):
+    server = Scripted([head])
+    origin = await server.start()
+    with pytest.raises(UpstreamError) as caught:
+        await _get(pool, origin)
+    assert caught.value.kind == "broken"
+    await server.stop()
