@@ -1,0 +1,185 @@
+"""Micro-benchmark of Admission.admit(): microseconds per call, in this process.
+
+Cases (the bench/dataplane.py "secured" route: IP allow/deny + JWT + one
+generous ip-dimension limit, so nothing is refused):
+  HS256 cached + IP + memory      in-memory limits, sequential awaits
+  RS256 cached + IP + memory      same, RS256 token (a cache hit must cost what HS256 costs)
+  HS256 + IP + redis, c=1         real redis-server, one request at a time
+  HS256 + IP + redis, c=50        real redis-server, 50 concurrent admits per batch
+  IP + memory (no auth)           the IP filter and limiter alone
+Figures: wall us/call and CPU us/call of this process (redis-server's CPU is
+not included: what matters for the gateway's throughput is its own CPU).
+Run: python bench/admission.py [--calls N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from kubegate.dataplane.admission import Admission, RequestFacts
+from kubegate.dataplane.audit import AuditLog
+from kubegate.dataplane.jwks import JwksCache
+from kubegate.dataplane.metrics import Metrics
+from kubegate.dataplane.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from kubegate.config import (
+    CompiledAuth,
+    CompiledBackend,
+    CompiledConfig,
+    CompiledJwt,
+    CompiledLimit,
+    CompiledRateLimit,
+    CompiledRoute,
+    SecretBundle,
+)
+
+HS_SECRET = "bench-hmac-secret-0123456789abcdef0123456789"
+ISSUER, AUDIENCE = "https://issuer.bench", "bench-api"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rsa_keys() -> tuple[str, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+def config(rsa_public: str) -> tuple[CompiledConfig, SecretBundle]:
+    """The routes of bench/dataplane.py's throughput config, plus an IP-only one."""
+    limit = CompiledRateLimit(policy="bench/generous", scope="route", failure_mode="open", limits=(
+        CompiledLimit(key="bench/generous#0", dimension="ip", requests=100_000_000, period_seconds=1,
+                      burst=100_000_000),))
+    secured = {"ip_allow": ("127.0.0.0/8", "10.0.0.0/8", "::1/128"), "ip_deny": ("192.0.2.0/24",),
+               "rate_limit": limit}
+
+    def route(name: str, **fields) -> CompiledRoute:
+        return CompiledRoute(id=f"bench/{name}", namespace="bench", name=name, path=f"/{name}/*rest",
+                             backends=(CompiledBackend(url="http://127.0.0.1:1"),), **fields)
+
+    hs = CompiledJwt(algorithms=("HS256",), hmac_secret="bench/hs", issuer=ISSUER, audiences=(AUDIENCE,))
+    rs = CompiledJwt(algorithms=("RS256",), public_key_pem=rsa_public, issuer=ISSUER, audiences=(AUDIENCE,))
+    routes = (
+        route("hs256", auth=CompiledAuth(methods=("jwt",), jwt=hs), **secured),
+        route("rs256", auth=CompiledAuth(methods=("jwt",), jwt=rs), **secured),
+        route("iponly", **secured),
+    )
+    return CompiledConfig(routes=routes), SecretBundle(values={"bench/hs": HS_SECRET})
+
+
+def facts(token: str | None) -> RequestFacts:
+    headers = CIMultiDict({"Host": "bench.test", "User-Agent": "wrk", "Accept": "*/*"})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return RequestFacts(method="GET", path="/x/bench", host="bench.test", client_ip="127.0.0.1",
+                        headers=CIMultiDictProxy(headers), peer_cert=None, tls=False)
+
+
+async def measure(admission: Admission, route: CompiledRoute, request: RequestFacts, calls: int,
+                  concurrency: int) -> tuple[float, float]:
+    """(wall us/call, CPU us/call); every verdict must admit."""
+    admit = admission.admit
+    for _ in range(200):  # warm: the token cache, the limiter's connection, lazily made objects
+        assert (await admit(route, request)).status is None
+    wall, cpu = time.perf_counter(), time.process_time()
+    if concurrency == 1:
+        for _ in range(calls):
+            verdict = await admit(route, request)
+        assert verdict.status is None, verdict
+    else:
+        for _ in range(calls // concurrency):
+            verdicts = await asyncio.gather(*(admit(route, request) for _ in range(concurrency)))
+            assert all(v.status is None for v in verdicts)
+    done = (calls // concurrency) * concurrency
+    return (time.perf_counter() - wall) / done * 1e6, (time.process_time() - cpu) / done * 1e6
+
+
+def start_redis(workdir: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise SystemExit("bench: redis-server did not start")
+
+
+async def run(calls: int, rounds: int) -> None:
+    rsa_private, rsa_public = rsa_keys()
+    cfg, secrets = config(rsa_public)
+    routes = {r.name: r for r in cfg.routes}
+    claims = {"sub": "bench-user", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 3600}
+    hs = facts(jwt.encode(claims, HS_SECRET, algorithm="HS256"))
+    rs = facts(jwt.encode(claims, rsa_private, algorithm="RS256"))
+    anonymous = facts(None)
+    common = {"jwks": JwksCache(), "metrics": Metrics(), "audit": AuditLog(io.StringIO())}
+    memory = Admission(cfg, secrets, limiter=MemoryRateLimiter(), **common)
+    workdir = tempfile.mkdtemp(prefix="kubegate-bench-admission-")
+    proc, url = start_redis(workdir)
+    limiter = RedisRateLimiter(url, timeout=1.0)
+    try:
+        shared = Admission(cfg, secrets, limiter=limiter, **common)
+        cases = {
+            "IP + memory (no auth)": (memory, routes["iponly"], anonymous, 1),
+            "HS256 cached + IP + memory": (memory, routes["hs256"], hs, 1),
+            "RS256 cached + IP + memory": (memory, routes["rs256"], rs, 1),
+            "HS256 + IP + redis, c=1": (shared, routes["hs256"], hs, 1),
+            "HS256 + IP + redis, c=50": (shared, routes["hs256"], hs, 50),
+            "RS256 + IP + redis, c=50": (shared, routes["rs256"], rs, 50),
+        }
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(rounds):
+            for name, (admission, route, request, concurrency) in cases.items():
+                n = calls if concurrency > 1 or admission is memory else calls // 4
+                wall, cpu = await measure(admission, route, request, n, concurrency)
+                if name not in best or cpu < best[name][1]:
+                    best[name] = (wall, cpu)
+        print(f"Admission.admit(): {calls} calls x {rounds} rounds, best round kept; "
+              "CPU = this process only (redis-server not included)")
+        print(f"{'case':30s} {'wall us/call':>13s} {'cpu us/call':>12s}")
+        for name, (wall, cpu) in best.items():
+            print(f"{name:30s} {wall:13.2f} {cpu:12.2f}")
+    finally:
+        await limiter.close()
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=20_000, help="admit() calls per case and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(run(args.calls, args.rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
