@@ -59,8 +59,12 @@ def stack(cluster, tmp_path_factory):
         if proc is not None:
             proc.stop()
     backends.close()
-    cluster.kubectl("delete", "-f", str(REPO / "examples"), "--ignore-not-found", "--wait=false", check=False)
-    cluster.kubectl("delete", KINDS, "--all", "-n", "shop", "--ignore-not-found", "--wait=false", check=False)
+    # Never `kubectl delete -f examples/`: it holds the Namespaces, and with no namespace controller a
+    # deleted kubegate-system stays Terminating for the rest of the session.
+    cluster.kubectl("delete", f"{KINDS},secrets,services", "--all", "-n", "shop", "--ignore-not-found",
+                    "--wait=false", check=False)
+    cluster.kubectl("delete", KINDS, "--all", "-n", "kubegate-system", "--ignore-not-found", "--wait=false",
+                    check=False)
 
 
 def wait_ready(cluster, kind, name, ns="shop", timeout=20):
