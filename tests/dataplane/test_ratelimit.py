@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from kubegate.dataplane.metrics import Metrics
 from kubegate.dataplane.ratelimit import (
     Charge,
+    ChargeSet,
     CircuitBreaker,
     Deadline,
     MemoryRateLimiter,
@@ -257,6 +259,50 @@ async def test_concurrent_calls_share_a_batch_and_each_gets_its_own_reply(redis_
         assert [r.allowed for r in results] == [True] * 20 + [False] * 10  # exactly the burst, in order
         assert [r.remaining for r in results[:20]] == list(range(19, -1, -1))
         assert all(r.headers()["Retry-After"] for r in results[20:])
+    finally:
+        await store.close()
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    stats = server.command("INFO", "commandstats").decode()
+    found = re.search(r"cmdstat_evalsha:calls=(\d+)", stats)
+    return int(found.group(1)) if found else 0
+
+
+async def test_a_batch_is_one_round_trip_and_one_script_call_per_slot(redis_server):
+    store = RedisRateLimiter(redis_server.url, timeout=0.5)
+    store.MAX_REQUESTS_PER_CALL = 4  # so one slot's requests also span several calls
+    ours = ChargeSet([charge("ours", 5)])  # hash tag {t}
+    theirs = ChargeSet([Charge("kg:{u}:rl:theirs", 3, 3, SLOW, "ip")])  # another slot: never in the same call
+    try:
+        assert (await store.hit(ours, "closed")).remaining == 4  # warm: connected, script cached
+        trips, calls = store.round_trips, evalsha_calls(redis_server)
+        results = await asyncio.gather(*(store.hit(c, "closed") for c in [ours, theirs] * 6))
+        assert store.round_trips == trips + 1
+        assert evalsha_calls(redis_server) == calls + 4  # {t}: 6 requests in 2 calls, {u}: 6 in 2
+        assert [(r.allowed, r.remaining) for r in results[0::2]] == [(True, 3), (True, 2), (True, 1), (True, 0),
+                                                                   (False, 0), (False, 0)]
+        assert [r.allowed for r in results[1::2]] == [True, True, True, False, False, False]
+        assert {r.denied_dimension for r in results if not r.allowed} == {"ip"}
+        # the state written once per bucket at the end of a call is what one write per request left
+        assert not (await store.hit(ours, "closed")).allowed
+        assert not (await store.hit(theirs, "closed")).allowed
+        assert ours.wire is not None  # encoded once, reused by every request of this shape
+    finally:
+        await store.close()
+
+
+async def test_a_request_with_several_buckets_in_a_crowded_batch(redis_server):
+    store = RedisRateLimiter(redis_server.url, timeout=0.5)
+    shared = charge("per-route", 6)
+    clients = [ChargeSet([shared, charge(f"client-{i}", 2)]) for i in range(3)]
+    try:
+        results = await asyncio.gather(*(store.hit(c, "closed") for c in clients * 3))
+        # in order: clients 0,1,2 (route 5,4,3 left), again (2,1,0 left; each client 0 left), then refused:
+        # the route bucket has nothing left, and a refusal takes nothing from the client buckets
+        assert [r.allowed for r in results] == [True] * 6 + [False] * 3
+        assert [r.remaining for r in results[:6]] == [1, 1, 1, 0, 0, 0]
+        assert all(r.denied_dimension == "ip" and r.retry_after >= 1 for r in results[6:])
     finally:
         await store.close()
 
