@@ -3,29 +3,32 @@
 Why not aiohttp's ClientSession: it spends ~200 us of CPU per proxied request
 on request/response objects, timers, tracing hooks and header normalisation,
 several times what the rest of the gateway costs. The proxy needs far less:
-write one request head (plus a small body) in one ``write``, parse a status
-line and headers, then hand back a small body in one piece (so the client gets
-one ``send``) or stream a large / chunked / close-delimited one with flow
-control both ways. WebSockets still go through aiohttp (see proxy.py).
+write one request head (plus a small body) in one ``write``, then hand back a
+small body in one piece (so the client gets one ``send``) or stream a large /
+chunked / close-delimited one with flow control both ways. Responses are parsed
+by llhttp through httptools (Node's parser, also behind uvicorn and aiohttp):
+framing and header syntax are security-sensitive, so they are not hand-written
+here. WebSockets still go through aiohttp (see proxy.py).
 
 Failures are :class:`UpstreamError` with a ``kind`` the proxy maps to
 502/504: ``connect`` / ``connect_timeout`` (nothing was sent: always safe to
 retry), ``timeout`` (the route's request timeout) and ``broken`` (the
-connection failed mid-exchange). A request on a *reused* keep-alive
-connection that dies before any response byte is retried once on a fresh
-connection when its body can be replayed: the upstream closed an idle
-connection at the same moment we picked it, and never saw the request.
+connection failed mid-exchange, or the response was malformed). A request on a
+*reused* keep-alive connection that dies before any response byte is retried
+once on a fresh connection when its body can be replayed: the upstream closed
+an idle connection at the same moment we picked it, and never saw the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import httptools
 
 SMALL_BODY = 64 * 1024  # responses up to this size (with Content-Length) are returned whole
 MAX_HEAD = 64 * 1024  # upstream response head size limit
@@ -34,9 +37,6 @@ IDLE_PER_ORIGIN = 256  # keep at most this many idle connections per origin
 IDLE_SECONDS = 30.0  # drop connections idle longer than this (below common server keep-alives)
 DEADLINE_TICK = 0.05  # request timeouts are checked this often (they fire up to this late)
 _NO_BODY_STATUSES = frozenset({204, 304})
-_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
-# Never relayed to a client: NUL and other controls, CR not before LF, LF not after CR.
-_BAD_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 class UpstreamError(Exception):
@@ -154,7 +154,15 @@ class UpstreamResponse:
 
 
 class _Connection(asyncio.Protocol):
-    """One upstream connection; at most one exchange at a time (no pipelining)."""
+    """One upstream connection; at most one exchange at a time (no pipelining).
+
+    llhttp (httptools) parses each response: status line, header syntax (no bare
+    CR/LF, controls or obs-fold), framing (Content-Length, chunked, until EOF) and
+    the smuggling checks (duplicate Content-Length, Content-Length with
+    Transfer-Encoding). This class only decides what to hand back and whether the
+    connection can be reused. Each exchange gets a fresh parser (~0.5 us): no parser
+    state (a HEAD response's advertised body, an error) carries over to the next.
+    """
 
     def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
         self.pool = pool
@@ -164,20 +172,25 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
-        self._buf = bytearray()
-        self._state = 0  # 0 idle, 1 head, 2 length body, 3 chunked body, 4 until-EOF body, 5 complete
+        self._parser: httptools.HttpResponseParser | None = None
+        self._state = 0  # 0 idle, 1 head, 2 small body (kept whole), 3 streamed body, 5 complete
         self._head_request = False
+        self._head_size = 0  # bytes received while no head was complete
+        self._header_bytes = 0  # names and values of the current head
+        self._reason = ""
+        self._headers: list[tuple[str, str]] = []
+        self._length: int | None = None
+        self._chunked = False
+        self._connection: frozenset[str] = frozenset()
+        self._parts: list[bytes] = []
         self._response: UpstreamResponse | None = None
         self._future: asyncio.Future[UpstreamResponse] | None = None
-        self._remaining = 0
-        self._small = False
         self._keep_alive = True
         self._got_bytes = False
         self._paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.deadline: float | None = None  # loop time; watched by the pool's sweep, not a timer of its own
-        self._chunk_state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -190,35 +203,26 @@ class _Connection(asyncio.Protocol):
             self._close()
             return
         self._got_bytes = True
+        if self._state == 1:
+            self._head_size += len(data)
         try:
-            if self._state == 1:
-                self._buf += data
-                self._parse_head()
-            elif self._state == 2:
-                self._feed_length(data)
-            elif self._state == 3:
-                self._buf += data
-                self._parse_chunks()
-            else:
-                self._response.stream.feed(data)
-        except BadResponse as exc:
-            self._fail(exc)
-
-    def eof_received(self) -> bool:
-        if self._state == 4:
-            self._keep_alive = False
-            self._complete()
-        return False
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BadResponse("protocol switch that was not asked for"))
+        except httptools.HttpParserError as exc:  # after a complete response: only closes the connection
+            self._fail(BadResponse(str(exc) or "malformed response"))
+        else:
+            if self._state == 1 and self._head_size > MAX_HEAD:  # a head that never ends
+                self._fail(BadResponse("response head too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
-        if self._state not in (0, 5):
-            if self._state == 4 and exc is None:
-                self._keep_alive = False
-                self._complete()
-            else:
-                self._fail(UpstreamError("broken", "upstream closed the connection"))
+        if self._state == 3 and exc is None and self._length is None and not self._chunked:
+            self._keep_alive = False  # a close-delimited body ends here
+            self._complete()
+        elif self._state not in (0, 5):
+            self._fail(UpstreamError("broken", "upstream closed the connection"))
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_exception(UpstreamError("broken", "upstream closed the connection"))
@@ -233,15 +237,84 @@ class _Connection(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
+    # --- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._state != 1:  # a second response after the complete one: nothing asked for it
+            raise BadResponse("unsolicited response")
+        self._reason = ""
+        self._headers = []
+        self._header_bytes = 0
+        self._length = None
+        self._chunked = False
+        self._connection = frozenset()
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason.decode("utf-8", "surrogateescape")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state != 1:
+            return  # trailers after a chunked body: dropped
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEAD:  # one that arrived in a single read
+            raise BadResponse("response head too large")
+        text = value.rstrip(b" \t").decode("utf-8", "surrogateescape")  # llhttp keeps trailing OWS
+        lower = name.lower()
+        if lower == b"content-length":
+            self._length = int(value)  # digits only, never repeated: llhttp checked
+        elif lower == b"transfer-encoding":  # llhttp's rule: chunked iff it is the final coding
+            self._chunked = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
+        elif lower == b"connection":
+            self._connection = frozenset(token.strip() for token in text.lower().split(","))
+        self._headers.append((name.decode("latin-1"), text))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            return  # interim (100 Continue, 103 Early Hints): the final response follows; 101 fails the feed
+        self._keep_alive = self._parser.should_keep_alive()
+        response = self._response = UpstreamResponse(self, status, self._reason, self._headers, self._length)
+        response.connection = self._connection
+        if self._head_request or status in _NO_BODY_STATUSES:  # RFC 9112 6.3: no body, whatever the headers say
+            response.body = b""
+            self._complete()
+            self._resolve()
+        elif self._length is not None and self._length <= SMALL_BODY:
+            self._state = 2
+        else:
+            self._state = 3
+            response.stream = _Body(self)
+            self._resolve()
+
+    def on_body(self, data: bytes) -> None:
+        if self._state == 2:
+            self._parts.append(data)
+        elif self._state == 3:
+            self._response.stream.feed(data)
+        else:  # bytes after a HEAD answer: do not trust the stream
+            self._keep_alive = False
+
+    def on_message_complete(self) -> None:
+        state = self._state
+        if state == 2:
+            parts, self._parts = self._parts, []
+            self._response.body = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._complete()
+            self._resolve()
+        elif state == 3:
+            self._complete()
+        # state 1: an interim response ended; state 5: a HEAD/204/304 answer, already complete
+
     # --- exchange ---------------------------------------------------------------------------
 
     def begin(self, head_request: bool, deadline: float | None) -> asyncio.Future[UpstreamResponse]:
         self._state = 1
+        self._parser = httptools.HttpResponseParser(self)
         self._head_request = head_request
+        self._head_size = 0
         self._keep_alive = True
         self._got_bytes = False
-        self._chunk_state = 0
-        self._buf.clear()
+        self._parts = []
         self._future = self.loop.create_future()
         if deadline is not None:
             self.deadline = deadline
@@ -280,6 +353,7 @@ class _Connection(asyncio.Protocol):
             self._state = 0
             self._response = None
             self._future = None
+            self._parser = None
             self.pool.put_idle(self)
         else:
             self.abort()
@@ -298,168 +372,7 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    # --- parsing ------------------------------------------------------------------------------
-
-    def _parse_head(self) -> None:
-        buf = self._buf
-        end = buf.find(b"\r\n\r\n")
-        if end == -1:
-            if len(buf) > MAX_HEAD:
-                raise BadResponse("response head too large")
-            return
-        head = bytes(buf[:end])
-        rest = bytes(buf[end + 4:])
-        buf.clear()
-        if _BAD_HEAD.search(head):
-            raise BadResponse("control characters or bare CR/LF in the response head")
-        lines = head.decode("utf-8", "surrogateescape").split("\r\n")
-        status_line = lines[0].split(" ", 2)
-        if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
-            raise BadResponse("malformed status line")
-        status = int(status_line[1])
-        if 100 <= status < 200:  # interim (100 Continue, 103 Early Hints): skip to the final response
-            if rest:
-                buf += rest
-                self._parse_head()
-            return
-        reason = status_line[2] if len(status_line) > 2 else ""
-        headers: list[tuple[str, str]] = []
-        length: int | None = None
-        chunked = False
-        keep_alive = status_line[0] != "HTTP/1.0"
-        connection: frozenset[str] = frozenset()
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name[0] in " \t" or name[-1] in " \t":
-                raise BadResponse("malformed header line")  # includes obs-fold continuations
-            value = value.strip()
-            lower = name.lower()
-            if lower in _FRAMING:
-                if lower == "content-length":
-                    if not value.isdigit() or (length is not None and int(value) != length):
-                        raise BadResponse("invalid Content-Length")
-                    length = int(value)
-                elif lower == "transfer-encoding":
-                    chunked = value.lower().endswith("chunked")
-                else:
-                    connection = frozenset(t.strip() for t in value.lower().split(","))
-                    if "close" in connection:
-                        keep_alive = False
-                    elif "keep-alive" in connection:
-                        keep_alive = True
-            headers.append((name, value))
-        self._keep_alive = keep_alive
-        if chunked:
-            length = None
-        response = self._response = UpstreamResponse(self, status, reason, headers, length)
-        response.connection = connection
-        if self._head_request or status in _NO_BODY_STATUSES:
-            response.body = b""
-            self._complete()
-            self._resolve()
-            return
-        if chunked:
-            self._state = 3
-            response.stream = _Body(self)
-            self._resolve()
-            if rest:
-                buf += rest
-                self._parse_chunks()
-        elif length is not None:
-            self._state = 2
-            self._remaining = length
-            self._small = length <= SMALL_BODY
-            if self._small:
-                if len(rest) >= length:
-                    response.body = rest[:length] if len(rest) > length else rest
-                    if len(rest) > length:
-                        self._keep_alive = False  # extra bytes after the body: do not trust the stream
-                    self._complete()
-                    self._resolve()
-                    return
-                buf += rest
-                self._remaining -= len(rest)
-            else:
-                response.stream = _Body(self)
-                self._resolve()
-                if rest:
-                    self._feed_length(rest)
-        else:
-            self._state = 4
-            self._keep_alive = False
-            response.stream = _Body(self)
-            self._resolve()
-            if rest:
-                response.stream.feed(rest)
-
-    def _feed_length(self, data: bytes) -> None:
-        if len(data) > self._remaining:
-            self._keep_alive = False
-            data = data[: self._remaining]
-        self._remaining -= len(data)
-        if self._small:
-            self._buf += data
-            if self._remaining == 0:
-                self._response.body = bytes(self._buf)
-                self._buf.clear()
-                self._complete()
-                self._resolve()
-            return
-        self._response.stream.feed(data)
-        if self._remaining == 0:
-            self._complete()
-
-    def _parse_chunks(self) -> None:
-        buf = self._buf
-        stream = self._response.stream
-        while True:
-            if self._chunk_state == 0:
-                end = buf.find(b"\r\n")
-                if end == -1:
-                    if len(buf) > 1024:
-                        raise BadResponse("chunk size line too long")
-                    return
-                size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[: end + 2]
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise BadResponse("invalid chunk size") from None
-                if size < 0:
-                    raise BadResponse("invalid chunk size")
-                if size == 0:
-                    self._chunk_state = 3
-                else:
-                    self._remaining = size
-                    self._chunk_state = 1
-            elif self._chunk_state == 1:
-                if not buf:
-                    return
-                take = min(self._remaining, len(buf))
-                stream.feed(bytes(buf[:take]))
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._chunk_state = 2
-            elif self._chunk_state == 2:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise BadResponse("missing CRLF after chunk")
-                del buf[:2]
-                self._chunk_state = 0
-            else:  # trailers, ended by an empty line; dropped
-                end = buf.find(b"\r\n")
-                if end == -1:
-                    if len(buf) > MAX_HEAD:
-                        raise BadResponse("trailers too large")
-                    return
-                del buf[: end + 2]
-                if end == 0:
-                    if buf:
-                        self._keep_alive = False
-                    self._complete()
-                    return
+    # --- outcome --------------------------------------------------------------------------------
 
     def _resolve(self) -> None:
         future = self._future

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from kubegate.dataplane.upstream import SMALL_BODY, Origin, UpstreamError, UpstreamPool
+from kubegate.dataplane.upstream import MAX_HEAD, SMALL_BODY, Origin, UpstreamError, UpstreamPool
 
 Answer = bytes | Callable[[asyncio.StreamWriter], None] | None  # None: read the request, say nothing
 
@@ -216,6 +216,12 @@ def test_origin_parsing():
     b"HTTP/1.1 200 OK\r\nX-A: a\x00\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",  # bad chunk size
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",  # never asked for
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * (MAX_HEAD + 10) + b"\r\nContent-Length: 0\r\n\r\n",
 ])
 async def test_response_heads_that_could_split_or_smuggle_are_refused(pool, head):
     server = Scripted([head])
@@ -223,4 +229,57 @@ async def test_response_heads_that_could_split_or_smuggle_are_refused(pool, head
     with pytest.raises(UpstreamError) as caught:
         await _get(pool, origin)
     assert caught.value.kind == "broken"
+    await server.stop()
+
+
+async def test_truncated_bodies_are_errors_not_short_answers(pool):
+    def cut(answer: bytes) -> Callable[[asyncio.StreamWriter], None]:
+        def send(writer: asyncio.StreamWriter) -> None:
+            writer.write(answer)
+            writer.close()
+        return send
+
+    server = Scripted([cut(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")],
+                      [cut(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")],
+                      [cut(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nabc" % (SMALL_BODY + 1))])
+    origin = await server.start()
+    for _ in range(3):
+        with pytest.raises(UpstreamError) as caught:
+            await _get(pool, origin)
+        assert caught.value.kind == "broken"
+    await server.stop()
+
+
+async def test_bytes_after_the_body_stop_reuse(pool):
+    server = Scripted([OK + b"HTTP/1.1 200 OK\r\n"], [OK])
+    origin = await server.start()
+    assert (await _get(pool, origin))[2] == b"ok"  # the answer itself is whole
+    assert (await _get(pool, origin))[2] == b"ok"
+    assert server.accepted == 2  # but the stray bytes made the first connection unusable
+    await server.stop()
+
+
+async def test_head_answer_with_chunked_framing_then_reuse(pool):
+    server = Scripted([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A:  padded \t\r\n\r\n", OK])
+    origin = await server.start()
+    status, headers, body = await _get(pool, origin, "HEAD")
+    assert (status, headers["X-A"], body) == (200, "padded", b"")  # trailing whitespace is not the value
+    assert (await _get(pool, origin))[2] == b"ok"
+    assert server.accepted == 1
+    await server.stop()
+
+
+async def test_status_line_split_across_packets(pool):
+    async def slowly(writer: asyncio.StreamWriter) -> None:
+        for piece in (b"HTTP/1.1 203 Non-Auth", b"oritative Info\r\nContent-Le", b"ngth: 2\r\n\r", b"\nok"):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    server = Scripted([lambda w: asyncio.ensure_future(slowly(w))])
+    origin = await server.start()
+    head = f"GET /p HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode()
+    response = await pool.request(origin, "GET", head, None, chunked=False, timeout=5, connect_timeout=2)
+    assert (response.status, response.reason, response.body) == (203, "Non-Authoritative Info", b"ok")
+    response.release()
     await server.stop()
