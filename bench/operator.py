@@ -12,7 +12,12 @@ tokens, and an aiohttp backend. Prints:
    single-route changes with N routes present (targets p50 < 0.5 s, p99 < 1.5 s);
 3. operator RSS with --rss-routes routes (target < 300 MiB).
 
-Everything shares this machine's cores: the API server and etcd included.
+Everything shares this machine's cores: the API server and etcd included, and
+other work on the machine moves the wall-clock figures; the CPU seconds each
+process spent per phase are printed too, as the steadier measure. Each change
+is split into apply -> ConfigMap written (operator), ConfigMap -> first 200
+(data plane), and apply -> Ready (the Lease acknowledgement and status write).
+``--profile`` runs the operator under pyinstrument (report in the log folder).
 """
 
 from __future__ import annotations
@@ -55,12 +60,43 @@ def is_ready(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
 
 
-def spawn(cluster: devcluster.DevCluster, args: list[str], sa: str, log: Path, **env: str) -> subprocess.Popen:
+def spawn(cluster: devcluster.DevCluster, args: list[str], sa: str, log: Path, profile: Path | None = None,
+          **env: str) -> subprocess.Popen:
     token = cluster.token_for(GATEWAY_NS, sa)
     full_env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_for_token(token)), **env}
     full_env.pop("KUBERNETES_SERVICE_HOST", None)
-    return subprocess.Popen([sys.executable, "-m", "kubegate.cli", *args], env=full_env, cwd=REPO,
+    runner = ["-m", "pyinstrument", "-o", str(profile), "-r", "pyisession", "-m"] if profile else ["-m"]
+    return subprocess.Popen([sys.executable, *runner, "kubegate.cli", *args], env=full_env, cwd=REPO,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per named process between two calls of :meth:`lap`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.last = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                out[name] = cpu_seconds(pid)
+            except OSError:
+                out[name] = 0.0
+        return out
+
+    def lap(self) -> str:
+        now = self._read()
+        spent = {name: now[name] - self.last.get(name, 0.0) for name in now}
+        self.last = now
+        return ", ".join(f"{name} {seconds:.1f}" for name, seconds in spent.items())
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -110,6 +146,43 @@ async def first_success(session: aiohttp.ClientSession, url: str, timeout: float
     raise SystemExit(f"{url} never answered 200")
 
 
+async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """The operator's /metrics as {"name{labels}": value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
+            if "le" not in sample.labels:
+                out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+class OperatorCounters:
+    """Differences of the operator's own counters between two calls of :meth:`lap`."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self.session, self.port = session, port
+        self.last: dict[str, float] = {}
+
+    async def lap(self) -> str:
+        now = await scrape(self.session, self.port)
+        d = {k: v - self.last.get(k, 0.0) for k, v in now.items()}
+        self.last = now
+        passes = d.get("kubegate_operator_reconcile_duration_seconds_count{part=total}", 0)
+        parts = ", ".join(f"{part} {d.get(f'kubegate_operator_reconcile_duration_seconds_sum{{part={part}}}', 0):.2f}s"
+                          for part in ("translate", "apply", "status"))
+        configs = sum(v for k, v in d.items() if k.startswith("kubegate_operator_config_writes_total"))
+        acks = d.get("kubegate_operator_config_acknowledged_seconds_count{}", 0)
+        ack_mean = d.get("kubegate_operator_config_acknowledged_seconds_sum{}", 0) / acks if acks else 0.0
+        return (f"{passes:.0f} passes ({parts}), {d.get('kubegate_operator_status_writes_total{}', 0):.0f} status "
+                f"writes, {configs:.0f} generated-object writes, {acks:.0f} configs acknowledged "
+                f"(mean {ack_mean * 1000:.0f} ms after translation)")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -118,7 +191,8 @@ def pct(values: list[float], q: float) -> float:
 async def bench(cluster: devcluster.DevCluster, args: argparse.Namespace, logs: Path) -> None:
     runner, backend = await start_backend()
     cluster.kubectl("create", "namespace", NS)
-    operator = spawn(cluster, ["operator", "--namespace", GATEWAY_NS], "kubegate-operator", logs / "operator.log",
+    operator = spawn(cluster, ["operator", "--namespace", GATEWAY_NS, "--metrics-port", "0"], "kubegate-operator",
+                     logs / "operator.log", logs / "operator.pyisession" if args.profile else None,
                      KUBEGATE_LOG_LEVEL="WARNING")
     dataplane = spawn(cluster, ["dataplane", "--namespace", GATEWAY_NS, "--host", "127.0.0.1", "--http-port", "0",
                                 "--https-port", "0", "--admin-port", "0"], "kubegate-dataplane",
@@ -133,17 +207,37 @@ async def bench(cluster: devcluster.DevCluster, args: argparse.Namespace, logs: 
             await asyncio.sleep(0.1)
         if port is None:
             raise SystemExit("the data plane did not start; see " + str(logs / "dataplane.log"))
+        metrics_port = None
+        for _ in range(300):
+            found = re.search(r"metrics=(\d+)", (logs / "operator.log").read_text())
+            if found:
+                metrics_port = int(found.group(1))
+                break
+            await asyncio.sleep(0.1)
+        if metrics_port is None:
+            raise SystemExit("the operator did not start; see " + str(logs / "operator.log"))
         async with KubeApi(await load_credentials(str(cluster.kubeconfig)), concurrency=32) as api, \
                 aiohttp.ClientSession() as session:
-            routes = Informer(api, path_for(API, "GatewayRoute", NS))
-            config_writes: list[str] = []
+            ready_at: dict[tuple[str, int], float] = {}  # (route, generation) -> when first seen Ready
+
+            def route_event(_type: str, obj: dict[str, Any]) -> None:
+                key = (obj["metadata"]["name"], obj["metadata"].get("generation", 0))
+                if key not in ready_at and is_ready(obj):
+                    ready_at[key] = time.monotonic()
+
+            routes = Informer(api, path_for(API, "GatewayRoute", NS), route_event)
+            config_writes: list[float] = []  # when each ConfigMap write was seen
             config_map = Informer(api, path_for("v1", "ConfigMap", GATEWAY_NS),
-                                  lambda t, o: config_writes.append(o["metadata"]["resourceVersion"]),
+                                  lambda t, o: config_writes.append(time.monotonic()),
                                   field_selector="metadata.name=kubegate-config")
             watchers = [asyncio.create_task(routes.run()), asyncio.create_task(config_map.run())]
             await routes.synced.wait()
             await asyncio.sleep(5)  # the operator's first config is written; its data plane acknowledged it
             config_writes.clear()
+            pids = {"operator": operator.pid, "data plane": dataplane.pid, **cluster.pids, "bench": os.getpid()}
+            cpu = CpuMeter(pids)
+            counters = OperatorCounters(session, metrics_port)
+            await counters.lap()
 
             started = time.monotonic()
             await create_routes(api, 0, args.routes, backend)
@@ -155,20 +249,39 @@ async def bench(cluster: devcluster.DevCluster, args: argparse.Namespace, logs: 
             print(f"burst: {args.routes} routes created in {created:.2f}s, all Ready {burst_total:.2f}s after the "
                   f"first create (target < 10 s for 1,000): {'met' if burst_total < 10 else 'NOT met'}")
             print(f"burst: {writes} ConfigMap writes for {args.routes} routes")
+            print(f"burst: CPU seconds (incl. the 2 s settle): {cpu.lap()}")
+            print(f"burst: operator: {await counters.lap()}")
 
-            latencies = []
+            latencies, to_config, to_serve, to_ready = [], [], [], []
             for k in range(args.changes):
                 i = k % args.routes
                 path = path_for(API, "GatewayRoute", NS, f"r{i}")
                 t0 = time.monotonic()
-                await api.merge_patch(path, {"spec": {"path": f"/changed/{k}/*rest"}})
+                patched = await api.merge_patch(path, {"spec": {"path": f"/changed/{k}/*rest"}})
                 t1 = await first_success(session, f"http://127.0.0.1:{port}/changed/{k}/x")
                 latencies.append(t1 - t0)
+                written = next((t for t in config_writes if t >= t0), None)
+                if written is not None:
+                    to_config.append(written - t0)
+                    to_serve.append(t1 - written)
+                key = (f"r{i}", patched["metadata"]["generation"])
+                deadline = time.monotonic() + 10
+                while key not in ready_at and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                if key in ready_at:
+                    to_ready.append(ready_at[key] - t0)
             p50, p99 = statistics.median(latencies), pct(latencies, 0.99)
             print(f"apply -> first successful request ({args.changes} changes, {args.routes} routes present): "
                   f"p50 {p50 * 1000:.0f} ms (target < 500: {'met' if p50 < 0.5 else 'NOT met'}), "
                   f"p99 {p99 * 1000:.0f} ms (target < 1500: {'met' if p99 < 1.5 else 'NOT met'}), "
                   f"max {max(latencies) * 1000:.0f} ms")
+            for label, values in (("apply -> ConfigMap written", to_config), ("ConfigMap -> first 200", to_serve),
+                                  ("apply -> Ready", to_ready)):
+                if values:
+                    print(f"  {label}: p50 {statistics.median(values) * 1000:.0f} ms, "
+                          f"p99 {pct(values, 0.99) * 1000:.0f} ms ({len(values)} samples)")
+            print(f"changes: CPU seconds (incl. waiting for Ready): {cpu.lap()}")
+            print(f"changes: operator: {await counters.lap()}")
 
             more = args.rss_routes - args.routes
             if more > 0:
@@ -176,6 +289,7 @@ async def bench(cluster: devcluster.DevCluster, args: argparse.Namespace, logs: 
                 await create_routes(api, args.routes, more, backend)
                 await wait_all_ready(routes, args.rss_routes, 600)
                 print(f"{args.rss_routes} routes all Ready {time.monotonic() - started:.1f}s after adding {more}")
+                print(f"  CPU seconds: {cpu.lap()}")
             await asyncio.sleep(3)
             rss, peak = rss_mib(operator.pid)
             print(f"operator RSS with {args.rss_routes} routes: {rss:.0f} MiB (peak {peak:.0f} MiB; target < 300: "
@@ -199,6 +313,7 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--rss-routes", type=int, default=5000)
+    parser.add_argument("--profile", action="store_true", help="run the operator under pyinstrument")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="kubegate-bench-"))
     started = time.monotonic()

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("operator", help="the kopf operator (in-cluster or from KUBECONFIG)")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")
+    p.add_argument("--metrics-port", type=int, default=8081, help="/metrics, /healthz, /readyz (0: any free port)")
 
     p = sub.add_parser("dataplane", help="the in-cluster data plane, reading its config through the API")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")

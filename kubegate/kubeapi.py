@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -36,6 +36,8 @@ JSON_ANSWERS = {200: "object", 201: "object", 202: "object"}  # "object": the pa
 REQUEST_TIMEOUT = 30
 WATCH_SERVER_TIMEOUT = 240  # the server ends each stream; Watch resumes it where it stopped
 WATCH_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+# Environment variables aiohttp's trust_env reads (proxies, netrc credentials).
+ENVIRONMENT_SETTINGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "WS_PROXY", "WSS_PROXY", "NETRC")
 
 
 class ApiError(Exception):
@@ -147,6 +149,8 @@ class KubeApi:
     def __init__(self, configuration: client.Configuration, *, concurrency: int = 16) -> None:
         self.client = client.ApiClient(configuration)
         self._slots = asyncio.Semaphore(concurrency)
+        if not needs_environment(os.environ):
+            _ignore_environment(self.client)
 
     async def __aenter__(self) -> KubeApi:  # noqa: PYI034
         return self
@@ -242,6 +246,25 @@ class KubeApi:
             response.release()
             raise refused
         return response
+
+
+def needs_environment(environ: Mapping[str, str]) -> bool:
+    """Whether a proxy or netrc setting is present that aiohttp's ``trust_env`` would honour (pure)."""
+    return any(environ.get(name) or environ.get(name.lower()) for name in ENVIRONMENT_SETTINGS)
+
+
+def _ignore_environment(api_client: client.ApiClient) -> None:
+    """Swap the library's ``trust_env=True`` session for one that skips the per-request proxy/netrc lookups.
+
+    Those lookups run in a worker thread on every request (~100-200 us of CPU
+    each); with no proxy configured they find nothing. Same connector, same
+    TLS context, same read buffer.
+    """
+    rest = api_client.rest_client
+    old = rest.pool_manager
+    connector = old.connector
+    old.detach()  # closes the old session without closing the shared connector
+    rest.pool_manager = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
 
 
 def _params(params: dict[str, Any] | None) -> dict[str, str] | None:

@@ -10,10 +10,11 @@ are no longer desired are deleted.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubegate.kubeapi import FIELD_MANAGER, ApiError, KubeApi, object_path
@@ -83,34 +84,39 @@ def garbage(live_objects: Iterable[Mapping[str, Any]], desired_keys: set[Key]) -
 class Applier:
     """Remembers the resourceVersion each generated object settled at after our last write."""
 
-    def __init__(self, api: KubeApi) -> None:
+    def __init__(self, api: KubeApi, on_write: Callable[[str], None] | None = None) -> None:
         self.api = api
+        self.on_write = on_write or (lambda _kind: None)  # called with the kind of every object written
         self.settled: dict[Key, str] = {}
         self.writes = 0  # objects written (created, changed, restored, deleted) since start
 
     async def sync(self, desired: Iterable[Mapping[str, Any]], live: Mapping[Key, Mapping[str, Any]]) -> int:
-        """Apply what changed; returns the number of objects written."""
-        written = 0
+        """Apply what changed, all at once (the data plane waits for both halves of a config); returns the count."""
+        pending = []
         for obj in desired:
             key = object_key(obj)
             current = live.get(key)
-            if not needs_apply(obj, current, self.settled.get(key)):
-                if current is not None:
-                    self.settled[key] = current["metadata"].get("resourceVersion", "")
-                continue
-            before = (current or {}).get("metadata", {}).get("resourceVersion")
-            try:
-                result = await self.api.apply(dict(obj))
-            except ApiError as exc:
-                log.warning("apply %s/%s %s/%s failed: %s", *key, exc)
-                continue
-            after = result.get("metadata", {}).get("resourceVersion", "")
-            self.settled[key] = after
-            if after != before:
-                written += 1
-                log.info("applied %s %s/%s", key[1], key[2], key[3])
+            if needs_apply(obj, current, self.settled.get(key)):
+                pending.append(self._apply(key, obj, (current or {}).get("metadata", {}).get("resourceVersion")))
+            elif current is not None:
+                self.settled[key] = current["metadata"].get("resourceVersion", "")
+        written = sum(await asyncio.gather(*pending))
         self.writes += written
         return written
+
+    async def _apply(self, key: Key, obj: Mapping[str, Any], before: str | None) -> int:
+        try:
+            result = await self.api.apply(dict(obj))
+        except ApiError as exc:
+            log.warning("apply %s/%s %s/%s failed: %s", *key, exc)
+            return 0
+        after = result.get("metadata", {}).get("resourceVersion", "")
+        self.settled[key] = after
+        if after == before:
+            return 0
+        self.on_write(key[1])
+        log.info("applied %s %s/%s", key[1], key[2], key[3])
+        return 1
 
     async def collect(self, stale: Iterable[Mapping[str, Any]], api_version: str, kind: str) -> int:
         deleted = 0
@@ -119,6 +125,7 @@ class Applier:
             try:
                 if await self.api.delete(object_path(body)):
                     deleted += 1
+                    self.on_write(kind)
                     log.info("deleted stale %s %s/%s", kind, obj["metadata"].get("namespace"),
                              obj["metadata"].get("name"))
             except ApiError as exc:

@@ -5,6 +5,7 @@ Messages come from conditions and key ids only, never from secret data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
@@ -46,3 +47,37 @@ async def post_event(api: KubeApi, involved: Mapping[str, str], type_: str, reas
         await api.create(path_for("v1", "Event", involved["namespace"]), body)
     except (ApiError, OSError) as exc:  # events are best effort
         log.debug("event %s on %s/%s not posted: %s", reason, involved["namespace"], involved["name"], exc)
+
+
+class EventQueue:
+    """Events posted in the background, a few at a time, after the status writes they describe.
+
+    A burst of 1,000 objects turning Ready is 1,000 Events: posting each inline
+    would double the API requests standing between an object and its Ready
+    status. A full queue drops the newest notes (events are best effort).
+    """
+
+    def __init__(self, api: KubeApi, instance: str, *, concurrency: int = 4, limit: int = 10_000) -> None:
+        self.api, self.instance, self.concurrency = api, instance, concurrency
+        self._queue: asyncio.Queue[tuple[Mapping[str, str], str, str, str]] = asyncio.Queue(limit)
+        self.dropped = 0
+
+    def put(self, involved: Mapping[str, str], type_: str, reason: str, message: str) -> None:
+        try:
+            self._queue.put_nowait((dict(involved), type_, reason, message))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._post_forever() for _ in range(self.concurrency)))
+
+    async def _post_forever(self) -> None:
+        while True:
+            involved, type_, reason, message = await self._queue.get()
+            await post_event(self.api, involved, type_, reason, message, self.instance)
+
+    async def drain(self) -> None:
+        """Post what is queued now (for a clean shutdown and for tests)."""
+        while not self._queue.empty():
+            involved, type_, reason, message = self._queue.get_nowait()
+            await post_event(self.api, involved, type_, reason, message, self.instance)

@@ -83,6 +83,7 @@ class ClusterState:
         self.services: dict[SecretKey, ServiceInfo] = {}
         self.secrets: dict[SecretKey, dict[str, bytes]] = {}
         self.absent_secrets: set[SecretKey] = set()  # referenced, and known not to exist
+        self._refs_by_object: dict[ObjectRef, frozenset[SecretKey]] = {}
         self._referenced: set[SecretKey] | None = None
 
     # --- kubegate objects ---------------------------------------------------------
@@ -100,7 +101,13 @@ class ClusterState:
         self.objects[source.ref] = LiveObject(source, meta.get("resourceVersion", ""), dict(body.get("status") or {}))
         changed = old is None or old.source != source
         if changed:
-            self._referenced = None
+            refs = frozenset(referenced_secrets(source, self.gateway_namespace))
+            if self._refs_by_object.get(source.ref, frozenset()) != refs:
+                self._referenced = None  # only a change of references re-derives the referenced set
+            if refs:
+                self._refs_by_object[source.ref] = refs
+            else:
+                self._refs_by_object.pop(source.ref, None)
         return changed
 
     def delete_object(self, body: Mapping[str, Any]) -> bool:
@@ -108,7 +115,8 @@ class ClusterState:
         ref = ObjectRef(body.get("kind", ""), meta.get("namespace") or "", meta.get("name") or "")
         if self.objects.pop(ref, None) is None:
             return False
-        self._referenced = None
+        if self._refs_by_object.pop(ref, None):
+            self._referenced = None
         return True
 
     def set_status(self, ref: ObjectRef, status: Mapping[str, Any], resource_version: str | None = None) -> None:
@@ -137,9 +145,7 @@ class ClusterState:
     @property
     def referenced(self) -> set[SecretKey]:
         if self._referenced is None:
-            refs: set[SecretKey] = set()
-            for live in self.objects.values():
-                refs |= referenced_secrets(live.source, self.gateway_namespace)
+            refs: set[SecretKey] = set().union(*self._refs_by_object.values())
             self._referenced = refs
             # Forget what is no longer referenced: no secret data kept without a reason.
             for key in [k for k in self.secrets if k not in refs]:

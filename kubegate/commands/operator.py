@@ -1,4 +1,4 @@
-"""``kubegate operator [--namespace NS]``: the kopf operator (in-cluster or from KUBECONFIG)."""
+"""``kubegate operator [--namespace NS] [--metrics-port 8081]``: the kopf operator (in-cluster or from KUBECONFIG)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 
+from kubegate.errors import UserError
 from kubegate.kubeapi import load_credentials
 
 
@@ -18,18 +19,20 @@ def _logging() -> None:
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
-async def _main(namespace: str) -> None:
+async def _main(namespace: str, metrics_port: int) -> None:
     from kubegate.operator.runtime import run_operator
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_operator(namespace, stop=stop)
+    await run_operator(namespace, stop=stop, metrics_port=metrics_port)
 
 
 def main(args: argparse.Namespace) -> int:
     asyncio.run(load_credentials())  # a missing/broken kubeconfig: a one-line UserError before anything starts
     _logging()
-    asyncio.run(_main(args.namespace))
+    if not 0 <= args.metrics_port <= 65535:
+        raise UserError(f"--metrics-port {args.metrics_port}: not a port number (0-65535)")
+    asyncio.run(_main(args.namespace, args.metrics_port))
     return 0

@@ -17,7 +17,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kubegate.kubeapi import ApiError, Informer, KubeApi, api_error, path_for
+from kubegate.kubeapi import ApiError, Informer, KubeApi, api_error, needs_environment, path_for
 
 TOKEN = "Bearer t0ken"
 CONFIGMAPS = path_for("v1", "ConfigMap", "ns")
@@ -160,3 +160,23 @@ def test_library_exceptions_become_one_line():
     from_event = ApiException(status=410, reason="Expired: too old resource version: 5 (9)")
     error = api_error(from_event)
     assert (error.status, error.reason, error.message) == (410, "Expired", "too old resource version: 5 (9)")
+
+
+def test_environment_lookups_only_when_a_proxy_or_netrc_is_set():
+    assert not needs_environment({"PATH": "/bin", "HOME": "/root"})
+    assert needs_environment({"HTTPS_PROXY": "http://proxy:3128"})
+    assert needs_environment({"no_proxy": ".svc"})
+    assert needs_environment({"NETRC": "/etc/netrc"})
+    assert not needs_environment({"HTTPS_PROXY": ""})
+
+
+async def test_client_skips_per_request_environment_lookups_without_a_proxy(served, monkeypatch):
+    _, api = served
+    assert api.client.rest_client.pool_manager.trust_env is False
+    assert (await api.get(CONFIGMAPS + "/missing")) is None  # still talks through the same connector
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    with_proxy = KubeApi(client.Configuration(host="http://127.0.0.1:1"))
+    try:
+        assert with_proxy.client.rest_client.pool_manager.trust_env is True
+    finally:
+        await with_proxy.close()

@@ -54,3 +54,18 @@ def test_only_referenced_secret_data_is_kept():
     assert not state.secret_event("MODIFIED", secret("ks", k="kg_x"))  # same data
     state.delete_object(cr("ApiKey", "a", {}))
     assert state.referenced == set() and state.secrets == {}  # dropped once nothing references it
+
+
+def test_referenced_secrets_follow_each_object_incrementally():
+    state = ClusterState("gw")
+    state.upsert_object(cr("ApiKey", "a", {"secretRef": {"name": "ks", "key": "k"}}))
+    assert state.referenced == {("shop", "ks")}
+    state.upsert_object(cr("GatewayRoute", "r", {"path": "/a"}))  # references nothing
+    assert state.referenced == {("shop", "ks")}
+    state.upsert_object(cr("ApiKey", "a", {"secretRef": {"name": "other", "key": "k"}}, rv="2", generation=2))
+    assert state.referenced == {("shop", "other")}
+    state.upsert_object(cr("GatewayRoute", "r", {"path": "/a", "auth": {"jwt": {"secretRef": {"name": "h"}}}},
+                           rv="3", generation=2))
+    assert state.referenced == {("shop", "other"), ("shop", "h")}
+    state.delete_object(cr("ApiKey", "a", {}))
+    assert state.referenced == {("shop", "h")}

@@ -1,0 +1,102 @@
+"""One reconcile pass against a recording stand-in for the API (this unit only; the e2e suite uses a real one).
+
+What matters here is how many requests a pass makes: a pass with nothing new
+writes nothing, a data-plane acknowledgement writes each object's status once,
+and the Events about it go out in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubegate.operator.programmed import ReplicaLease
+from kubegate.operator.reconcile import Reconciler
+from kubegate.operator.state import ClusterState
+
+
+class RecordingApi:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.version = 100
+
+    def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        return {**body, "metadata": {**(body.get("metadata") or {}), "resourceVersion": str(self.version)}}
+
+    async def get(self, path: str, **_: Any) -> None:
+        self.calls.append(("GET", path))
+
+    async def apply(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+        self.calls.append(("APPLY", obj["kind"]))
+        return self._answer(obj)
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("PATCH", path))
+        return self._answer(body)
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("CREATE", path))
+        return self._answer(body)
+
+    def count(self, verb: str) -> int:
+        return sum(1 for v, _ in self.calls if v == verb)
+
+
+def route(i: int) -> dict[str, Any]:
+    return {"apiVersion": "kubegate.dev/v1alpha1", "kind": "GatewayRoute",
+            "metadata": {"name": f"r{i}", "namespace": "shop", "uid": f"u{i}", "generation": 1,
+                         "resourceVersion": str(i + 1), "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": {"path": f"/r/{i}", "backends": [{"url": "http://127.0.0.1:1"}]}}
+
+
+def acknowledge(reconciler: Reconciler, config_hash: str) -> None:
+    reconciler.replicas["dp"] = ReplicaLease(name="dp", config_hash=config_hash, renewed_at=4e9, duration=10)
+
+
+async def test_statuses_are_written_once_per_change_and_events_go_out_afterwards():
+    api = RecordingApi()
+    state = ClusterState("gw")
+    for i in range(20):
+        state.upsert_object(route(i))
+    reconciler = Reconciler(api, state, identity="op", ack_grace=0.0)  # type: ignore[arg-type]
+    acknowledge(reconciler, "not-yet")
+
+    await reconciler.reconcile_once()
+    assert api.count("APPLY") >= 2  # ConfigMap and Secret (and the data plane's NetworkPolicy)
+    assert api.count("PATCH") == 20  # Accepted, waiting for the data plane
+    assert api.count("CREATE") == 0  # no Event yet: nothing became Ready
+
+    api.calls.clear()
+    await reconciler.reconcile_once()
+    assert api.calls == []  # nothing new: no status re-derived, nothing written
+
+    acknowledge(reconciler, reconciler.config_hash or "")
+    await reconciler.reconcile_once()
+    assert api.count("PATCH") == 20 and api.count("APPLY") == 0
+    assert all(live.status["conditions"][3]["status"] == "True" for live in state.objects.values())
+    assert api.count("CREATE") == 0  # the Ready events are queued, not in the status path
+    await reconciler.events.drain()
+    assert api.count("CREATE") == 20
+
+    api.calls.clear()
+    await reconciler.reconcile_once()
+    assert api.calls == []
+
+
+async def test_event_queue_drops_beyond_its_limit():
+    from kubegate.operator.events import EventQueue
+
+    api = RecordingApi()
+    queue = EventQueue(api, "op", limit=2)  # type: ignore[arg-type]
+    involved = {"apiVersion": "v1", "kind": "X", "name": "n", "namespace": "shop", "uid": "u"}
+    for _ in range(3):
+        queue.put(involved, "Normal", "Ready", "ok")
+    assert queue.dropped == 1
+    worker = asyncio.create_task(queue.run())
+    for _ in range(50):
+        if api.count("CREATE") == 2:
+            break
+        await asyncio.sleep(0.01)
+    worker.cancel()
+    assert api.count("CREATE") == 2
