@@ -54,11 +54,14 @@ class EventQueue:
 
     A burst of 1,000 objects turning Ready is 1,000 Events: posting each inline
     would double the API requests standing between an object and its Ready
-    status. A full queue drops the newest notes (events are best effort).
+    status, so they wait for a quiet moment (``gate``) instead. A full queue
+    drops the newest notes (events are best effort).
     """
 
-    def __init__(self, api: KubeApi, instance: str, *, concurrency: int = 4, limit: int = 10_000) -> None:
+    def __init__(self, api: KubeApi, instance: str, *, concurrency: int = 4, limit: int = 10_000,
+                 gate: asyncio.Event | None = None) -> None:
         self.api, self.instance, self.concurrency = api, instance, concurrency
+        self.gate = gate  # when given, post only while it is set (the reconciler is idle)
         self._queue: asyncio.Queue[tuple[Mapping[str, str], str, str, str]] = asyncio.Queue(limit)
         self.dropped = 0
 
@@ -74,6 +77,8 @@ class EventQueue:
     async def _post_forever(self) -> None:
         while True:
             involved, type_, reason, message = await self._queue.get()
+            if self.gate is not None:
+                await self.gate.wait()
             await post_event(self.api, involved, type_, reason, message, self.instance)
 
     async def drain(self) -> None:

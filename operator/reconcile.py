@@ -49,6 +49,7 @@ from .status import (
 log = logging.getLogger("kubegate.operator.reconcile")
 
 API_KEY_GRACE_SECONDS = 2.0  # let `kubectl apply` create a user's own key Secret before generating one
+STATUS_WRITERS = 32  # status patches in flight; fewer than the client's slots, so config writes never queue behind
 
 
 def compute(inp: TranslationInput) -> tuple[TranslationResult, list[dict[str, Any]]]:
@@ -78,7 +79,7 @@ def _iso_now() -> str:
 class Reconciler:
     def __init__(self, api: KubeApi, state: ClusterState, *, identity: str,
                  is_leader: Callable[[], bool] = lambda: True,
-                 debounce: float = 0.05, max_wait: float = 1.0, ack_grace: float = 1.0,
+                 debounce: float = 0.03, max_wait: float = 1.0, ack_grace: float = 1.0,
                  metrics: OperatorMetrics | None = None) -> None:
         self.api, self.state, self.identity, self.is_leader = api, state, identity, is_leader
         self.metrics = metrics or OperatorMetrics()
@@ -111,10 +112,16 @@ class Reconciler:
         self.passes = 0
         self.reconciled = False  # a first pass finished (readiness)
         self.informer_tasks: dict[str, asyncio.Task] = {}
-        self.events = EventQueue(api, identity)
+        self.idle = asyncio.Event()  # the loop waits for work and no status write is in flight
+        self.events = EventQueue(api, identity, gate=self.idle)  # Events wait for quiet moments
         # ref -> (verdict, acknowledgement, certificate facts, live status) when its status was last found current:
         # a pass re-derives a status only when one of those changed (1,000 unchanged objects cost ~2 ms, not 20).
         self._status_memo: dict[ObjectRef, tuple[Any, Any, Any, dict[str, Any]]] = {}
+        # Status writes run beside the loop: the next config pass need not wait for 1,000 patches to land.
+        self._writing: set[ObjectRef] = set()  # objects with a status patch in flight
+        self._writers: set[asyncio.Task] = set()
+        self._status_slots = asyncio.Semaphore(STATUS_WRITERS)
+        self._skipped_writing = False
         self._written_at: dict[str, float] = {}  # config hash -> when written, until a replica announces it
         self._config_dirty = True
         self._wake = asyncio.Event()
@@ -189,17 +196,21 @@ class Reconciler:
                     await asyncio.sleep(1)
                     self.mark(config=True)
         finally:
-            for task in tasks:
+            for task in [*tasks, *self._writers]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._writers, return_exceptions=True)
 
     async def _next_wake(self) -> None:
         expiry = next_expiry(self.replicas.values(), time.time())
         timeout = None if expiry is None else max(0.0, expiry - time.time()) + 0.05
+        if not self._wake.is_set() and not self._writers:
+            self.idle.set()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
             return  # a data-plane Lease just expired: re-evaluate Programmed
+        finally:
+            self.idle.clear()
         first = time.monotonic()
         while True:
             self._wake.clear()
@@ -305,6 +316,7 @@ class Reconciler:
     # --- statuses -------------------------------------------------------------------------
 
     async def _sync_statuses(self) -> None:
+        """Derive every status whose inputs changed; the patches run in the background (see ``settle``)."""
         result = self.result
         if result is None:
             return
@@ -314,12 +326,15 @@ class Reconciler:
         certs = self.generated[("cert-manager.io/v1", "Certificate")].objects
         gateway_ns = self.state.gateway_namespace
         memo = self._status_memo
-        patches = []
+        batch = []
         holding = time.monotonic() < self._ack_deadline
         for ref, live in list(self.state.objects.items()):
             verdict = result.results.get(ref)
             if verdict is None or verdict.generation != live.source.generation:
                 self._config_dirty = True  # translated before this change arrived; next pass
+                continue
+            if ref in self._writing:
+                self._skipped_writing = True  # looked at again when that write lands
                 continue
             ack = acknowledgement(str(ref), verdict.generation, hashes, self.history)
             cert = (certificate_facts(verdict.certificate, certs.get((gateway_ns, verdict.certificate)))
@@ -333,7 +348,7 @@ class Reconciler:
                 continue  # the acknowledgement is probably on its way
             desired = desired_status(verdict, ack, live.status, stamp, cert)
             if status_changed(live.status, desired):
-                patches.append(self._patch_status(ref, live, desired, (verdict, ack, cert)))
+                batch.append((ref, live, desired, (verdict, ack, cert)))
             else:
                 memo[ref] = (verdict, ack, cert, live.status)
         if len(memo) > len(self.state.objects):
@@ -341,8 +356,25 @@ class Reconciler:
                 del memo[gone]
         if self._config_dirty:
             self._wake.set()
-        if patches:
-            await asyncio.gather(*patches)
+        if batch:
+            self._writing.update(ref for ref, *_ in batch)
+            task = asyncio.create_task(self._write_statuses(batch))
+            self._writers.add(task)
+            task.add_done_callback(self._writers.discard)
+
+    async def _write_statuses(self, batch: list[tuple[ObjectRef, LiveObject, dict[str, Any], tuple]]) -> None:
+        try:
+            await asyncio.gather(*(self._patch_status(*item) for item in batch))
+        finally:
+            self._writing.difference_update(ref for ref, *_ in batch)
+            if self._skipped_writing:  # a pass meanwhile left these objects out: look at them again
+                self._skipped_writing = False
+                self.mark(config=False)
+
+    async def settle(self) -> None:
+        """Wait until the status writes started so far have landed."""
+        while self._writers:
+            await asyncio.gather(*list(self._writers), return_exceptions=True)
 
     async def _patch_status(self, ref: ObjectRef, live: LiveObject, desired: dict[str, Any],
                             facts: tuple[Any, Any, Any]) -> None:
@@ -354,7 +386,11 @@ class Reconciler:
                 body[stale] = None
         path = path_for(API_VERSION, ref.kind, ref.namespace, ref.name, "status")
         try:
-            answer = await self.api.merge_patch(path, {"status": body})
+            async with self._status_slots:
+                answer = await self.api.merge_patch(path, {"status": body})
+        except (TimeoutError, OSError) as exc:
+            log.warning("status of %s not written: %s", ref, exc)
+            return
         except ApiError as exc:
             if exc.status != 404:
                 log.warning("status of %s not written: %s", ref, exc)

@@ -30,7 +30,7 @@ from .state import ClusterState
 
 log = logging.getLogger("kubegate.operator")
 
-STATUS_CONCURRENCY = 48  # API requests in flight: enough to write 1,000 statuses in a few round trips
+API_CONCURRENCY = 64  # API requests in flight (status patches take at most reconcile.STATUS_WRITERS of them)
 
 
 def replica_identity() -> str:
@@ -60,7 +60,7 @@ def kopf_settings() -> kopf.OperatorSettings:
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING  # kopf's own events: only problems
     settings.scanning.disabled = True  # no CRD/namespace scanning: fewer permissions, fixed resources
-    settings.batching.batch_window = 0.02  # our reconciler debounces; kopf need not add latency
+    settings.batching.batch_window = 0.01  # our reconciler debounces; kopf need not add latency
     settings.watching.server_timeout = 240
     settings.watching.client_timeout = 300
     settings.networking.request_timeout = 30
@@ -126,7 +126,7 @@ async def run_operator(namespace: str, *, stop: asyncio.Event | None = None, met
         port = await health.start()
         print(f"kubegate operator: metrics={port} namespace={namespace}", file=sys.stderr, flush=True)
     try:
-        async with KubeApi(credentials, concurrency=STATUS_CONCURRENCY) as api:
+        async with KubeApi(credentials, concurrency=API_CONCURRENCY) as api:
             await seed_with_retry(api, state)
             seeded.set()
 

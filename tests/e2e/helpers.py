@@ -91,9 +91,29 @@ def service_account_env(cluster: Any, service_account: str, **extra: str) -> dic
     return env
 
 
-def start_operator(cluster: Any, tmp: Path, name: str = "operator-a") -> Proc:
+class Operator(Proc):
+    metrics: int  # the /metrics, /healthz, /readyz port
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics}{path}"
+
+
+def start_operator(cluster: Any, tmp: Path, name: str = "operator-a") -> Operator:
     env = service_account_env(cluster, "kubegate-operator", POD_NAME=name)
-    return Proc(["operator", "--namespace", GATEWAY_NS], env, tmp / f"{name}.log")
+    proc = Operator(["operator", "--namespace", GATEWAY_NS, "--metrics-port", "0"], env, tmp / f"{name}.log")
+    port = wait_until(lambda: re.search(r"metrics=(\d+)", proc.log()), 30, "the operator's metrics port")
+    proc.metrics = int(port.group(1))
+    return proc
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text at ``url`` as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, body = http(url)
+    assert status == 200, body
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
 
 
 class DataPlane(Proc):

@@ -34,6 +34,7 @@ from helpers import (
     http,
     ready,
     resource_version,
+    scrape,
     self_signed,
     start_dataplane,
     start_operator,
@@ -141,6 +142,44 @@ def test_examples_become_ready_and_serve_as_the_crs_say(cluster, stack):
     assert ACME_KEY not in json.dumps(config_map)
     events = cluster.kubectl("get", "events", "-n", "shop", "-o", "json").stdout
     assert ACME_KEY not in events and ANALYTICS_KEY not in events
+
+
+def objects_by_condition(cluster) -> dict[tuple[str, str, str], int]:
+    """What kubectl says: (kind, condition, status) -> number of objects."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for item in json.loads(cluster.kubectl("get", KINDS, "-A", "-o", "json").stdout)["items"]:
+        for cond in (item.get("status") or {}).get("conditions") or ():
+            key = (item["kind"], cond["type"], cond["status"])
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def exported_objects(operator) -> dict[tuple[str, str, str], int]:
+    """The operator's kubegate_objects gauge, non-zero series only."""
+    out = {}
+    for (name, labels), value in scrape(operator.url("/metrics")).items():
+        if name == "kubegate_objects" and value:
+            by = dict(labels)
+            out[(by["kind"], by["condition"], by["status"])] = int(value)
+    return out
+
+
+def test_operator_metrics_and_probes_tell_the_truth(cluster, stack):
+    operator = stack["operator"]
+    assert http(operator.url("/healthz"))[0] == 200
+    assert http(operator.url("/readyz"))[0] == 200
+    # Every object has a status by now, so the gauge must equal kubectl's view exactly.
+    wait_until(lambda: exported_objects(operator) == objects_by_condition(cluster), 15,
+               "kubegate_objects to match the objects' conditions")
+    exported = exported_objects(operator)
+    assert exported[("GatewayRoute", "Programmed", "True")] >= len(ROUTES)
+    assert exported[("ApiKey", "Ready", "True")] >= 2
+    metrics = scrape(operator.url("/metrics"))
+    assert metrics[("kubegate_operator_leader", ())] == 1
+    assert metrics[("kubegate_operator_status_writes_total", ())] > 0
+    assert metrics[("kubegate_operator_config_writes_total", (("kind", "ConfigMap"),))] >= 1
+    assert metrics[("kubegate_operator_reconcile_duration_seconds_count", (("part", "total"),))] >= 1
+    assert metrics[("kubegate_operator_config_acknowledged_seconds_count", ())] >= 1
 
 
 def test_tls_policy_follows_its_certificate(cluster, stack):
@@ -314,6 +353,11 @@ def test_two_operators_do_not_fight_and_the_follower_takes_over(cluster, stack):
     time.sleep(3)
     assert _versions(cluster) == before  # two replicas, nobody rewrites anything
     assert "acquired leadership" not in follower.log()
+    # A follower is ready (lists done, watching) but leaves kubegate_objects to the leader: no double counts.
+    assert http(follower.url("/readyz"))[0] == 200
+    follower_metrics = scrape(follower.url("/metrics"))
+    assert follower_metrics[("kubegate_operator_leader", ())] == 0
+    assert not [k for k in follower_metrics if k[0] == "kubegate_objects"]
     leader.stop(signal.SIGKILL)  # no clean hand-over: the follower must wait for the Lease to expire
     apply_yaml(cluster, f"""
 apiVersion: kubegate.dev/v1alpha1
@@ -326,6 +370,9 @@ spec:
     wait_ready(cluster, "gatewayroute", "after-failover", timeout=30)
     assert get(cluster, "lease", "kubegate-operator")["spec"]["holderIdentity"] == "operator-b"
     assert http(stack["dataplane"].url("/failover"))[0] == 200
+    assert scrape(follower.url("/metrics"))[("kubegate_operator_leader", ())] == 1
+    wait_until(lambda: exported_objects(follower) == objects_by_condition(cluster), 15,
+               "the new leader to export kubegate_objects")
     stack["operator"] = follower
     del stack["operator-b"]
 

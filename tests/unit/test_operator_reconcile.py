@@ -63,16 +63,19 @@ async def test_statuses_are_written_once_per_change_and_events_go_out_afterwards
     acknowledge(reconciler, "not-yet")
 
     await reconciler.reconcile_once()
+    await reconciler.settle()
     assert api.count("APPLY") >= 2  # ConfigMap and Secret (and the data plane's NetworkPolicy)
     assert api.count("PATCH") == 20  # Accepted, waiting for the data plane
     assert api.count("CREATE") == 0  # no Event yet: nothing became Ready
 
     api.calls.clear()
     await reconciler.reconcile_once()
+    await reconciler.settle()
     assert api.calls == []  # nothing new: no status re-derived, nothing written
 
     acknowledge(reconciler, reconciler.config_hash or "")
     await reconciler.reconcile_once()
+    await reconciler.settle()
     assert api.count("PATCH") == 20 and api.count("APPLY") == 0
     assert all(live.status["conditions"][3]["status"] == "True" for live in state.objects.values())
     assert api.count("CREATE") == 0  # the Ready events are queued, not in the status path
@@ -81,6 +84,7 @@ async def test_statuses_are_written_once_per_change_and_events_go_out_afterwards
 
     api.calls.clear()
     await reconciler.reconcile_once()
+    await reconciler.settle()
     assert api.calls == []
 
 
@@ -100,3 +104,39 @@ async def test_event_queue_drops_beyond_its_limit():
         await asyncio.sleep(0.01)
     worker.cancel()
     assert api.count("CREATE") == 2
+
+
+class SlowStatusApi(RecordingApi):
+    """Status patches hang until released, as on a busy API server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("PATCH", path))
+        await self.release.wait()
+        return self._answer(body)
+
+
+async def test_config_passes_do_not_wait_for_status_writes_nor_repeat_them():
+    api = SlowStatusApi()
+    state = ClusterState("gw")
+    for i in range(5):
+        state.upsert_object(route(i))
+    reconciler = Reconciler(api, state, identity="op", ack_grace=0.0)  # type: ignore[arg-type]
+    acknowledge(reconciler, "not-yet")
+    await asyncio.wait_for(reconciler.reconcile_once(), 5)  # returns while 5 patches are still in flight
+    await asyncio.sleep(0.01)
+    assert api.count("PATCH") == 5
+
+    state.upsert_object(route(5))  # a new route arrives meanwhile: its config is written at once
+    reconciler.mark(config=True)
+    await asyncio.wait_for(reconciler.reconcile_once(), 5)
+    await asyncio.sleep(0.01)
+    assert api.count("APPLY") >= 4  # two configs written while the first statuses hang
+    assert api.count("PATCH") == 6  # the five in flight are not patched a second time
+
+    api.release.set()
+    await reconciler.settle()
+    assert all(live.status for live in state.objects.values())
