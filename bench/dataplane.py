@@ -7,7 +7,8 @@ Everything is started here on free loopback ports, in one run:
   worker, as ``kubegate run`` starts it) serving three routes: bare; JWT HS256 +
   Redis rate limit + IP filter; the same with RS256. A real redis-server backs
   the limits (limit set high so nothing is 429). For reference: the HS256 route
-  on a process with in-memory limits, and 2 workers (SO_REUSEPORT) vs nginx with
+  on a process with in-memory limits, the bare route on a process whose plain-HTTP
+  listener is aiohttp's own server (what the lean front, http1.py, saves), and 2 workers (SO_REUSEPORT) vs nginx with
   ``worker_processes 2``. Cases are interleaved over ``--rounds`` rounds and the
   best round is kept: the machine is shared, and interference only ever makes a
   round slower. The proxy's CPU time per request is printed too (less noisy).
@@ -95,13 +96,16 @@ def redis_server(port: int, workdir: str) -> subprocess.Popen:
     )
 
 
-def gateway(config_path: str, port: int, redis_url: str | None, reuse_port: bool = False) -> subprocess.Popen:
+def gateway(config_path: str, port: int, redis_url: str | None, reuse_port: bool = False,
+            fast_http: bool = True) -> subprocess.Popen:
     """A kubegate data-plane process (this script's --serve mode)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--serve", config_path, "--port", str(port)]
     if redis_url:
         cmd += ["--redis-url", redis_url]
     if reuse_port:
         cmd.append("--reuse-port")
+    if not fast_http:
+        cmd.append("--aiohttp-front")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     words = proc.stdout.readline().split()
     if not words or words[0] != "ready":
@@ -211,7 +215,7 @@ def write_config(path: str, config: CompiledConfig, secrets: SecretBundle) -> No
 # --- --serve mode: the data-plane process -----------------------------------------------------------
 
 
-def serve(config_path: str, port: int, redis_url: str | None, reuse_port: bool) -> None:
+def serve(config_path: str, port: int, redis_url: str | None, reuse_port: bool, fast_http: bool) -> None:
     from kubegate.dataplane.ratelimit import build_rate_limiter
     from kubegate.dataplane.server import Gateway
 
@@ -223,7 +227,7 @@ def serve(config_path: str, port: int, redis_url: str | None, reuse_port: bool) 
     async def main() -> None:
         limiter = build_rate_limiter(redis_url)
         gw = Gateway(host="127.0.0.1", http_port=port, https_port=0, admin_port=0, limiter=limiter,
-                     reuse_port=reuse_port)
+                     reuse_port=reuse_port, fast_http=fast_http)
         await gw.start()
         gw.apply(config, secrets)
         gc.collect()
@@ -365,14 +369,16 @@ def main() -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--aiohttp-front", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.redis_url, args.reuse_port)
+        serve(args.serve, args.port, args.redis_url, args.reuse_port, not args.aiohttp_front)
         return 0
 
     work = tempfile.mkdtemp(prefix="kubegate-bench-")
     backend_port, nginx_port, nginx2_port = free_port(), free_port(), free_port()
     gw_port, gw2_port, gw_local_port, redis_port = free_port(), free_port(), free_port(), free_port()
+    gw_aiohttp_port = free_port()
     backend = f"http://127.0.0.1:{backend_port}"
     rsa_private, rsa_public = rsa_keys()
     config, secrets = throughput_config(backend, rsa_public)
@@ -399,8 +405,9 @@ def main() -> int:
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         one = gateway(config_path, gw_port, redis_url)
         local = gateway(config_path, gw_local_port, None)  # same config, in-memory limits: isolates Redis's cost
+        plain = gateway(config_path, gw_aiohttp_port, None, fast_http=False)  # what the lean front saves
         two = [gateway(config_path, gw2_port, redis_url, reuse_port=True) for _ in range(2)]
-        procs += [one, local, *two]
+        procs += [one, local, plain, *two]
         gw1, gw2 = [one.pid], [proc.pid for proc in two]
         hs = {"Authorization": f"Bearer {tokens['hs256']}"}
         rs = {"Authorization": f"Bearer {tokens['rs256']}"}
@@ -408,6 +415,7 @@ def main() -> int:
             "backend direct": (f"http://127.0.0.1:{backend_port}/bench", None, family(procs[0].pid)),
             "nginx proxy": (f"http://127.0.0.1:{nginx_port}/bench", None, family(procs[1].pid)),
             "kubegate bare": (f"http://127.0.0.1:{gw_port}/bare/bench", None, gw1),
+            "kubegate bare, aiohttp": (f"http://127.0.0.1:{gw_aiohttp_port}/bare/bench", None, [plain.pid]),
             "kubegate HS256+redis+ip": (f"http://127.0.0.1:{gw_port}/hs256/bench", hs, gw1),
             "kubegate RS256+redis+ip": (f"http://127.0.0.1:{gw_port}/rs256/bench", rs, gw1),
             "kubegate HS256+memory+ip": (f"http://127.0.0.1:{gw_local_port}/hs256/bench", hs, [local.pid]),
@@ -448,6 +456,10 @@ def main() -> int:
                   f"   [CPU per request: bare / this = {cpu_ratio:.2f}; redis-server CPU not included]")
         two_ratio = best["kubegate bare, 2 workers"]["rps"] / best["nginx proxy, 2 workers"]["rps"]
         print(f"(2 workers each: kubegate bare / nginx = {two_ratio:.2f})")
+        front = best["kubegate bare, aiohttp"]
+        print(f"lean HTTP/1.1 front (http1.py) vs aiohttp's server, bare route: "
+              f"{bare_rps / front['rps']:.2f} x req/s, {best['kubegate bare']['cpu_us'] / front['cpu_us']:.2f} x "
+              f"CPU per request")
 
         rate, seconds, rounds = 1000, 2, 5
         print(f"\nAdded latency at a fixed {rate} req/s (open loop, keep-alive asyncio client; {rounds} interleaved "

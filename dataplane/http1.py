@@ -4,36 +4,35 @@ everything else handed to aiohttp.
 aiohttp's server machinery costs ~30 us of CPU per request (request objects,
 a task per request, writer and response preparation), a quarter of a proxied
 request. Most API traffic is the simplest case: HTTP/1.1, no request body, no
-upgrade. For exactly that strict subset this protocol parses the head itself
-and writes the answer itself. Anything else (a body, Transfer-Encoding,
-Expect, Upgrade/WebSocket, HTTP/1.0, odd bytes, an oversized head) makes it
-hand the connection, unread bytes included, to aiohttp's own protocol at a
-request boundary, so every edge case (and every refusal) stays aiohttp's.
+upgrade. llhttp (through httptools, as uvicorn uses it) parses every request
+head; this protocol answers the bodyless HTTP/1.1 ones itself. A request llhttp
+refuses (bare CR/LF, obs-fold, controls, Content-Length with Transfer-Encoding,
+duplicate Content-Length, ...) gets a 400 and the connection is closed. Any
+other request (a body, an upgrade, HTTP/1.0, not exactly one Host, a target
+that is not origin-form) makes it hand the connection, unread bytes included,
+to aiohttp's own protocol at the request's first byte: the parser is only ever
+fed up to the end of a head, so a body is never read by two parsers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
 
+import httptools
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict, CIMultiDictProxy
 
 log = logging.getLogger("kubegate.dataplane")
 
-MAX_HEAD = 8190  # aiohttp's default limit; larger heads go to aiohttp for its 431/400
+MAX_HEAD = 8190  # aiohttp's default limit; a larger head is refused with 431
 MAX_BUFFERED = 64 * 1024  # pipelined bytes held while a request is in flight before pausing reads
 KEEPALIVE_SECONDS = 75.0
 SWEEP_SECONDS = 5.0  # idle connections are closed within this much after KEEPALIVE_SECONDS
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_TARGET = re.compile(r"/[!-~]*")  # origin-form, visible ASCII only
-_BAD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")  # checked per line: no bare CR/LF, no controls
-# Request headers that mean "not the simple case": body framing, protocol switches, 100-continue.
-_HAND_OFF_HEADERS = frozenset({"transfer-encoding", "upgrade", "expect", "http2-settings"})
 _EMPTY_STATUSES = frozenset({204, 304})
 
 
@@ -65,47 +64,54 @@ class SimpleRequest:
         return 0 if "Content-Length" in self.headers else None
 
 
-def parse_simple(head: bytes) -> tuple[str, Target, list[tuple[str, str]], bool] | None:
-    """(method, target, headers, close) for the strict simple subset; None = let aiohttp decide.
+class RequestHead:
+    """llhttp's callbacks, one request head at a time; ``simple()`` says whether the front serves it.
 
-    ``head`` is everything before the blank line. Pure, so it is unit-tested directly.
+    ``feed`` raises ``httptools.HttpParserError`` for a request llhttp refuses and
+    ``httptools.HttpParserUpgrade`` for an upgrade (WebSocket, h2c) or CONNECT.
     """
-    lines = head.split(b"\r\n")
-    for line in lines:
-        if _BAD_BYTES.search(line):
+
+    __slots__ = ("_parser", "complete", "headers", "hosts", "keep_alive", "method", "url", "version")
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self.reset()
+
+    def reset(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[str, str]] = []
+        self.hosts = 0
+        self.complete = False
+        self.keep_alive = True
+        self.method = ""
+        self.version = ""
+
+    def feed(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"host":
+            self.hosts += 1
+        # llhttp checked both (token name; no CR, LF or controls in the value) but keeps trailing OWS
+        self.headers.append((name.decode("latin-1"), value.rstrip(b" \t").decode("utf-8", "surrogateescape")))
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        self.complete = True
+        self.keep_alive = parser.should_keep_alive()
+        self.method = parser.get_method().decode("ascii")
+        self.version = parser.get_http_version()
+
+    def simple(self) -> tuple[str, Target, list[tuple[str, str]], bool] | None:
+        """(method, target, headers, close) of a complete request the front serves; None = aiohttp's."""
+        url = self.url
+        if self.version != "1.1" or self.hosts != 1 or url[:1] != b"/" or b"#" in url:
             return None
-    try:
-        text = [line.decode("ascii") for line in lines]
-    except UnicodeDecodeError:
-        return None
-    parts = text[0].split(" ")
-    if len(parts) != 3 or parts[2] != "HTTP/1.1" or not _TOKEN.fullmatch(parts[0]):
-        return None
-    method, target = parts[0], parts[1]
-    if not _TARGET.fullmatch(target) or "#" in target:
-        return None
-    headers: list[tuple[str, str]] = []
-    hosts = 0
-    close = False
-    for line in text[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.fullmatch(name):
-            return None  # includes obs-fold continuation lines (leading whitespace)
-        value = value.strip(" \t")
-        lower = name.lower()
-        if lower in _HAND_OFF_HEADERS:
-            return None
-        if lower == "content-length" and value != "0":
-            return None
-        if lower == "host":
-            hosts += 1
-        elif lower == "connection" and "close" in value.lower():
-            close = True
-        headers.append((name, value))
-    if hosts != 1:
-        return None
-    path, _, query = target.partition("?")
-    return method, Target(path, query), headers, close
+        path, _, query = url.decode("latin-1").partition("?")  # llhttp allows visible ASCII only
+        return self.method, Target(path, query), self.headers, not self.keep_alive
 
 
 class _Sent:
@@ -165,7 +171,9 @@ class FastHttpProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._remote = ""
-        self._buf = b""
+        self._buf = b""  # received bytes from the current request's first byte on
+        self._fed = 0  # how many of them llhttp has seen (all part of the current head)
+        self._reader = RequestHead()
         self._task: asyncio.Task | None = None
         self._paused = False
         self._write_paused = False
@@ -218,24 +226,50 @@ class FastHttpProtocol(asyncio.Protocol):
     # --- requests -----------------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Start the next buffered request, or hand the connection over."""
+        """Parse the next buffered request head: serve it, hand the connection over, or refuse it."""
         buf = self._buf
         if not buf or self._transport is None:
             return
-        end = buf.find(b"\r\n\r\n")
-        if end == -1:
-            if len(buf) > MAX_HEAD:
-                self._hand_off()
+        end = buf.find(b"\r\n\r\n", max(0, self._fed - 3))
+        stop = len(buf) if end == -1 else end + 4  # never past a head's blank line: a body stays unread
+        if stop > MAX_HEAD:
+            self._refuse(431, "request head too large")
             return
-        parsed = parse_simple(buf[:end]) if end <= MAX_HEAD else None
+        reader = self._reader
+        try:
+            reader.feed(buf[self._fed:stop])
+        except httptools.HttpParserUpgrade:
+            self._hand_off()
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(400, str(exc) or "malformed request")
+            return
+        self._fed = stop
+        if not reader.complete:
+            if end != -1:
+                self._hand_off()  # the head is complete and a body follows: aiohttp reads it
+            return
+        parsed = reader.simple()
         if parsed is None:
             self._hand_off()
             return
-        self._buf = buf[end + 4:]
+        reader.reset()
+        self._buf, self._fed = buf[stop:], 0
         method, target, headers, close = parsed
         request = SimpleRequest(method, target, CIMultiDictProxy(CIMultiDict(headers)), self._remote,
                                 self._transport, close)
         self._task = self._loop.create_task(self._serve(request))
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request llhttp refused, or an oversized head: answer, then close (the stream is unusable)."""
+        transport, self._transport = self._transport, None
+        self._buf = b""
+        body = json.dumps({"error": message, "reason": "bad_request", "status": status},
+                          separators=(",", ":")).encode()
+        head = self._head(status, "", [("Content-Type", "application/json")],
+                          f"Content-Length: {len(body)}\r\n\r\n", True)
+        transport.write(head + body)
+        transport.close()
 
     def _hand_off(self) -> None:
         transport = self._transport

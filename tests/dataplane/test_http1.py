@@ -5,39 +5,94 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httptools
 import pytest
-from kubegate.dataplane.http1 import parse_simple
+from kubegate.dataplane.http1 import RequestHead, Target
 
 from kubegate.config import CompiledConfig
 
+PLAIN = (b"GET /a/b?x=1&y HTTP/1.1\r\nHost: api.test\r\nX-A:  v \t\r\nContent-Length: 0\r\n"
+         b"Connection: close\r\n\r\n")
 
-def test_parse_simple_accepts_the_plain_case():
-    method, target, headers, close = parse_simple(b"GET /a/b?x=1&y HTTP/1.1\r\nHost: api.test\r\nX-A:  v \r\n"
-                                                  b"Content-Length: 0\r\nConnection: close")
-    assert (method, target.raw_path, target.raw_query_string, close) == ("GET", "/a/b", "x=1&y", True)
-    assert headers == [("Host", "api.test"), ("X-A", "v"), ("Content-Length", "0"), ("Connection", "close")]
+
+def _head(*pieces: bytes) -> RequestHead:
+    reader = RequestHead()
+    for piece in pieces:
+        reader.feed(piece)
+    return reader
+
+
+def test_simple_request_parsed_whole_or_byte_by_byte():
+    expected = ("GET", Target("/a/b", "x=1&y"),
+                [("Host", "api.test"), ("X-A", "v"), ("Content-Length", "0"), ("Connection", "close")], True)
+    assert _head(PLAIN).simple() == expected
+    assert _head(*(PLAIN[i:i + 1] for i in range(len(PLAIN)))).simple() == expected
+    reader = _head(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reader.simple()[3] is False  # keep-alive
+    reader.reset()
+    reader.feed(b"HEAD /two HTTP/1.1\r\nHost: b\r\n\r\n")  # the same parser, the next request
+    assert reader.simple()[:2] == ("HEAD", Target("/two", ""))
 
 
 @pytest.mark.parametrize("head", [
-    b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5",  # a body
-    b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked",
-    b"GET /a HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade",
-    b"GET /a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue",
-    b"GET /a HTTP/1.0\r\nHost: a",
-    b"GET /a HTTP/1.1",  # no Host
-    b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b",
-    b"GET /a HTTP/1.1\r\nHost: a\r\nX: 1\r\n continued",  # obs-fold
-    b"GET /a HTTP/1.1\r\nHost: a\r\nBad Name: 1",
-    b"GET /a HTTP/1.1\r\nHost: a\r\nX: a\nb",  # bare LF
-    b"GET /a HTTP/1.1\r\nHost: a\r\nX: \x00",
-    b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a",
-    b"GET http://a/x HTTP/1.1\r\nHost: a",  # absolute-form
-    b"GET /a#frag HTTP/1.1\r\nHost: a",
-    b"GET  /a HTTP/1.1\r\nHost: a",
-    b"G(T /a HTTP/1.1\r\nHost: a",
+    b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET /a HTTP/1.1\r\n\r\n",  # no Host
+    b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n",  # absolute-form
+    b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n",
 ])
-def test_parse_simple_leaves_everything_else_to_aiohttp(head):
-    assert parse_simple(head) is None
+def test_complete_requests_the_front_leaves_to_aiohttp(head):
+    reader = _head(head)
+    assert reader.complete and reader.simple() is None
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+])
+def test_a_body_is_left_unread(head):
+    assert not _head(head).complete  # the head is done, the message is not: aiohttp gets it all
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+])
+def test_upgrades_are_signalled(head):
+    with pytest.raises(httptools.HttpParserUpgrade):
+        _head(head)
+
+
+SMUGGLING = [
+    b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",  # CL + TE
+    b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",  # TE + CL
+    b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: a\r\nX: 1\r\n continued\r\n\r\n",  # obs-fold
+    b"GET /a HTTP/1.1\r\nHost: a\nX-Injected: 1\r\n\r\n",  # bare LF
+    b"GET /a HTTP/1.1\nHost: a\n\n",
+    b"GET /a HTTP/1.1\r\nHost: a\r\nX: a\rX-Injected: 1\r\n\r\n",  # bare CR
+    b"GET /a HTTP/1.1\r\nHost: a\r\nX: \x00\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: a\r\nX: \x7f\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost : a\r\n\r\n",  # whitespace before the colon
+    b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"G(T /a HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS on the plain port
+]
+
+
+@pytest.mark.parametrize("head", SMUGGLING)
+def test_smuggling_and_injection_attempts_are_parse_errors(head):
+    with pytest.raises(httptools.HttpParserError) as caught:
+        _head(head)
+    assert not isinstance(caught.value, httptools.HttpParserUpgrade)
 
 
 async def _exchange(port: int, data: bytes, *, until_close: bool = True, wait: float = 5) -> bytes:
@@ -107,11 +162,46 @@ async def test_connection_moves_to_aiohttp_for_a_body_after_simple_requests(back
     assert json.loads(second[2])["body_len"] == 5 and json.loads(second[2])["method"] == "POST"
 
 
-async def test_garbage_is_refused_by_aiohttp_not_served(start_gateway, make_route, backend):
+async def test_malformed_requests_get_a_400_and_a_closed_connection(start_gateway, make_route, backend):
     b = await backend()
     gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)))
-    raw = await _exchange(gw.ports["http"], b"GET /a HTTP/1.1\r\nHost: t\r\nX: a\nb\r\n\r\n")
-    assert raw.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request") and b.received == []
+    for head in SMUGGLING:
+        # a valid request pipelined behind the bad one must never be served
+        raw = await _exchange(gw.ports["http"], head + b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n", wait=2)
+        status_line, _, rest = raw.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 400 Bad Request", head
+        body = json.loads(rest.partition(b"\r\n\r\n")[2])
+        assert body["status"] == 400 and body["reason"] == "bad_request" and body["error"]
+    # HTTP/2's preface: its first head is well-formed, so aiohttp gets the connection and refuses it
+    raw = await _exchange(gw.ports["http"], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", wait=2)
+    assert raw.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert b.received == [] and not b.hits
+
+
+async def test_oversized_head_gets_a_431(start_gateway, make_route, backend):
+    b = await backend()
+    gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)))
+    for head in (b"GET /a HTTP/1.1\r\nHost: t\r\nX-Big: " + b"x" * 9000 + b"\r\n\r\n",
+                 b"GET /a HTTP/1.1\r\nHost: t\r\nX-Big: " + b"x" * 9000):  # never ends: no hang either
+        raw = await _exchange(gw.ports["http"], head, wait=2)
+        assert raw.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b.received == []
+
+
+async def test_heads_split_anywhere_including_the_blank_line(backend, start_gateway, make_route):
+    b = await backend()
+    gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.ports["http"])
+    for piece in (b"GET /one HTTP/1.1\r\nHo", b"st: t\r\n\r", b"\nPOST /two HTTP/1.1\r\nHost: t\r\n",
+                  b"Content-Length: 5\r\nConnection: close\r\n\r", b"\nhel", b"lo"):
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    first, second = _responses(await asyncio.wait_for(reader.read(), 5))
+    writer.close()
+    assert first[0] == second[0] == 200
+    assert json.loads(first[2])["path"] == "/one"
+    assert (json.loads(second[2])["method"], json.loads(second[2])["body_len"]) == ("POST", 5)
 
 
 async def test_client_gone_mid_request_cancels_the_upstream_exchange(backend, start_gateway, make_route):
