@@ -7,6 +7,12 @@ IP filter (403) -> authentication (401 invalid/missing, 403 not allowed)
 closed). The result is a :class:`Verdict`; the proxy turns a non-None
 status into an error response and adds ``response_headers`` either way.
 
+Per request, the work is a few dict lookups: the IP filter remembers its
+verdict per client address, a bearer token seen before is a synchronous
+cache hit (JwtVerifier.lookup), and each route keeps the ChargeSet of every
+client (user, key, header value) it has seen, so the limiter's encoding of
+it is reused too (bounded: MAX_CHARGE_SETS over all routes).
+
 Rate-limit buckets are keyed ``kg:{<route namespace>}:rl:<limit key>:<who>``.
 The single hash tag per request (the route's namespace) puts every bucket
 one request touches in the same Redis Cluster slot, so one script can check
@@ -19,6 +25,7 @@ gateway-wide default policy counts per namespace rather than across all.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +33,7 @@ from kubegate.dataplane.api_key_auth import ApiKeyTable, KeyRecord, extract_api_
 from kubegate.dataplane.ipfilter import IpFilter, canonical_ip
 from kubegate.dataplane.jwt_auth import JwtRejected, JwtVerifier, TokenCache
 from kubegate.dataplane.mtls_auth import SubjectMatcher, client_identity
-from kubegate.dataplane.ratelimit import Charge, RateLimiter
+from kubegate.dataplane.ratelimit import Charge, ChargeSet, RateLimiter
 
 from kubegate.config import CompiledConfig, CompiledLimit, CompiledRoute, SecretBundle
 
@@ -37,6 +44,7 @@ if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
 
 _MAX_DISCRIMINATOR = 64  # longer header values / subs are hashed into the key
+MAX_CHARGE_SETS = 50_000  # remembered ChargeSets over all routes (~20 MiB); then the memory starts afresh
 
 
 @dataclass(slots=True)
@@ -56,7 +64,7 @@ class Verdict:
     reason: str = ""
     message: str = ""
     response_headers: dict[str, str] = field(default_factory=dict)
-    upstream_headers: dict[str, str] = field(default_factory=dict)
+    upstream_headers: dict[str, str] = field(default_factory=dict)  # read-only: shared by a token's requests
     principal: str | None = None
 
 
@@ -83,18 +91,27 @@ class _RoutePlan:
     limits: tuple[_LimitPlan, ...]
     failure_mode: str
     tag: str  # "kg:{<namespace>}:rl:"
+    has_auth: bool
+    jwt_only: bool  # a bearer token is the only credential: a cached one needs no other check
+    ip_keyed: bool  # limits only per client address or global: the address alone picks the ChargeSet
+    charge_sets: dict[object, ChargeSet] = field(default_factory=dict)  # who -> this route's charges
 
-    @property
-    def has_auth(self) -> bool:
-        return self.accepts_jwt or self.accepts_api_key or self.accepts_mtls
 
-
-@dataclass(slots=True)
 class _Authenticated:
-    principal: str | None = None
-    sub: str | None = None
-    key: KeyRecord | None = None
-    upstream_headers: dict[str, str] = field(default_factory=dict)
+    """Who a request is, as far as rate limits and the verdict care."""
+
+    __slots__ = ("key", "principal", "sub", "upstream_headers")
+
+    def __init__(self, principal: str | None = None, sub: str | None = None, key: KeyRecord | None = None,
+                 upstream_headers: dict[str, str] | None = None) -> None:
+        self.principal = principal
+        self.sub = sub
+        self.key = key
+        self.upstream_headers = _NO_HEADERS if upstream_headers is None else upstream_headers
+
+
+_NO_HEADERS: dict[str, str] = {}  # shared, never written to
+_ANONYMOUS = _Authenticated()
 
 
 def _discriminator(value: str) -> str:
@@ -133,23 +150,26 @@ class Admission:
         self._metrics = metrics
         self._audit = audit
         self.token_cache = TokenCache()
+        self._charge_sets = 0  # remembered over all routes (MAX_CHARGE_SETS)
         self._keys = ApiKeyTable(config.api_keys, secrets)
         self._key_limits: dict[str, tuple[str, _LimitPlan]] = {}  # key id -> (namespace, plan)
         for key in config.api_keys:
             if key.rate_limit is not None:
                 _limit_plan("", key.rate_limit)  # refuse an unusable per-key limit at load time
         verifiers: dict[str, JwtVerifier] = {}
+        filters: dict[tuple[tuple[str, ...], tuple[str, ...]], IpFilter] = {}
         self._plans: dict[str, _RoutePlan] = {}
         for route in config.routes:
             try:
-                plan = self._plan(route, secrets, jwks, verifiers)
+                plan = self._plan(route, secrets, jwks, verifiers, filters)
             except ValueError as exc:
                 raise ValueError(f"route {route.id}: {exc}") from None
             if plan is not None:
                 self._plans[route.id] = plan
 
     def _plan(
-        self, route: CompiledRoute, secrets: SecretBundle, jwks: JwksCache, verifiers: dict[str, JwtVerifier]
+        self, route: CompiledRoute, secrets: SecretBundle, jwks: JwksCache, verifiers: dict[str, JwtVerifier],
+        filters: dict[tuple[tuple[str, ...], tuple[str, ...]], IpFilter],
     ) -> _RoutePlan | None:
         auth = route.auth
         methods = set(auth.methods) if auth else set()
@@ -162,7 +182,12 @@ class Admission:
             if verifier is None:
                 verifier = JwtVerifier(auth.jwt, secrets, jwks, self.token_cache, len(verifiers))
                 verifiers[identity] = verifier
-        ip_filter = IpFilter(route.ip_allow, route.ip_deny) if (route.ip_allow or route.ip_deny) else None
+        ip_filter = None
+        if route.ip_allow or route.ip_deny:  # routes with the same lists share one filter (and its memory)
+            lists = (tuple(route.ip_allow), tuple(route.ip_deny))
+            ip_filter = filters.get(lists)
+            if ip_filter is None:
+                ip_filter = filters[lists] = IpFilter(*lists)
         tag = f"kg:{{{route.namespace}}}:rl:"
         limits = tuple(_limit_plan(tag, lim) for lim in route.rate_limit.limits) if route.rate_limit else ()
         if not methods and ip_filter is None and not limits:
@@ -186,6 +211,9 @@ class Admission:
             limits=limits,
             failure_mode=route.rate_limit.failure_mode if route.rate_limit else "open",
             tag=tag,
+            has_auth=bool(methods),
+            jwt_only=methods == {"jwt"},
+            ip_keyed=bool(limits) and all(lp.dimension in ("ip", "global") for lp in limits),
         )
 
     def has_work(self, route: CompiledRoute) -> bool:
@@ -200,33 +228,48 @@ class Admission:
             self._metrics.ip_denied.labels(route.id).inc()
             self._audit.event("ip_denied", route=route.id, client_ip=facts.client_ip, reason="ip_denied")
             return Verdict(403, "ip_denied", "client address not allowed")
-        who = _Authenticated()
+        who = _ANONYMOUS
         if plan.has_auth:
-            outcome = await self._authenticate(plan, route, facts)
-            if isinstance(outcome, Verdict):
-                return outcome
-            who = outcome
-        verdict = Verdict(upstream_headers=who.upstream_headers, principal=who.principal)
-        charges = self._charges(plan, facts, who)
-        if charges:
-            result = await self._limiter.hit(charges, plan.failure_mode)
-            verdict.response_headers = result.headers()
-            if not result.allowed:
-                if result.store_unavailable:
-                    verdict.status, verdict.reason = 503, "ratelimit_unavailable"
-                    verdict.message = "rate limit store unavailable"
-                    return verdict
-                dimension = result.denied_dimension or "global"
-                self._metrics.rate_limited.labels(route.id, dimension).inc()
-                self._audit.event(
-                    "rate_limited", route=route.id, client_ip=facts.client_ip, reason="rate_limited",
-                    dimension=dimension, principal=who.principal,
-                )
-                verdict.status, verdict.reason, verdict.message = 429, "rate_limited", "rate limit exceeded"
-                verdict.upstream_headers = {}
-        return verdict
+            known = self._known_bearer(plan, facts) if plan.jwt_only else None
+            if known is not None:
+                who = known
+            else:
+                outcome = await self._authenticate(plan, route, facts)
+                if type(outcome) is Verdict:
+                    return outcome
+                who = outcome
+        charges = self._charge_set(plan, facts, who)
+        if charges is None:
+            return Verdict(None, "", "", {}, who.upstream_headers, who.principal)
+        result = await self._limiter.hit(charges, plan.failure_mode)
+        if result.allowed:
+            return Verdict(None, "", "", result.headers(), who.upstream_headers, who.principal)
+        if result.store_unavailable:
+            return Verdict(503, "ratelimit_unavailable", "rate limit store unavailable", result.headers(),
+                           who.upstream_headers, who.principal)
+        dimension = result.denied_dimension or "global"
+        self._metrics.rate_limited.labels(route.id, dimension).inc()
+        self._audit.event(
+            "rate_limited", route=route.id, client_ip=facts.client_ip, reason="rate_limited",
+            dimension=dimension, principal=who.principal,
+        )
+        return Verdict(429, "rate_limited", "rate limit exceeded", result.headers(), {}, who.principal)
 
     # --- authentication -------------------------------------------------------
+
+    @staticmethod
+    def _known_bearer(plan: _RoutePlan, facts: RequestFacts) -> _Authenticated | None:
+        """A bearer token verified before (the common case), without awaiting; None: full check."""
+        authorization = facts.headers.get("Authorization")
+        if authorization is None or authorization[:7].lower() != "bearer ":
+            return None
+        try:
+            identity = plan.jwt.lookup(authorization[7:].strip(), time.time())
+        except JwtRejected:
+            return None  # _authenticate refuses it, with its metric and audit line
+        if identity is None:
+            return None
+        return _Authenticated(identity.principal, identity.sub, None, identity.upstream_headers)
 
     async def _authenticate(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts):
         """An _Authenticated (possibly anonymous) or a refusing Verdict."""
@@ -270,10 +313,7 @@ class Admission:
                 else:
                     invalid = (exc.reason, exc.message)
             else:
-                return _Authenticated(
-                    principal=f"jwt:{identity.sub or '-'}", sub=identity.sub,
-                    upstream_headers=dict(identity.upstream_headers),
-                )
+                return _Authenticated(identity.principal, identity.sub, None, identity.upstream_headers)
 
         if invalid is not None:
             return self._refuse(route, facts, 401, *invalid, plan=plan)
@@ -284,7 +324,7 @@ class Admission:
             return self._refuse(route, facts, 403, reason, message, principal=principal)
         if not presented and plan.auth_required:
             return self._refuse(route, facts, 401, "missing_credentials", "credentials required", plan=plan)
-        return _Authenticated()
+        return _ANONYMOUS
 
     def _refuse(self, route: CompiledRoute, facts: RequestFacts, status: int, reason: str, message: str, *,
                 plan: _RoutePlan | None = None, principal: str | None = None) -> Verdict:
@@ -307,7 +347,28 @@ class Admission:
 
     # --- rate limiting ----------------------------------------------------------
 
-    def _charges(self, plan: _RoutePlan, facts: RequestFacts, who: _Authenticated) -> list[Charge]:
+    def _charge_set(self, plan: _RoutePlan, facts: RequestFacts, who: _Authenticated) -> ChargeSet | None:
+        """The buckets this request draws from (None: no limit applies), remembered per route and who."""
+        key = who.key
+        key_limited = key is not None and key.rate_limit is not None
+        if plan.ip_keyed and not key_limited:
+            memo = facts.client_ip
+        elif plan.limits or key_limited:
+            memo = (tuple([self._who(lp, facts, who) for lp in plan.limits]), key.id if key_limited else None)
+        else:
+            return None
+        charges = plan.charge_sets.get(memo)
+        if charges is None:
+            charges = self._charges(plan, facts, who)
+            if self._charge_sets >= MAX_CHARGE_SETS:
+                for each in self._plans.values():
+                    each.charge_sets.clear()
+                self._charge_sets = 0
+            plan.charge_sets[memo] = charges
+            self._charge_sets += 1
+        return charges
+
+    def _charges(self, plan: _RoutePlan, facts: RequestFacts, who: _Authenticated) -> ChargeSet:
         charges = [
             Charge(lp.prefix + self._who(lp, facts, who), lp.requests, lp.capacity, lp.per_second, lp.dimension)
             for lp in plan.limits
@@ -316,7 +377,7 @@ class Admission:
         if key is not None and key.rate_limit is not None:
             lp = self._key_limit(plan.tag, key)
             charges.append(Charge(lp.prefix + key.id, lp.requests, lp.capacity, lp.per_second, "apiKey"))
-        return charges
+        return ChargeSet(charges)
 
     def _key_limit(self, tag: str, key: KeyRecord) -> _LimitPlan:
         cached = self._key_limits.get(key.id)

@@ -7,9 +7,12 @@ config is loaded, and a token whose header names an algorithm outside the
 route's allow list is refused before any signature work. ``none`` can never
 be allowed.
 
-Verified tokens are cached (bounded LRU keyed by the token's sha256 and the
-verifier) until they expire, so a repeated token costs a dict lookup; exp
-and nbf are still checked against the clock on every hit.
+Verified tokens are cached (bounded LRU keyed by the verifier and the token
+string itself, whose hash Python computes in C at a fraction of a sha256's
+cost; tokens over RAW_KEY_MAX characters are keyed by their sha256 so the
+cache stays small) until they expire, so a repeated token costs a dict
+lookup (:meth:`JwtVerifier.lookup`, synchronous); exp and nbf are still
+checked against the clock on every hit.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from kubegate.dataplane.jwks import JwksCache, JwksError
 from kubegate.config import CompiledJwt, SecretBundle
 
 MAX_TOKEN_BYTES = 16_384
+RAW_KEY_MAX = 2_048  # longer tokens are cached under their sha256: at most ~20 MiB of keys at 10,000 entries
 NO_EXP_CACHE_SECONDS = 300.0  # tokens without exp are re-verified this often (key rotation)
 
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
@@ -76,6 +80,7 @@ class JwtRejected(Exception):
 
 @dataclass(slots=True, frozen=True)
 class JwtIdentity:
+    principal: str  # "jwt:<sub>" for audit lines and the verdict, made once per token
     sub: str | None
     exp: float | None
     nbf: float | None
@@ -109,13 +114,15 @@ def _claim_matches(actual: Any, wanted: str) -> bool:
 
 
 class TokenCache:
-    """Bounded LRU of verified tokens, shared by the verifiers of one config snapshot."""
+    """Bounded LRU of verified tokens, shared by the verifiers of one config snapshot.
+
+    Keys are (verifier, token or its sha256 digest); see JwtVerifier.cache_key."""
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple[int, bytes], JwtIdentity] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, str | bytes], JwtIdentity] = OrderedDict()
 
-    def get(self, key: tuple[int, bytes], now: float) -> JwtIdentity | None:
+    def get(self, key: tuple[int, str | bytes], now: float) -> JwtIdentity | None:
         identity = self._entries.get(key)
         if identity is None:
             return None
@@ -125,7 +132,7 @@ class TokenCache:
         self._entries.move_to_end(key)
         return identity
 
-    def put(self, key: tuple[int, bytes], identity: JwtIdentity) -> None:
+    def put(self, key: tuple[int, str | bytes], identity: JwtIdentity) -> None:
         self._entries[key] = identity
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
@@ -173,27 +180,40 @@ class JwtVerifier:
         self._options = {"verify_aud": bool(cfg.audiences), "require": []}
         self._audience = list(cfg.audiences) or None
 
+    def cache_key(self, token: str) -> tuple[int, str | bytes]:
+        if len(token) <= RAW_KEY_MAX:
+            return (self._ident, token)
+        if len(token) > MAX_TOKEN_BYTES:
+            raise JwtRejected("invalid_token", "token too large")
+        return (self._ident, hashlib.sha256(token.encode()).digest())
+
+    def lookup(self, token: str, now: float) -> JwtIdentity | None:
+        """A token verified before: its identity (exp, nbf and requiredClaims re-checked, raising
+        JwtRejected like verify), or None when it must be verified (await verify)."""
+        identity = self._cache.get(self.cache_key(token), now)
+        if identity is not None:
+            self._check(identity, now)
+        return identity
+
     async def verify(self, token: str, now: float | None = None) -> JwtIdentity:
         """Admit or raise JwtRejected; a 403 (requiredClaims) is also a JwtRejected."""
         now = time.time() if now is None else now
-        if len(token) > MAX_TOKEN_BYTES:
-            raise JwtRejected("invalid_token", "token too large")
-        cache_key = (self._ident, hashlib.sha256(token.encode()).digest())
+        cache_key = self.cache_key(token)
         identity = self._cache.get(cache_key, now)
         if identity is None:
             identity = await self._verify_signature(token, now)
             self._cache.put(cache_key, identity)
-        self._check_times(identity, now)  # on every hit, and against the caller's clock on a miss
-        if identity.forbidden is not None:
-            raise JwtRejected("forbidden_claims", identity.forbidden, 403)
+        self._check(identity, now)  # on every hit, and against the caller's clock on a miss
         return identity
 
-    def _check_times(self, identity: JwtIdentity, now: float) -> None:
+    def _check(self, identity: JwtIdentity, now: float) -> None:
         leeway = self.cfg.leeway_seconds
         if identity.exp is not None and now > identity.exp + leeway:
             raise JwtRejected("token_expired", "token expired")
         if identity.nbf is not None and now < identity.nbf - leeway:
             raise JwtRejected("token_not_yet_valid", "token not yet valid")
+        if identity.forbidden is not None:
+            raise JwtRejected("forbidden_claims", identity.forbidden, 403)
 
     async def _key_for(self, header: dict[str, Any], alg: str) -> Any:
         if self._static:
@@ -251,7 +271,8 @@ class JwtVerifier:
         until = now + NO_EXP_CACHE_SECONDS
         if exp is not None:
             until = min(until, exp + self.cfg.leeway_seconds)
+        sub = claim_text(sub) if sub is not None else None
         return JwtIdentity(
-            sub=claim_text(sub) if sub is not None else None,
+            principal=f"jwt:{sub or '-'}", sub=sub,
             exp=exp, nbf=nbf, upstream_headers=headers, forbidden=forbidden, cache_until=until,
         )

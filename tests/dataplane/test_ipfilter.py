@@ -58,3 +58,13 @@ def test_many_cidrs_agree_with_brute_force():
     probes += [ipaddress.ip_address(f"2001:db8:{rng.randrange(65536):x}::1") for _ in range(100)]
     for ip in probes:
         assert (ip in table) == any(ip in n for n in nets), ip
+
+
+def test_remembered_verdicts_agree_and_stay_bounded():
+    f = IpFilter(allow=["10.0.0.0/8"], deny=["10.6.0.0/16"])
+    addresses = [f"10.{i % 12}.{i // 12 % 256}.1" for i in range(3 * IpFilter.VERDICTS_KEPT)] + ["garbage", "::1"]
+    fresh = [IpFilter(allow=["10.0.0.0/8"], deny=["10.6.0.0/16"]).permits(a) for a in addresses]
+    for _ in range(2):  # second pass: partly from memory (the memory was cleared on the way)
+        assert [f.permits(a) for a in addresses] == fresh
+        assert len(f._verdicts) <= IpFilter.VERDICTS_KEPT
+    assert fresh.count(False) == 3 * IpFilter.VERDICTS_KEPT // 12 + 2  # 10.6.x.x, garbage and ::1 refused

@@ -17,7 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from kubegate.dataplane.admission import Admission, RequestFacts
 from kubegate.dataplane.audit import AuditLog
 from kubegate.dataplane.jwks import JwksCache, parse_jwks
-from kubegate.dataplane.jwt_auth import JwtRejected, JwtVerifier, TokenCache, claim_text
+from kubegate.dataplane.jwt_auth import (
+    MAX_TOKEN_BYTES,
+    RAW_KEY_MAX,
+    JwtRejected,
+    JwtVerifier,
+    TokenCache,
+    claim_text,
+)
 from kubegate.dataplane.metrics import Metrics
 from kubegate.dataplane.ratelimit import MemoryRateLimiter
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -196,6 +203,32 @@ async def test_verified_tokens_are_cached_but_exp_is_rechecked():
         assert refused.value.reason == "token_expired"
     finally:
         jwt.decode = real_decode
+
+
+async def test_cache_hits_are_synchronous_and_long_tokens_are_keyed_by_digest():
+    verifier = JwtVerifier(jwt_config(), SECRETS, JwksCache(), TokenCache(), 0)
+    now = time.time()
+    short, long = rs256(exp=int(now) + 60), rs256(exp=int(now) + 60, padding="x" * RAW_KEY_MAX)
+    assert verifier.lookup(short, now) is None  # never seen: the caller awaits verify()
+    for token in (short, long):
+        first = await verifier.verify(token, now)
+        assert verifier.lookup(token, now + 1) is first
+        assert verifier.lookup(token + "x", now + 1) is None  # a different string is a different token
+    keys = [key for _, key in verifier._cache._entries]
+    assert keys == [short, hashlib.sha256(long.encode()).digest()]  # memory stays bounded for long tokens
+    later = now + 60 + 5.5  # exp + leeway passed: never answered from the cache
+    assert verifier.lookup(short, later) is None and len(verifier._cache) == 1
+    with pytest.raises(JwtRejected, match="expired"):
+        await verifier.verify(short, later)
+    lacking = rs256(scope="read")
+    with pytest.raises(JwtRejected) as refused:
+        await verifier.verify(lacking, now)
+    assert refused.value.status == 403
+    with pytest.raises(JwtRejected) as again:  # the cached 403 is a 403 from lookup() too
+        verifier.lookup(lacking, now)
+    assert again.value.status == 403
+    with pytest.raises(JwtRejected, match="too large"):
+        verifier.lookup("x" * (MAX_TOKEN_BYTES + 1), now)
 
 
 def test_token_cache_is_bounded():
