@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import jwt
+import kubegate.dataplane.admission as admission_module
 import pytest
 from kubegate.dataplane.admission import Admission, RequestFacts
 from kubegate.dataplane.audit import AuditLog
@@ -165,6 +166,27 @@ async def test_all_keys_of_a_request_share_one_cluster_slot():
     for keys in seen:
         assert len({key_slot(k.encode()) for k in keys}) == 1
         assert all(k.startswith("kg:{shop}:rl:") and len(k) < 200 for k in keys)
+
+
+async def test_charge_sets_are_remembered_per_client_and_bounded(gateway, monkeypatch):
+    monkeypatch.setattr(admission_module, "MAX_CHARGE_SETS", 3)
+    seen = []
+    real_hit = gateway.limiter.hit
+
+    async def recording(charges, failure_mode):
+        seen.append(charges)
+        return await real_hit(charges, failure_mode)
+
+    monkeypatch.setattr(gateway.limiter, "hit", recording)
+    a, b = facts({"X-Tenant": "a"}), facts({"X-Tenant": "b"})
+    assert [(await gateway.admit("tenants", f)).status for f in (a, a)] == [None, 429]
+    assert seen[0] is seen[1]  # the same client's requests reuse one ChargeSet (and its encoding)
+    for ip in ("10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4"):  # past the bound: the memory starts afresh
+        assert (await gateway.admit("open", facts(ip=ip))).status is None
+    assert gateway.admission._charge_sets <= 3
+    # counting is unaffected by forgetting: the bucket is the same, only its ChargeSet is new
+    assert [(await gateway.admit("tenants", f)).status for f in (a, b, b)] == [429, None, 429]
+    assert seen[-3] is not seen[0] and [c.bucket for c in seen[-3]] == [c.bucket for c in seen[0]]
 
 
 async def test_two_gateways_share_limits_through_redis(redis_server):
