@@ -162,16 +162,18 @@ async def test_connection_moves_to_aiohttp_for_a_body_after_simple_requests(back
     assert json.loads(second[2])["body_len"] == 5 and json.loads(second[2])["method"] == "POST"
 
 
-async def test_malformed_requests_get_a_400_and_a_closed_connection(start_gateway, make_route, backend):
+@pytest.mark.parametrize("fast_http", [True, False], ids=["lean front", "aiohttp"])
+async def test_malformed_requests_get_a_400_and_a_closed_connection(start_gateway, make_route, backend, fast_http):
     b = await backend()
-    gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)))
+    gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)), fast_http=fast_http)
     for head in SMUGGLING:
         # a valid request pipelined behind the bad one must never be served
         raw = await _exchange(gw.ports["http"], head + b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n", wait=2)
         status_line, _, rest = raw.partition(b"\r\n")
-        assert status_line == b"HTTP/1.1 400 Bad Request", head
-        body = json.loads(rest.partition(b"\r\n\r\n")[2])
-        assert body["status"] == 400 and body["reason"] == "bad_request" and body["error"]
+        assert status_line.endswith(b" 400 Bad Request"), head
+        if fast_http:
+            body = json.loads(rest.partition(b"\r\n\r\n")[2])
+            assert body["status"] == 400 and body["reason"] == "bad_request" and body["error"]
     # HTTP/2's preface: its first head is well-formed, so aiohttp gets the connection and refuses it
     raw = await _exchange(gw.ports["http"], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", wait=2)
     assert raw.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
