@@ -6,6 +6,7 @@ generous ip-dimension limit, so nothing is refused):
   RS256 cached + IP + memory      same, RS256 token (a cache hit must cost what HS256 costs)
   HS256 + IP + redis, c=1         real redis-server, one request at a time
   HS256 + IP + redis, c=50        real redis-server, 50 concurrent admits per batch
+  API key + IP + memory           X-API-Key instead of a JWT
   IP + memory (no auth)           the IP filter and limiter alone
 Figures: wall us/call and CPU us/call of this process (redis-server's CPU is
 not included: what matters for the gateway's throughput is its own CPU).
@@ -40,7 +41,9 @@ from kubegate.dataplane.metrics import Metrics
 from kubegate.dataplane.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from kubegate.apikeys import generate_api_key, key_hash, key_id
 from kubegate.config import (
+    CompiledApiKey,
     CompiledAuth,
     CompiledBackend,
     CompiledConfig,
@@ -52,6 +55,7 @@ from kubegate.config import (
 )
 
 HS_SECRET = "bench-hmac-secret-0123456789abcdef0123456789"
+API_KEY = generate_api_key()
 ISSUER, AUDIENCE = "https://issuer.bench", "bench-api"
 
 
@@ -87,15 +91,20 @@ def config(rsa_public: str) -> tuple[CompiledConfig, SecretBundle]:
     routes = (
         route("hs256", auth=CompiledAuth(methods=("jwt",), jwt=hs), **secured),
         route("rs256", auth=CompiledAuth(methods=("jwt",), jwt=rs), **secured),
+        route("apikey", auth=CompiledAuth(methods=("apiKey",)), **secured),
         route("iponly", **secured),
     )
-    return CompiledConfig(routes=routes), SecretBundle(values={"bench/hs": HS_SECRET})
+    keys = (CompiledApiKey(id=key_id(key_hash(API_KEY)), namespace="bench", name="k", hash_ref="bench/key"),)
+    return CompiledConfig(routes=routes, api_keys=keys), SecretBundle(values={"bench/hs": HS_SECRET,
+                                                                              "bench/key": key_hash(API_KEY)})
 
 
-def facts(token: str | None) -> RequestFacts:
+def facts(token: str | None, api_key: str | None = None) -> RequestFacts:
     headers = CIMultiDict({"Host": "bench.test", "User-Agent": "wrk", "Accept": "*/*"})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
+    if api_key is not None:
+        headers["X-API-Key"] = api_key
     return RequestFacts(method="GET", path="/x/bench", host="bench.test", client_ip="127.0.0.1",
                         headers=CIMultiDictProxy(headers), peer_cert=None, tls=False)
 
@@ -166,6 +175,7 @@ async def run(calls: int, rounds: int) -> None:
             "IP + memory (no auth)": (memory, routes["iponly"], anonymous, 1),
             "HS256 cached + IP + memory": (memory, routes["hs256"], hs, 1),
             "RS256 cached + IP + memory": (memory, routes["rs256"], rs, 1),
+            "API key + IP + memory": (memory, routes["apikey"], facts(None, API_KEY), 1),
             "HS256 + IP + redis, c=1": (shared, routes["hs256"], hs, 1),
             "HS256 + IP + redis, c=50": (shared, routes["hs256"], hs, 50),
             "RS256 + IP + redis, c=50": (shared, routes["rs256"], rs, 50),

@@ -137,6 +137,22 @@ def test_checksum_rejects_garbage_without_hashing(monkeypatch):
     assert table.check("kg_" + "x" * 300, ORDERS, "10.0.0.1").reason == "invalid_api_key"
     assert hashed == []
     assert table.check(KEYS["acme"], ORDERS, "10.0.0.1").ok and len(hashed) == 1
+    # a repeated key is remembered: no second hash, and every per-request rule still applies
+    assert table.check(KEYS["acme"], ORDERS, "10.0.0.1").ok and len(hashed) == 1
+    assert table.check(KEYS["acme"], FOREIGN, "10.0.0.1").reason == "forbidden_scope" and len(hashed) == 1
+    unknown = generate_api_key()
+    assert [table.check(unknown, ORDERS, "10.0.0.1").reason for _ in range(2)] == ["invalid_api_key"] * 2
+    assert len(hashed) == 2
+
+
+def test_remembered_keys_are_bounded(monkeypatch):
+    monkeypatch.setattr(api_key_auth.ApiKeyTable, "SEEN_KEPT", 4)
+    table = api_key_auth.ApiKeyTable(CONFIG.api_keys, SECRETS)
+    for _ in range(2):
+        for name, key in KEYS.items():
+            outcome = table.check(key, CATALOG, "203.0.113.1")
+            assert outcome.ok == (name in ("acme", "scoped", "partner", "limited")), name
+        assert len(table._seen) <= 4
 
 
 def test_extract_api_key_forms():
