@@ -96,25 +96,25 @@ class IpFilter:
     few addresses, e.g. load balancers); built per snapshot, so never stale.
     """
 
-    __slots__ = ("_allow", "_deny", "_verdicts")
+    __slots__ = ("_allow", "_deny", "verdicts")
 
     VERDICTS_KEPT = 256  # per filter; the memory stays small however many routes have filters
 
     def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
         self._allow = CidrSet(allow)
         self._deny = CidrSet(deny)
-        self._verdicts: dict[str, bool] = {}
+        self.verdicts: dict[str, bool] = {}  # client address -> permits(); read directly on hot paths
 
     def __bool__(self) -> bool:
         return bool(self._allow) or bool(self._deny)
 
     def permits(self, client_ip: str) -> bool:
-        verdict = self._verdicts.get(client_ip)
+        verdict = self.verdicts.get(client_ip)
         if verdict is None:
             verdict = self._decide(client_ip)
-            if len(self._verdicts) >= self.VERDICTS_KEPT:
-                self._verdicts.clear()
-            self._verdicts[client_ip] = verdict
+            if len(self.verdicts) >= self.VERDICTS_KEPT:
+                self.verdicts.clear()
+            self.verdicts[client_ip] = verdict
         return verdict
 
     def _decide(self, client_ip: str) -> bool:
