@@ -98,7 +98,9 @@ def test_network_policies_default_deny_and_open_only_the_listeners(base):
     egress_ports = {p["port"] for rule in dp["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 443, 6443, 6379}
     op = policies["kubegate-operator"]["spec"]
-    assert "ingress" not in op and {p["port"] for r in op["egress"] for p in r["ports"]} == {53, 443, 6443}
+    # The operator accepts only metrics scrapes; it dials only DNS and the API server.
+    assert {p["port"] for r in op["ingress"] for p in r["ports"]} == {8081}
+    assert {p["port"] for r in op["egress"] for p in r["ports"]} == {53, 443, 6443}
 
 
 def test_overlays_render_what_they_promise():
