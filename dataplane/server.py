@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubegate.config import CompiledConfig, CompiledRoute, SecretBundle, config_hash
@@ -39,6 +40,26 @@ except ImportError:  # pragma: no cover
     RequestFacts = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("kubegate.dataplane")
+
+
+class _MalformedRequestsInOneLine(logging.Filter):
+    """aiohttp logs a full traceback at ERROR for every malformed request it refuses with a 400.
+
+    The client already got a clean 400; a request a stranger got wrong is not
+    our error. Keep one INFO line (the parser's reason, never request bytes
+    beyond it) and drop the traceback; genuine handler errors pass unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "refused a malformed request: %s", (exc.message,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_MalformedRequestsInOneLine())
 
 SHUTDOWN_GRACE = 10.0
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})

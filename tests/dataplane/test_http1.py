@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import httptools
 import pytest
@@ -163,7 +164,9 @@ async def test_connection_moves_to_aiohttp_for_a_body_after_simple_requests(back
 
 
 @pytest.mark.parametrize("fast_http", [True, False], ids=["lean front", "aiohttp"])
-async def test_malformed_requests_get_a_400_and_a_closed_connection(start_gateway, make_route, backend, fast_http):
+async def test_malformed_requests_get_a_400_and_a_closed_connection(start_gateway, make_route, backend, fast_http,
+                                                                    caplog):
+    caplog.set_level(logging.DEBUG)
     b = await backend()
     gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)), fast_http=fast_http)
     for head in SMUGGLING:
@@ -178,6 +181,8 @@ async def test_malformed_requests_get_a_400_and_a_closed_connection(start_gatewa
     raw = await _exchange(gw.ports["http"], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", wait=2)
     assert raw.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
     assert b.received == [] and not b.hits
+    # a stranger's malformed request is one INFO line at most, never an ERROR with a traceback
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_oversized_head_gets_a_431(start_gateway, make_route, backend):
