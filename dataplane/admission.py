@@ -98,7 +98,8 @@ class _RoutePlan:
 
 
 class _Authenticated:
-    """Who a request is, as far as rate limits and the verdict care."""
+    """Who a request is, as far as rate limits and the verdict care (a JwtIdentity has the same
+    attributes and stands for a token's caller as is)."""
 
     __slots__ = ("key", "principal", "sub", "upstream_headers")
 
@@ -244,7 +245,7 @@ class Admission:
                     except JwtRejected:
                         pass  # _authenticate refuses it, with its metric and audit line
             if known is not None:
-                who = _Authenticated(known.principal, known.sub, None, known.upstream_headers)
+                who = known
             else:
                 outcome = await self._authenticate(plan, route, facts)
                 if type(outcome) is Verdict:
@@ -316,7 +317,7 @@ class Admission:
                 else:
                     invalid = (exc.reason, exc.message)
             else:
-                return _Authenticated(identity.principal, identity.sub, None, identity.upstream_headers)
+                return identity
 
         if invalid is not None:
             return self._refuse(route, facts, 401, *invalid, plan=plan)

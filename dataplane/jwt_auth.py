@@ -88,6 +88,8 @@ class JwtIdentity:
     forbidden: str | None  # requiredClaims mismatch: the (cached) 403 message
     cache_until: float
 
+    key = None  # not a field: a token is never an API key, so admission uses an identity as the caller as is
+
 
 _ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
     (jwt.ExpiredSignatureError, "token_expired", "token expired"),

@@ -144,31 +144,35 @@ class MemoryRateLimiter:
         self._hits = 0
 
     async def hit(self, charges: Sequence[Charge], failure_mode: FailureMode = "open") -> RateResult:
-        return self.hit_now(charges)  # never suspends: atomic under asyncio
+        """Never suspends, so it is atomic under asyncio. One limit (the common case) is decided
+        right here, refill() and decide() inlined; anything else by hit_now."""
+        if len(charges) != 1:
+            return self.hit_now(charges)
+        c = charges[0]
+        now = self._clock()
+        buckets = self._buckets
+        state = buckets.get(c.bucket)
+        capacity = c.capacity
+        if state is None:
+            level = float(capacity)
+        else:
+            level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
+            if level > capacity:
+                level = float(capacity)
+        self._hits += 1
+        if self._hits >= self._sweep_every:
+            self._sweep(now, charges)
+        if level < 1.0:
+            return decide((level,), charges)
+        left = level - 1.0
+        buckets[c.bucket] = (left, now)
+        return RateResult(True, c.requests, int(left), math.ceil((capacity - left) / c.per_second))
 
     def hit_now(self, charges: Sequence[Charge]) -> RateResult:
         if not charges:
             return ALLOWED_EMPTY
         now = self._clock()
         buckets = self._buckets
-        if len(charges) == 1:  # the common case, flat: refill() and decide() inlined
-            c = charges[0]
-            state = buckets.get(c.bucket)
-            capacity = c.capacity
-            if state is None:
-                level = float(capacity)
-            else:
-                level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
-                if level > capacity:
-                    level = float(capacity)
-            self._hits += 1
-            if self._hits >= self._sweep_every:
-                self._sweep(now, charges)
-            if level >= 1.0:
-                left = level - 1.0
-                buckets[c.bucket] = (left, now)
-                return RateResult(True, c.requests, int(left), math.ceil((capacity - left) / c.per_second))
-            return decide((level,), charges)
         levels = []
         for c in charges:
             state = buckets.get(c.bucket)

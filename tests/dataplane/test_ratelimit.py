@@ -74,6 +74,18 @@ def test_unavailable_result_has_no_headers():
     assert RateResult(allowed=True, store_unavailable=True).headers() == {}
 
 
+async def test_memory_one_limit_fast_path_agrees_with_the_general_path():
+    import random
+
+    rng = random.Random(3)
+    clock = [0.0]
+    fast, general = MemoryRateLimiter(clock=lambda: clock[0]), MemoryRateLimiter(clock=lambda: clock[0])
+    c = charge("same", 4, per_second=2.0)
+    for _ in range(300):
+        clock[0] += rng.choice([0.0, 0.0, 0.1, 0.3, 1.7])
+        assert await fast.hit([c], "open") == general.hit_now([c])
+
+
 def test_build_rate_limiter_picks_the_store():
     assert isinstance(build_rate_limiter(None), MemoryRateLimiter)
     assert isinstance(build_rate_limiter("redis://127.0.0.1:1/0"), RedisRateLimiter)
