@@ -138,12 +138,14 @@ def request_id(incoming: str | None) -> str:
 
 
 def upstream_headers(headers: CIMultiDictProxy[str], *, peer: str, proto: str, host: str, rid: str,
-                     drop: frozenset[str] = frozenset(), websocket: bool = False) -> list[tuple[str, str]]:
+                     drop: frozenset[str] = frozenset(), websocket: bool = False,
+                     hide_api_key: bool = False) -> list[tuple[str, str]]:
     """Request headers for the upstream: hop-by-hop removed, X-Forwarded-* and X-Request-Id set.
 
     ``drop`` holds lower-case header names the gateway itself fills (forwarded JWT
-    claims), so a client cannot spoof them. Content-Length is left to the sender,
-    which frames the body (see :func:`forward`).
+    claims) or consumes (``X-API-Key``), so a client cannot spoof them and keys
+    never reach backends; ``hide_api_key`` also drops ``Authorization: ApiKey``.
+    Content-Length is left to the sender, which frames the body (see :func:`forward`).
     """
     listed = headers.get("Connection")
     connection_named = (
@@ -154,6 +156,8 @@ def upstream_headers(headers: CIMultiDictProxy[str], *, peer: str, proto: str, h
     skip = _SKIP_WS if websocket else _SKIP
     for name, value in headers.items():
         lower = name.lower()
+        if hide_api_key and lower == "authorization" and value[:7].lower() == "apikey ":
+            continue
         if lower in skip or lower in drop or lower in connection_named:
             if lower == "x-forwarded-for":
                 forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value

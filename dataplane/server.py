@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover
     RequestFacts = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("kubegate.dataplane")
+API_KEY_HEADERS = frozenset({"x-api-key"})
 
 
 class _MalformedRequestsInOneLine(logging.Filter):
@@ -84,7 +85,8 @@ class RouteRuntime:
     schema: SchemaCheck | None
     max_body: int
     needs_admission: bool
-    claim_headers: frozenset[str]  # lower-case forwarded-claim headers: never taken from clients
+    claim_headers: frozenset[str]  # lower-case headers never passed on from clients (claims, API keys)
+    hide_api_key: bool  # drop `Authorization: ApiKey ...`: the gateway consumed that credential
     metrics: RouteMetrics
 
 
@@ -218,10 +220,14 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - jsonschema raises many types
                 raise ValueError(f"route {route.id}: invalid requestSchema: {_one_line(exc)}") from None
             claims = route.auth.jwt.forward_claims.values() if route.auth and route.auth.jwt else ()
+            # API keys authenticate to the gateway, not to backends: like Kong's hide_credentials,
+            # they never travel further (JWTs do: backends may verify them again).
+            hide_api_key = bool(route.auth and "apiKey" in route.auth.methods)
             runtime = RouteRuntime(
                 route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
                 max_body=route.max_body_bytes, needs_admission=has_work,
-                claim_headers=frozenset(h.lower() for h in claims),
+                claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
+                hide_api_key=hide_api_key,
                 metrics=self._metrics_for(route.id),
             )
             runtimes.append((route.hosts, route.path, route.methods, runtime))
@@ -396,7 +402,7 @@ class Gateway:
         websocket = proxy.is_websocket_upgrade(headers)
         upstream_headers = proxy.upstream_headers(
             headers, peer=peer, proto="https" if tls else "http", host=headers.get("Host", ""), rid=rid,
-            drop=rt.claim_headers, websocket=websocket,
+            drop=rt.claim_headers, websocket=websocket, hide_api_key=rt.hide_api_key,
         )
         if claim_headers:
             upstream_headers.extend(claim_headers.items())

@@ -169,3 +169,22 @@ async def test_not_ready_without_config_and_admin_endpoints(start_gateway, make_
         assert name in text, name
     assert 'kubegate_requests_total{code="2xx",method="GET",route="shop/r"} 1.0' in text
     await asyncio.sleep(0)
+
+
+async def test_api_keys_authenticate_to_the_gateway_and_never_reach_backends(backend, start_gateway, make_route):
+    from kubegate.apikeys import generate_api_key, key_hash, key_id
+    from kubegate.config import CompiledApiKey, CompiledAuth, SecretBundle
+
+    b = await backend("keyed")
+    key = generate_api_key()
+    route = make_route("/api/*rest", b.url, auth=CompiledAuth(methods=("apiKey",)))
+    keys = (CompiledApiKey(id=key_id(key_hash(key)), namespace=route.namespace, name="k", hash_ref="k"),)
+    gw = await start_gateway(CompiledConfig(routes=(route,), api_keys=keys), SecretBundle(values={"k": key_hash(key)}))
+    url = f"http://127.0.0.1:{gw.ports['http']}/api/x"
+    for sent in ({"X-API-Key": key}, {"Authorization": f"ApiKey {key}"}):
+        status, _, _ = await _get(url, headers={**sent, "X-Other": "kept"})
+        assert status == 200
+        seen = b.received[-1]["headers"]
+        assert seen["x-other"] == "kept"
+        assert "x-api-key" not in seen and "authorization" not in seen
+        assert key not in repr(b.received[-1])
