@@ -3,9 +3,14 @@
 Watch handlers only record facts and call :meth:`Reconciler.mark`. The loop
 waits for a quiet moment (``debounce``, but never longer than ``max_wait``
 after the first change), then translates the whole picture with the pure
-translator, applies the generated objects that changed, and patches the
-statuses that changed. A burst of 1,000 CR events therefore costs a handful
-of ConfigMap writes. Data-plane Lease changes skip translation and only
+translator, applies the generated objects that changed, and starts patching
+the statuses that changed. A single change therefore reaches the ConfigMap
+about 30 ms after its watch event. Once a window has seen ``burst_events``
+changes it is a burst: the quiet moment must last ``burst_debounce`` and the
+window may stretch to ``burst_max_wait``, so 1,000 CRs trickling in from
+``kubectl create`` cost a handful of ConfigMap writes, not one per pause
+between two of them (a window cut off by its time limit mid-burst makes the
+next one a burst window from the start). Data-plane Lease changes skip translation and only
 re-evaluate Programmed; Lease expiry has no event, so the loop also wakes up
 when the next live Lease runs out.
 """
@@ -80,10 +85,14 @@ class Reconciler:
     def __init__(self, api: KubeApi, state: ClusterState, *, identity: str,
                  is_leader: Callable[[], bool] = lambda: True,
                  debounce: float = 0.03, max_wait: float = 1.0, ack_grace: float = 1.0,
+                 burst_events: int = 50, burst_debounce: float = 0.15, burst_max_wait: float = 3.0,
                  metrics: OperatorMetrics | None = None) -> None:
         self.api, self.state, self.identity, self.is_leader = api, state, identity, is_leader
         self.metrics = metrics or OperatorMetrics()
         self.debounce, self.max_wait, self.ack_grace = debounce, max_wait, ack_grace
+        self.burst_events, self.burst_debounce, self.burst_max_wait = burst_events, burst_debounce, burst_max_wait
+        self._changes = 0  # config-relevant marks since the current window opened
+        self._bursting = False  # the last window was cut short by its time limit in a burst
         self._ack_deadline = 0.0  # until then, "Pending" is not worth a status write
         ns = state.gateway_namespace
         managed = f"{MANAGED_BY}=kubegate"
@@ -121,6 +130,7 @@ class Reconciler:
         self._writing: set[ObjectRef] = set()  # objects with a status patch in flight
         self._writers: set[asyncio.Task] = set()
         self._status_slots = asyncio.Semaphore(STATUS_WRITERS)
+        self._waiting = False  # the loop is parked in _next_wake
         self._skipped_writing = False
         self._written_at: dict[str, float] = {}  # config hash -> when written, until a replica announces it
         self._config_dirty = True
@@ -132,7 +142,9 @@ class Reconciler:
         """Something changed: recompute soon (``config=False``: only statuses may differ)."""
         if config:
             self._config_dirty = True
+            self._changes += 1
         self._wake.set()
+        self.idle.clear()
 
     def _generated_event(self, event_type: str, obj: dict[str, Any]) -> None:
         """Deletions and other writers' edits need a pass; the echo of our own write does not."""
@@ -203,21 +215,29 @@ class Reconciler:
     async def _next_wake(self) -> None:
         expiry = next_expiry(self.replicas.values(), time.time())
         timeout = None if expiry is None else max(0.0, expiry - time.time()) + 0.05
-        if not self._wake.is_set() and not self._writers:
-            self.idle.set()
+        self._waiting = True
+        self._update_idle()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
             return  # a data-plane Lease just expired: re-evaluate Programmed
         finally:
-            self.idle.clear()
+            self._waiting = False
+            self._update_idle()
         first = time.monotonic()
         while True:
             self._wake.clear()
-            await asyncio.sleep(self.debounce)
-            if not self._wake.is_set() or time.monotonic() - first >= self.max_wait:
+            burst = self._bursting or self._changes >= self.burst_events
+            await asyncio.sleep(self.burst_debounce if burst else self.debounce)
+            limit = self.burst_max_wait if burst else self.max_wait
+            if not self._wake.is_set():
+                self._bursting = False  # a quiet moment: whatever burst there was has ended
+                break
+            if time.monotonic() - first >= limit:
+                self._bursting = burst  # still going: the next window starts as a burst
                 break
         self._wake.clear()
+        self._changes = 0
 
     async def reconcile_once(self) -> None:
         self.passes += 1
@@ -360,7 +380,18 @@ class Reconciler:
             self._writing.update(ref for ref, *_ in batch)
             task = asyncio.create_task(self._write_statuses(batch))
             self._writers.add(task)
-            task.add_done_callback(self._writers.discard)
+            task.add_done_callback(self._writer_done)
+
+    def _writer_done(self, task: asyncio.Task) -> None:
+        self._writers.discard(task)
+        self._update_idle()
+
+    def _update_idle(self) -> None:
+        """Idle: the loop waits for work, none is pending, and no status write is in flight."""
+        if self._waiting and not self._wake.is_set() and not self._writers:
+            self.idle.set()
+        else:
+            self.idle.clear()
 
     async def _write_statuses(self, batch: list[tuple[ObjectRef, LiveObject, dict[str, Any], tuple]]) -> None:
         try:

@@ -30,9 +30,9 @@ async def _main(namespace: str, metrics_port: int) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    asyncio.run(load_credentials())  # a missing/broken kubeconfig: a one-line UserError before anything starts
-    _logging()
     if not 0 <= args.metrics_port <= 65535:
         raise UserError(f"--metrics-port {args.metrics_port}: not a port number (0-65535)")
+    asyncio.run(load_credentials())  # a missing/broken kubeconfig: a one-line UserError before anything starts
+    _logging()
     asyncio.run(_main(args.namespace, args.metrics_port))
     return 0

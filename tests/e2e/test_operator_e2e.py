@@ -234,8 +234,9 @@ spec:
                   json.dumps(get(cluster, "configmap", "kubegate-config")),
                   stack["operator"].log(), stack["dataplane"].log()):
         assert key not in where
-    events = json.loads(cluster.kubectl("get", "events", "-n", "shop", "-o", "json").stdout)["items"]
-    assert any(e["reason"] == "KeyGenerated" and e["involvedObject"]["name"] == "generated" for e in events)
+    wait_until(lambda: any(e["reason"] == "KeyGenerated" and e["involvedObject"]["name"] == "generated" for e in
+                           json.loads(cluster.kubectl("get", "events", "-n", "shop", "-o", "json").stdout)["items"]),
+               10, "the KeyGenerated event")  # Events are posted in the background, after the status
 
 
 def test_conflicting_route_is_refused_and_the_older_keeps_serving(cluster, stack):
@@ -255,8 +256,9 @@ spec:
     assert ready(cluster, "gatewayroute", "catalog", "shop")
     _, _, body = http(stack["dataplane"].url("/api/catalog/x"))
     assert json.loads(body)["backend"] == "catalog"
-    events = json.loads(cluster.kubectl("get", "events", "-n", "shop", "-o", "json").stdout)["items"]
-    assert any(e["reason"] == "Conflicted" and e["involvedObject"]["name"] == "catalog-copy" for e in events)
+    wait_until(lambda: any(e["reason"] == "Conflicted" and e["involvedObject"]["name"] == "catalog-copy" for e in
+                           json.loads(cluster.kubectl("get", "events", "-n", "shop", "-o", "json").stdout)["items"]),
+               10, "the Conflicted event")  # Events are posted in the background, after the status
     cluster.kubectl("delete", "gatewayroute", "catalog-copy", "-n", "shop")
 
 

@@ -28,3 +28,10 @@ def test_broken_kubeconfig_is_one_line(tmp_path):
                          text=True, timeout=60, check=False)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("kubegate: cannot load Kubernetes credentials:") and out.stderr.count("\n") == 1
+
+
+def test_metrics_port_out_of_range_is_one_line():
+    out = subprocess.run([sys.executable, "-m", "kubegate.cli", "operator", "--metrics-port", "70000"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == ["kubegate: --metrics-port 70000: not a port number (0-65535)"]

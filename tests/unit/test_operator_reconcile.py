@@ -140,3 +140,46 @@ async def test_config_passes_do_not_wait_for_status_writes_nor_repeat_them():
     api.release.set()
     await reconciler.settle()
     assert all(live.status for live in state.objects.values())
+
+
+async def test_events_gate_opens_once_the_loop_waits_and_the_writes_landed():
+    api = SlowStatusApi()
+    state = ClusterState("gw")
+    state.upsert_object(route(0))
+    reconciler = Reconciler(api, state, identity="op", ack_grace=0.0)  # type: ignore[arg-type]
+    await reconciler.reconcile_once()
+    waiting = asyncio.create_task(reconciler._next_wake())
+    await asyncio.sleep(0.01)
+    assert not reconciler.idle.is_set()  # a status write is still in flight
+    api.release.set()
+    await reconciler.settle()
+    await asyncio.sleep(0)
+    assert reconciler.idle.is_set()
+    reconciler.mark(config=False)
+    assert not reconciler.idle.is_set()
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_burst_of_changes_waits_for_a_longer_quiet_moment():
+    state = ClusterState("gw")
+    reconciler = Reconciler(RecordingApi(), state, identity="op", debounce=0.01, max_wait=5.0,  # type: ignore[arg-type]
+                            burst_events=20, burst_debounce=1.0, burst_max_wait=5.0)
+
+    async def trickle(marks: int, gap: float) -> None:
+        for _ in range(marks):
+            reconciler.mark(config=True)
+            await asyncio.sleep(gap)
+
+    started = asyncio.get_running_loop().time()
+    feeder = asyncio.create_task(trickle(5, 0.1))  # a few changes: each 0.1 s pause closes the window
+    await asyncio.wait_for(reconciler._next_wake(), 5)
+    assert asyncio.get_running_loop().time() - started < 0.1
+    await feeder
+
+    for _ in range(25):
+        reconciler.mark(config=True)  # a burst arrived ...
+    started = asyncio.get_running_loop().time()
+    feeder = asyncio.create_task(trickle(6, 0.1))  # ... and keeps trickling with 0.1 s pauses
+    await asyncio.wait_for(reconciler._next_wake(), 5)
+    assert asyncio.get_running_loop().time() - started >= 0.6  # one window for the whole trickle
+    await feeder
