@@ -80,7 +80,7 @@ class OperatorMetrics:
                                      registry=r)
         self.acknowledgement = Histogram(
             "kubegate_operator_config_acknowledged_seconds",
-            "from writing a config to a live data-plane replica announcing its hash", registry=r,
+            "from translating a new config to a live data-plane replica announcing its hash", registry=r,
             buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.reconcile_errors = Counter("kubegate_operator_reconcile_errors_total", "reconcile passes that failed",
                                         registry=r)

@@ -183,3 +183,28 @@ async def test_a_burst_of_changes_waits_for_a_longer_quiet_moment():
     await asyncio.wait_for(reconciler._next_wake(), 5)
     assert asyncio.get_running_loop().time() - started >= 0.6  # one window for the whole trickle
     await feeder
+
+
+async def test_a_new_config_rewrites_only_the_statuses_it_changes():
+    api = RecordingApi()
+    state = ClusterState("gw")
+    for i in range(10):
+        state.upsert_object(route(i))
+    reconciler = Reconciler(api, state, identity="op", ack_grace=0.0)  # type: ignore[arg-type]
+    acknowledge(reconciler, "not-yet")
+    await reconciler.reconcile_once()
+    await reconciler.settle()
+    acknowledge(reconciler, reconciler.config_hash or "")
+    await reconciler.reconcile_once()
+    await reconciler.settle()
+    assert all(live.status["conditions"][3]["status"] == "True" for live in state.objects.values())
+    api.calls.clear()
+
+    state.upsert_object(route(10))  # one more route: a new config, new live hash, same generations for the rest
+    reconciler.mark(config=True)
+    await reconciler.reconcile_once()
+    acknowledge(reconciler, reconciler.config_hash or "")
+    await reconciler.reconcile_once()
+    await reconciler.settle()
+    patched = [path for verb, path in api.calls if verb == "PATCH"]
+    assert patched and all(path.endswith("/r10/status") for path in patched)
