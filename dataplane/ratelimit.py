@@ -368,7 +368,8 @@ class RedisRateLimiter:
     async def hit(self, charges: Sequence[Charge], failure_mode: FailureMode = "open") -> RateResult:
         if not charges:
             return ALLOWED_EMPTY
-        if not self.breaker.allow():
+        breaker = self.breaker
+        if breaker._failures and not breaker.allow():  # no failures: allow() is True, skip the call
             return self._unavailable(failure_mode)
         self.calls += 1
         if type(charges) is not ChargeSet:
@@ -385,7 +386,8 @@ class RedisRateLimiter:
         except Exception as exc:  # noqa: BLE001 - any store failure applies the failure mode, never a 500
             self._failed(exc)
             return self._unavailable(failure_mode)
-        self.breaker.success()
+        if breaker._failures or breaker._probing:
+            breaker.success()
         return result
 
     def _ttl_args(self, c: Charge) -> tuple[bytes, bytes, bytes]:
