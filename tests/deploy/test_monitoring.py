@@ -183,4 +183,8 @@ def test_dashboard_queries_are_valid_promql(tmp_path, grafana_var, value):
 def test_monitoring_kustomization_renders():
     out = subprocess.run(["kubectl", "kustomize", str(MONITORING)], capture_output=True, text=True, check=True)
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
-    assert sorted(kinds) == ["ConfigMap", "PodMonitor", "PrometheusRule"]
+    assert sorted(kinds) == ["ConfigMap", "PodMonitor", "PodMonitor", "PrometheusRule"]
+    monitors = {d["metadata"]["name"]: d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "PodMonitor"}
+    # both processes are scraped: the data plane's admin port and the operator's metrics port
+    assert monitors["kubegate-operator"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert monitors["kubegate-dataplane"]["spec"]["podMetricsEndpoints"][0]["port"] == "admin"
