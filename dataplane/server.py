@@ -12,6 +12,7 @@ Pipeline: route match (404/405) -> Admission (IP filter, auth, rate limit)
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -41,6 +42,20 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("kubegate.dataplane")
 API_KEY_HEADERS = frozenset({"x-api-key"})
+
+
+def _settle_heap() -> None:
+    """Collect the previous config's garbage once, then move the new snapshot out of the collector's sight.
+
+    A snapshot is hundreds of thousands of long-lived objects; left in the
+    collected generations they make every full collection walk them (tens of
+    ms, several times a second under load, ~7 us per request). Frozen, they
+    cost nothing until the next reload unfreezes and collects them, so even
+    cyclic garbage of an old snapshot lives at most one reload longer.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class _MalformedRequestsInOneLine(logging.Filter):
@@ -190,6 +205,7 @@ class Gateway:
             self.reject(reason)
             raise ConfigRejected(reason) from None
         self._snapshot = snapshot
+        _settle_heap()
         m = self.metrics
         m.config_reloads.labels("ok").inc()
         m.config_info.info({"hash": digest, "routes": str(len(config.routes)),
