@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kubegate
-
 REPO = Path(__file__).resolve().parent.parent
 STDLIB_DIR = Path(subprocess.check_output([sys.executable, "-c", "import os; print(os.path.dirname(os.__file__))"],
                                           text=True).strip())
