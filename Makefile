@@ -5,7 +5,7 @@
 
 run:
 	./scripts/install.sh --python-only
-	kubegate run -f examples/
+	kubegate run -f examples/ --demo-backends
 
 install:
 	./scripts/install.sh

@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "${1:-}" = "--python-only" ]; then
+  python3 -m pip install -q -e . ; exit 0
+fi
+
 need_apt=()
 for pair in redis-server:redis-server wrk:wrk nginx:nginx lua5.4:lua5.4 promtool:prometheus \
             openssl:openssl curl:curl; do
@@ -20,9 +24,6 @@ if ((${#need_apt[@]})); then
   for svc in nginx prometheus prometheus-node-exporter; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
 fi
 
-if [ "${1:-}" = "--python-only" ]; then
-  python3 -m pip install -q -e . ; exit 0
-fi
 python3 -m pip install -q -e '.[test]'
 
 command -v kubectl >/dev/null 2>&1 || { echo "install: kubectl is missing (expected in the machine image)" >&2; exit 1; }
