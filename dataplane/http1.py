@@ -27,6 +27,8 @@ from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .flow import WriteFlowControl
+
 log = logging.getLogger("kubegate.dataplane")
 
 MAX_HEAD = 8190  # aiohttp's default limit; a larger head is refused with 431
@@ -160,7 +162,7 @@ class ClientConnections:
             self._ticker = None
 
 
-class FastHttpProtocol(asyncio.Protocol):
+class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
     """One client connection: simple requests one at a time; otherwise aiohttp takes over."""
 
     def __init__(self, handler: Handler, fallback: Callable[[], asyncio.Protocol],
@@ -176,8 +178,6 @@ class FastHttpProtocol(asyncio.Protocol):
         self._reader = RequestHead()
         self._task: asyncio.Task | None = None
         self._paused = False
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
         self.idle_since = self._loop.time()
         self._close_after = False
 
@@ -210,18 +210,7 @@ class FastHttpProtocol(asyncio.Protocol):
         self._transport = None
         if self._task is not None:
             self._task.cancel()  # the client is gone: stop the upstream exchange too
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_exception(ConnectionResetError("client closed the connection"))
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        self._settle_drain(ConnectionResetError("client closed the connection"))
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -291,8 +280,8 @@ class FastHttpProtocol(asyncio.Protocol):
             result = await self._handler(request, self._relay)
             if isinstance(result, web.Response):
                 self._write_response(request, result)
-            if self._write_paused:  # a client that pipelines without reading waits for its answers
-                await self._drained()
+            # a client that pipelines without reading waits for its answers
+            await self._wait_writable()
         except (asyncio.CancelledError, ConnectionError):
             if self._transport is not None:
                 self._transport.abort()
@@ -388,17 +377,10 @@ class FastHttpProtocol(asyncio.Protocol):
                 if self._transport is None:
                     raise ConnectionResetError("client closed the connection")
                 self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                if self._write_paused:
-                    await self._drained()
+                await self._wait_writable()
         if chunked and self._transport is not None:
             self._transport.write(b"0\r\n\r\n")
 
-    async def _drained(self) -> None:
-        self._drain = self._loop.create_future()
-        try:
-            await self._drain
-        finally:
-            self._drain = None
 
     def close_if_idle(self) -> None:
         if self._task is None and self._transport is not None:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import httptools
 
+from .flow import WriteFlowControl
+
 SMALL_BODY = 64 * 1024  # responses up to this size (with Content-Length) are returned whole
 MAX_HEAD = 64 * 1024  # upstream response head size limit
 HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is buffered unread
@@ -153,7 +155,7 @@ class UpstreamResponse:
             conn.finish_exchange()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(WriteFlowControl, asyncio.Protocol):
     """One upstream connection; at most one exchange at a time (no pipelining).
 
     llhttp (httptools) parses each response: status line, header syntax (no bare
@@ -188,8 +190,6 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = True
         self._got_bytes = False
         self._paused = False
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
         self.deadline: float | None = None  # loop time; watched by the pool's sweep, not a timer of its own
 
     # --- asyncio.Protocol -----------------------------------------------------------------
@@ -223,19 +223,8 @@ class _Connection(asyncio.Protocol):
             self._complete()
         elif self._state not in (0, 5):
             self._fail(UpstreamError("broken", "upstream closed the connection"))
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_exception(UpstreamError("broken", "upstream closed the connection"))
+        self._settle_drain(UpstreamError("broken", "upstream closed the connection"))
         self.pool.forget(self)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
 
     # --- httptools callbacks ------------------------------------------------------------------
 
@@ -329,12 +318,7 @@ class _Connection(asyncio.Protocol):
     async def drain(self) -> None:
         if self.transport is None:
             raise UpstreamError("broken", "upstream closed the connection")
-        if self._write_paused:
-            self._drain = self.loop.create_future()
-            try:
-                await self._drain
-            finally:
-                self._drain = None
+        await self._wait_writable()
 
     def abort(self) -> None:
         """Give up on this exchange (client gone, body too large): never reuse the connection."""
