@@ -32,8 +32,6 @@ import tempfile
 import time
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from kubegate.dataplane.admission import Admission, RequestFacts
 from kubegate.dataplane.audit import AuditLog
 from kubegate.dataplane.jwks import JwksCache
@@ -54,24 +52,15 @@ from kubegate.config import (
     SecretBundle,
 )
 
+# Process and key helpers are bench/dataplane.py's (loaded, not copied): one definition for both benches.
+_spec = importlib.util.spec_from_file_location("bench_dataplane", os.path.join(os.path.dirname(__file__),
+                                                                               "dataplane.py"))
+bd = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bd)
+
 HS_SECRET = "bench-hmac-secret-0123456789abcdef0123456789"
 API_KEY = generate_api_key()
 ISSUER, AUDIENCE = "https://issuer.bench", "bench-api"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rsa_keys() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
 
 
 def config(rsa_public: str) -> tuple[CompiledConfig, SecretBundle]:
@@ -111,9 +100,7 @@ def facts(token: str | None, api_key: str | None = None) -> RequestFacts:
 
 def process_cpu(pid: int) -> float:
     """utime + stime of a process, seconds."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return bd.cpu_seconds([pid])
 
 
 async def measure(admission: Admission, route: CompiledRoute, request: RequestFacts, calls: int,
@@ -148,25 +135,14 @@ async def gather_overhead(calls: int, concurrency: int = 50) -> float:
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-                             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise SystemExit("bench: redis-server did not start")
+    port = bd.free_port()
+    proc = bd.redis_server(port, workdir)
+    bd.wait_port(port, timeout=5)
+    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 async def run(calls: int, rounds: int) -> None:
-    rsa_private, rsa_public = rsa_keys()
+    rsa_private, rsa_public = bd.rsa_keys()
     cfg, secrets = config(rsa_public)
     routes = {r.name: r for r in cfg.routes}
     claims = {"sub": "bench-user", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 3600}
@@ -224,10 +200,6 @@ def evalsha_calls(port: int) -> int:
 
 def end_to_end(seconds: float, rounds: int) -> None:
     """wrk against gateway processes; the helpers are bench/dataplane.py's (imported, not copied)."""
-    spec = importlib.util.spec_from_file_location("bench_dataplane", os.path.join(os.path.dirname(__file__),
-                                                                                  "dataplane.py"))
-    bd = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bd)
     work = tempfile.mkdtemp(prefix="kubegate-bench-e2e-")
     backend_port, redis_port, gw_port, local_port = bd.free_port(), bd.free_port(), bd.free_port(), bd.free_port()
     rsa_private, rsa_public = bd.rsa_keys()
