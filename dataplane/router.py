@@ -21,6 +21,19 @@ V = TypeVar("V")
 ANY_METHOD = "*"
 
 
+def wildcard_suffixes(host: str) -> Iterable[str]:
+    """The keys a ``*.`` pattern is stored under that can match ``host``, longest first.
+
+    ``a.b.example.com`` yields ``.b.example.com``, ``.example.com``, ``.com``:
+    ``*.example.com`` matches any subdomain (Gateway API). Routes and TLS
+    policies (SNI) share this one definition.
+    """
+    dot = host.find(".")
+    while dot != -1:
+        yield host[dot:]
+        dot = host.find(".", dot + 1)
+
+
 class Match(NamedTuple, Generic[V]):
     value: V
     params: dict[str, str]
@@ -133,12 +146,10 @@ class RouteTable(Generic[V]):
     def _fallback_tries(self, host: str) -> Iterable[_Node[V]]:
         """Tries after the exact host's, in precedence order: wildcards (longest suffix first), any-host."""
         if self._has_wildcards:
-            dot = host.find(".")
-            while dot != -1:
-                node = self._wildcard.get(host[dot:])
+            for suffix in wildcard_suffixes(host):
+                node = self._wildcard.get(suffix)
                 if node is not None:
                     yield node
-                dot = host.find(".", dot + 1)
         if self._any is not None:
             yield self._any
 

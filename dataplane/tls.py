@@ -23,6 +23,8 @@ from cryptography import x509
 
 from kubegate.config import CompiledTls, SecretBundle
 
+from .router import wildcard_suffixes
+
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 HANDSHAKE_TIMEOUT = 10.0
 MAX_HELLO_BYTES = 16 * 1024 + 5
@@ -99,12 +101,10 @@ class TlsSet:
             ctx = self.exact.get(name)
             if ctx is not None:
                 return ctx
-            dot = name.find(".")
-            while dot != -1:
-                ctx = self.wildcard.get(name[dot:])
+            for suffix in wildcard_suffixes(name):
+                ctx = self.wildcard.get(suffix)
                 if ctx is not None:
                     return ctx
-                dot = name.find(".", dot + 1)
         return self.default
 
 
