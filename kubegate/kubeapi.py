@@ -254,8 +254,8 @@ def needs_environment(environ: Mapping[str, str]) -> bool:
 def _ignore_environment(api_client: client.ApiClient) -> None:
     """Swap the library's ``trust_env=True`` session for one that skips the per-request proxy/netrc lookups.
 
-    Those lookups run in a worker thread on every request (~100-200 us of CPU
-    each); with no proxy configured they find nothing. Same connector, same
+    Those lookups run in a worker thread on every request; with no proxy
+    configured they find nothing. Same connector, same
     TLS context, same read buffer.
     """
     rest = api_client.rest_client
