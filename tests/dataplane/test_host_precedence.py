@@ -37,6 +37,9 @@ ROUTES = [
     # a host-specific route only for GET: other methods on that host fall back to the no-hosts route.
     ("em-exact", ["api.example.com"], "/em", ["GET"]),
     ("em-none", [], "/em", []),
+    # the host comes before the path: an exact host's catch-all beats a no-hosts literal.
+    ("ec-exact", ["api.example.com"], "/ec/*rest", []),
+    ("ec-none", [], "/ec/me", []),
 ]
 REFUSED = {"ee-2", "ww-3", "nn-2"}
 
@@ -68,6 +71,9 @@ EXPECTED = [
     ("GET", "api.example.com", "/em", "em-exact"),
     ("POST", "api.example.com", "/em", "em-none"),
     ("GET", "other.test", "/em", "em-none"),
+    ("GET", "api.example.com", "/ec/me", "ec-exact"),
+    ("GET", "other.test", "/ec/me", "ec-none"),
+    ("GET", "other.test", "/ec/you", 404),
 ]
 
 
