@@ -60,7 +60,7 @@ def test_unknown_kind_is_invalid(build):
     ({"path": "/a/*rest"}, {"path": "/a/*tail"}, True),
     ({"path": "/a"}, {"path": "/b"}, False),
     ({"path": "/a", "hosts": ["x.example.com"]}, {"path": "/a", "hosts": ["y.example.com"]}, False),
-    ({"path": "/a", "hosts": ["x.example.com"]}, {"path": "/a"}, True),  # empty hosts = every host
+    ({"path": "/a", "hosts": ["x.example.com"]}, {"path": "/a"}, False),  # no hosts: the fallback, see below
     ({"path": "/a", "methods": ["GET"]}, {"path": "/a", "methods": ["POST"]}, False),
     ({"path": "/a", "methods": ["GET"]}, {"path": "/a"}, True),  # empty methods = every method
     ({"path": "/a", "methods": ["GET", "PUT"], "hosts": ["x.example.com"]},
@@ -79,6 +79,57 @@ def test_conflicts(build, a, b, conflict):
     else:
         assert loser.accepted.status == "True"
         assert len(result.config.routes) == 2
+
+
+# Every pair of host kinds (exact, *. wildcard, no hosts): a route claims its own host strings only,
+# so different kinds always coexist and the data plane picks exact > longest *. suffix > no hosts
+# (tests/dataplane/test_host_precedence.py sends the requests). Same host + path + method conflicts.
+HOST_PAIRS = [
+    ("exact/exact same", ["api.example.com"], ["api.example.com"], "api.example.com"),
+    ("exact/exact other", ["api.example.com"], ["web.example.com"], None),
+    ("exact/wildcard", ["api.example.com"], ["*.example.com"], None),
+    ("exact/none", ["api.example.com"], [], None),
+    ("wildcard/wildcard same", ["*.example.com"], ["*.example.com"], "*.example.com"),
+    ("wildcard/wildcard nested", ["*.example.com"], ["*.eu.example.com"], None),
+    ("wildcard/none", ["*.example.com"], [], None),
+    ("none/none", [], [], "none"),
+    ("lists sharing one host", ["api.example.com", "*.example.com"], ["*.example.com", "web.example.com"],
+     "*.example.com"),
+]
+
+
+@pytest.mark.parametrize("newer_first", [False, True], ids=["older-listed-first", "newer-listed-first"])
+@pytest.mark.parametrize(("hosts_a", "hosts_b", "shared"), [p[1:] for p in HOST_PAIRS],
+                         ids=[p[0] for p in HOST_PAIRS])
+def test_host_pairs_conflict_only_on_a_shared_host(build, hosts_a, hosts_b, shared, newer_first):
+    older = build.route("older", "/r/:id", created="2024-01-01T00:00:00Z", hosts=hosts_a)
+    newer = build.route("newer", "/r/{x}", created="2025-01-01T00:00:00Z", hosts=hosts_b)
+    result = translate(build.make_input(*((newer, older) if newer_first else (older, newer))))
+    assert result.results[ref("GatewayRoute", "older")].accepted.status == "True"
+    verdict = result.results[ref("GatewayRoute", "newer")].accepted
+    if shared is None:
+        assert verdict.status == "True", verdict.message
+        assert sorted(r.name for r in result.config.routes) == ["newer", "older"]
+    else:
+        assert (verdict.status, verdict.reason) == ("False", "Conflicted")
+        assert verdict.message == (f"path /r/{{x}} (hosts {shared}; methods *) is already claimed by the older "
+                                   "GatewayRoute shop/older")
+        assert [r.name for r in result.config.routes] == ["older"]
+
+
+@pytest.mark.parametrize(("hosts_a", "hosts_b"), [(["api.example.com"], []), (["*.example.com"], []), ([], [])],
+                         ids=["exact/none", "wildcard/none", "none/none"])
+def test_host_pairs_with_disjoint_methods_coexist_and_overlapping_ones_conflict(build, hosts_a, hosts_b):
+    older = build.route("older", created="2024-01-01T00:00:00Z", hosts=hosts_a, methods=["GET"])
+    disjoint = build.route("disjoint", created="2025-01-01T00:00:00Z", hosts=hosts_a, methods=["POST"])
+    fallback = build.route("fallback", created="2025-01-02T00:00:00Z", hosts=hosts_b)
+    result = translate(build.make_input(older, disjoint, fallback))
+    assert result.results[ref("GatewayRoute", "disjoint")].accepted.status == "True"
+    verdict = result.results[ref("GatewayRoute", "fallback")].accepted
+    if hosts_a == hosts_b:  # every method overlaps GET: the oldest claimant is named
+        assert verdict.reason == "Conflicted" and verdict.message.endswith("older GatewayRoute shop/older")
+    else:
+        assert verdict.status == "True"
 
 
 def test_normalise_path():
@@ -208,12 +259,18 @@ def test_same_input_in_any_order_gives_byte_identical_output(build, pki):
 
 # --- linear indexes: the same verdicts as pairwise comparison ----------------------------------------
 
-HOSTS = ["x.example.com", "y.example.com", "z.example.com"]
+HOSTS = ["x.example.com", "y.example.com", "*.example.com"]
 METHODS = ["GET", "POST", "PUT"]
 
 
 def overlap(a, b):
+    """Methods: an empty list is every method."""
     return not a or not b or bool(set(a) & set(b))
+
+
+def same_host(a, b):
+    """Hosts: a route claims its own host strings; no hosts is one more claim of its own."""
+    return (not a and not b) or bool(set(a) & set(b))
 
 
 def pairwise_winners(routes):
@@ -222,7 +279,7 @@ def pairwise_winners(routes):
     for obj in sorted(routes, key=lambda o: (o.creation_timestamp, o.namespace, o.name)):
         spec = obj.spec
         loser_of = next((w for w in winners if normalise_path(w.spec["path"]) == normalise_path(spec["path"])
-                         and overlap(w.spec.get("hosts", []), spec.get("hosts", []))
+                         and same_host(w.spec.get("hosts", []), spec.get("hosts", []))
                          and overlap(w.spec.get("methods", []), spec.get("methods", []))), None)
         verdict[obj.name] = None if loser_of is None else loser_of.name
         if loser_of is None:
