@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubegate.config import CompiledAuth, CompiledConfig, CompiledRoute, CompiledBackend
+from kubegate.config import CompiledAuth, CompiledBackend, CompiledConfig, CompiledRoute
 
 sys.path.insert(0, str(Path(__file__).parent))
-from live_gateway import exchange, live_gateway, status_of  # noqa: E402
+from live_gateway import exchange, live_gateway, status_of
 
 UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -146,7 +146,8 @@ def test_curl_path_as_is(live):
     for raw, status in [("/public/%2e%2e/admin/x", 401), ("/public/..%2fadmin/x", 400),
                         ("/public/..;/admin/x", 400), ("/public/../admin/x", 401)]:
         out = subprocess.run(["curl", "-sS", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}",
-                              f"http://127.0.0.1:{live.http}{raw}"], capture_output=True, text=True, timeout=20)
+                              f"http://127.0.0.1:{live.http}{raw}"], check=False, capture_output=True, text=True,
+                             timeout=20)
         assert out.stdout == str(status), (raw, out.stdout, out.stderr)
 
 

@@ -264,7 +264,6 @@ async def test_chunked_upstream_answer_is_rechunked(start_gateway, make_route):
 
 async def test_idle_keepalive_connections_are_swept(backend, start_gateway, make_route, monkeypatch):
     from kubegate.dataplane import http1
-
     from kubegate.dataplane.webfront import ClientTimeouts
 
     monkeypatch.setattr(http1, "SWEEP_SECONDS", 0.05)
