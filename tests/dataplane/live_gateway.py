@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -56,7 +57,8 @@ def live_gateway(config: Callable[[str], CompiledConfig], secrets: SecretBundle 
                             headers={"Server": "backend/1.2.3"})
 
     async def start():
-        backend = web.Server(record)
+        # its own logger: a request the gateway cuts short is the backend's log line, not the gateway's
+        backend = web.Server(record, logger=logging.getLogger("live.backend"))
         server = await asyncio.get_running_loop().create_server(backend, "127.0.0.1", 0)
         url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         limiter = build_rate_limiter(None)
