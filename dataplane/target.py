@@ -123,8 +123,10 @@ def parse_host(value: str) -> str | None:
         if end == -1 or not _valid_port(value[end + 1:], allow_empty=True):
             return None
         inner = value[1:end]
+        if "%" in inner:  # a zone id names an interface of the client's host, never ours
+            return None
         try:
-            ipaddress.IPv6Address(inner)  # also refuses zone ids and IPvFuture
+            ipaddress.IPv6Address(inner)  # also refuses IPvFuture
         except ValueError:
             return None
         return "[" + inner.lower() + "]"
