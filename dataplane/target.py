@@ -29,7 +29,7 @@ from typing import NamedTuple
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _REFUSED_ESCAPES = {0x2F: "an encoded '/'", 0x5C: "an encoded '\\'", 0x00: "an encoded NUL"}
-_QUICK_UNSAFE = re.compile(r"%|\\|/\.|//")
+_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__: the per-request case
 
 
 class RequestPath(NamedTuple):
@@ -49,12 +49,12 @@ def normalise_request_path(raw_path: str) -> RequestPath | PathRefused:
     """The one request-path normaliser of the data plane (see the module docstring)."""
     if raw_path[:1] != "/":
         return PathRefused("the request target is not an absolute path")
-    if _QUICK_UNSAFE.search(raw_path) is None:  # the common case: nothing to decode or resolve
-        inner = raw_path[1:]
+    if "%" not in raw_path and "/." not in raw_path and "//" not in raw_path and "\\" not in raw_path:
+        inner = raw_path[1:]  # the common case: nothing to decode or resolve
         segments = inner.split("/") if inner else []
         if segments and not segments[-1]:
             segments.pop()
-        return RequestPath(raw_path, segments)
+        return _new_tuple(RequestPath, (raw_path, segments))
     segments: list[str] = []
     last_was_dot = False
     for raw in raw_path.split("/"):
