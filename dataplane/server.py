@@ -478,6 +478,8 @@ class Gateway:
             if identity is None and policy.client_mode == "require":  # pragma: no cover - the handshake
                 return 403, "forbidden_subject", "client certificate required"
             if identity is not None and not policy.subjects.allows(identity):
+                method = request.method if request.method in _KNOWN_METHODS else "OTHER"
+                self.metrics.auth_failures.labels("", method, "forbidden_subject").inc()
                 self.audit.event("auth_failure", reason="forbidden_subject", policy=policy.policy_id, host=host,
                                  client_ip=request.remote or "", principal=f"mtls:{identity.label}")
                 return 403, "forbidden_subject", "client certificate subject not allowed"

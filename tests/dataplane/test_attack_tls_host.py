@@ -113,6 +113,8 @@ async def test_tlspolicy_allowed_subjects_apply_to_every_request(gateway, pki, c
     assert status(await https(port, _client_ctx(pki), "c.test", get("c.test"))) == 200
     assert status(await https(port, wrong, "c.test", get("c.test"))) == 403
     assert status(await https(port, right, "c.test", get("c.test"))) == 200
+    assert gateway.metrics.registry.get_sample_value(
+        "auth_failures_total", {"route": "", "method": "GET", "reason": "forbidden_subject"}) == 2
 
 
 async def test_sni_and_host_must_agree(gateway, pki, certs, tmp_path):
