@@ -384,6 +384,10 @@ class Gateway:
         if host is None or (relay is None and len(headers.getall("Host", ())) > 1):
             return self._error(400, "bad_host", "invalid Host header", extra, "", request, started)
         method = request.method
+        if relay is None and request.raw_path[:1] not in ("/", "") and method != "CONNECT" \
+                and not self._authority_agrees(request.raw_path, host):
+            return self._error(400, "bad_host", "the request target names another host than Host", extra, "",
+                               request, started)
         if method in GUARDED_METHODS and method not in snap.guarded_methods:
             extra["Allow"] = _ALLOW_DEFAULT
             return self._error(405, "method_not_allowed", "method not allowed", extra, "", request, started)
@@ -484,6 +488,15 @@ class Gateway:
                                  client_ip=request.remote or "", principal=f"mtls:{identity.label}")
                 return 403, "forbidden_subject", "client certificate subject not allowed"
         return None
+
+    @staticmethod
+    def _authority_agrees(target: str, host: str) -> bool:
+        """An absolute-form target (``GET http://a.test/x``) must name the host the request is routed by."""
+        scheme, sep, rest = target.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            return False
+        authority = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")
+        return not authority[1] and parse_host(authority[2]) == host
 
     def _https_location(self, host_header: str, path: str, query: str) -> str:
         """The request's URL on the HTTPS listener: an explicit port becomes the HTTPS port."""

@@ -205,6 +205,13 @@ async def test_invalid_host_headers_get_400_on_both_listeners(gateway, pki, host
     assert gateway.backend.received == []
 
 
+async def test_an_absolute_form_target_cannot_name_another_host(gateway):
+    for target, code in [("http://a.test/x", 400), ("http://user@plain.test/x", 400), ("ftp://plain.test/x", 400),
+                         ("http://PLAIN.test:80/x", 200)]:
+        response = await plain(gateway.ports["http"], get("plain.test", target))
+        assert status(response) == code, (target, response)
+
+
 async def test_two_host_headers_get_400(gateway):
     response = await plain(gateway.ports["http"], b"GET /x HTTP/1.1\r\nHost: plain.test\r\nHost: a.test\r\n"
                                                   b"Connection: close\r\n\r\n")
