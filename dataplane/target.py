@@ -109,13 +109,21 @@ _LABELS = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?
 _PORT = re.compile(r"[0-9]{0,5}", re.ASCII)
 
 
-@lru_cache(maxsize=4096)
+_MAX_HOST_HEADER = 254 + 6 + 2  # the longest name, ":65535", an IPv6 literal's brackets
+
+
 def parse_host(value: str) -> str | None:
     """The host of a Host header (lower case, no port, no trailing dot); None when it is not valid.
 
     An empty value gives ``""`` (HTTP/1.0 clients may send none; only routes
-    without hosts can match it). IPv6 literals keep their brackets.
+    without hosts can match it). IPv6 literals keep their brackets. Results are
+    cached (hosts repeat); values too long to be valid never reach the cache.
     """
+    return _parse_host(value) if len(value) <= _MAX_HOST_HEADER else None
+
+
+@lru_cache(maxsize=4096)
+def _parse_host(value: str) -> str | None:
     if not value:
         return ""
     if value[0] == "[":
