@@ -94,7 +94,7 @@ def build_context(policy: CompiledTls, secrets: SecretBundle) -> tuple[PolicyCon
     ctx.client_mode = mode
     subjects = client.allowed_subjects if client is not None and mode != "none" else ()
     ctx.subjects = SubjectMatcher(subjects) if subjects else None
-    ctx.handshake = (policy.id, mode, client.ca_bundle if mode != "none" else None,
+    ctx.handshake = (policy.id, policy.min_version, mode, client.ca_bundle if mode != "none" else None,
                      secrets.values.get(client.ca_bundle or "") if mode != "none" else None)
     ctx.fallback = False
     try:
@@ -136,15 +136,17 @@ class TlsSet:
     def admits(self, connection: PolicyContext, hostname: str) -> PolicyContext | None:
         """The policy of a request's Host when the connection may carry it; None means 421.
 
-        A Host must select the policy the SNI selected, under the same client-auth
-        rules the handshake enforced (after a reload that changed them, the client
-        reconnects); on a fallback connection only policies without client auth.
+        A Host must select the policy the SNI selected, under the same handshake
+        rules (TLS floor, client auth; after a reload that changed them, the client
+        reconnects); on a fallback connection only policies without client auth
+        whose TLS floor is not above the fallback policy's.
         """
         owner = self.owner(hostname)
         if owner is None:
             return None
-        if connection.fallback:
-            return owner if owner.client_mode == "none" else None
+        if connection.fallback:  # its handshake enforced the fallback policy's floor and no client auth
+            open_enough = owner.client_mode == "none" and owner.minimum_version <= connection.minimum_version
+            return owner if open_enough else None
         return owner if owner.handshake == connection.handshake else None
 
 

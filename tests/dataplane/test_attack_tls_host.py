@@ -152,6 +152,19 @@ async def test_without_sni_only_hosts_without_client_auth(gateway, pki, certs, t
     assert b"HTTP/1.1 421" in out, out
 
 
+async def test_without_sni_a_tls12_connection_never_reaches_a_tls13_only_host(backend, start_gateway, make_route,
+                                                                               pki, certs):
+    b = await backend()
+    strict = CompiledTls(id="ns/c", hostnames=HOSTS["c"], cert_chain="c.crt", private_key="c.key", min_version="1.3")
+    gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),), tls=(_policy("b"), strict)),
+                             _secrets(pki, certs))
+    tls12 = _client_ctx(pki)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert status(await https(gw.ports["https"], tls12, None, get("b.test"))) == 200
+    assert status(await https(gw.ports["https"], tls12, None, get("c.test"))) == 421
+    assert status(await https(gw.ports["https"], _client_ctx(pki), "c.test", get("c.test"))) == 200
+
+
 async def test_without_sni_and_every_policy_requiring_certs_the_handshake_is_refused(
         backend, start_gateway, make_route, pki, certs):
     b = await backend()
