@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kubegate.resources import READY
 from kubegate.spec import GROUP, KINDS, PLURALS, SHORT_NAMES, VERSION
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
@@ -26,8 +27,8 @@ CATEGORY = "kubegate"
 # make the API server default fields the operator already defaults).
 _DROPPED = {"title", "default", "$defs", "examples"}
 
-_READY = '.status.conditions[?(@.type=="Ready")].status'
-_REASON = '.status.conditions[?(@.type=="Ready")].reason'
+_READY = f'.status.conditions[?(@.type=="{READY}")].status'
+_REASON = f'.status.conditions[?(@.type=="{READY}")].reason'
 
 
 def _merge(outer: dict[str, Any], inner: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def _column(name: str, path: str, type_: str = "string", priority: int = 0, desc
 
 
 def printer_columns(kind: str) -> list[dict[str, Any]]:
-    ready = _column("Ready", _READY, description="All conditions are True")
+    ready = _column(READY, _READY, description="All conditions are True")
     reason = _column("Reason", _REASON, priority=1, description="Why the object is not Ready")
     age = _column("Age", ".metadata.creationTimestamp", "date")
     specific = {

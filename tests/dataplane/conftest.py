@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from kubegate.dataplane.devca import Minted, mint_ca, mint_cert
 from kubegate.dataplane.ratelimit import build_rate_limiter
 from kubegate.dataplane.server import Gateway
 
 from kubegate.config import CompiledBackend, CompiledConfig, CompiledRoute, SecretBundle
+from kubegate.pki import Minted, mint_ca, mint_cert
 
 
 def _free_port() -> int:
