@@ -13,9 +13,9 @@ import ssl
 from pathlib import Path
 
 import pytest
-from kubegate.dataplane.devca import mint_cert
 
 from kubegate.config import CompiledClientAuth, CompiledConfig, CompiledTls, SecretBundle
+from kubegate.pki import mint_cert
 
 HOSTS = {"a": ("a.test",), "b": ("b.test",), "c": ("c.test",), "w": ("*.w.test",), "x": ("admin.w.test",)}
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kubegate.dataplane.devca import mint_ca, mint_cert
 from kubegate.dataplane.target import PathRefused, RequestPath, normalise_request_path, parse_host
 from kubegate.dataplane.webfront import ClientTimeouts
 
@@ -28,6 +27,7 @@ from kubegate.config import (
     CompiledTls,
     SecretBundle,
 )
+from kubegate.pki import mint_ca, mint_cert
 
 sys.path.insert(0, str(Path(__file__).parent))
 from live_gateway import exchange, live_gateway, status_of
