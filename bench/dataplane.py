@@ -40,7 +40,8 @@ import timeit
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from kubegate.dataplane.router import RouteTable, normalize_path
+from kubegate.dataplane.router import RouteTable
+from kubegate.dataplane.target import normalise_request_path
 
 from kubegate.config import (
     CompiledApiKey,
@@ -331,7 +332,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-LOOKUP_MIX = [(f"h{i % 50}.test", normalize_path(f"/svc{i}/items/{i * 7}")[1]) for i in range(10)]
+LOOKUP_MIX = [(f"h{i % 50}.test", normalise_request_path(f"/svc{i}/items/{i * 7}").segments) for i in range(10)]
 
 
 def lookup_table(n: int) -> RouteTable:

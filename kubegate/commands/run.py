@@ -24,6 +24,7 @@ async def serve(args: argparse.Namespace) -> int:
     from kubegate.dataplane.ratelimit import build_rate_limiter
     from kubegate.dataplane.reload import FileConfigSource, LoadFailed, build, report
     from kubegate.dataplane.server import ConfigRejected, Gateway
+    from kubegate.dataplane.webfront import ClientTimeouts
 
     log = logging.getLogger("kubegate.run")
     ca = DevCa()
@@ -41,7 +42,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         gateway = Gateway(host=args.host, http_port=args.http_port, https_port=args.https_port,
                           admin_port=args.admin_port, limiter=limiter, trusted_proxies=args.trusted_proxies,
-                          metrics=metrics)
+                          metrics=metrics, timeouts=ClientTimeouts(args.header_timeout, args.idle_timeout))
     except ValueError as exc:
         await limiter.close()
         raise UserError(str(exc)) from None
