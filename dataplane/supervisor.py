@@ -414,7 +414,8 @@ class Supervisor:
             return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         async def healthz(_request: web.Request) -> web.Response:
-            return web.json_response({"status": "ok", "workers": len(self._workers)})
+            return web.json_response({"status": "ok", "workers": self.count,
+                                      "listening": sum(w.listening for w in self._workers.values())})
 
         async def readyz(_request: web.Request) -> web.Response:
             if self._loaded is None:
