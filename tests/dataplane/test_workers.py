@@ -153,9 +153,8 @@ async def _raw_get(port: int, path: str, timeout: float = 10) -> int:
 
 async def _listening(run: Run) -> int:
     """How many workers listen, as the supervisor's /healthz says."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(run.admin("/healthz")) as r:
-            return (await r.json())["listening"]
+    async with aiohttp.ClientSession() as session, session.get(run.admin("/healthz")) as r:
+        return (await r.json())["listening"]
 
 
 def _sockets(pid: int) -> int:
@@ -200,9 +199,8 @@ async def test_workers_admit_exactly_the_limit_and_metrics_add_up(backend, runni
     assert statuses.count(200) == LIMIT, statuses
     assert statuses.count(429) == 150 - LIMIT
 
-    async with aiohttp.ClientSession() as session:
-        async with session.get(run.admin("/metrics")) as r:
-            text = await r.text()
+    async with aiohttp.ClientSession() as session, session.get(run.admin("/metrics")) as r:
+        text = await r.text()
     assert _metric(text, "kubegate_requests_total", route="shop/limited", code="2xx") == LIMIT
     assert _metric(text, "kubegate_requests_total", route="shop/limited", code="4xx") == 150 - LIMIT
     assert _metric(text, "rate_limit_exceeded_total", route="shop/limited") == 150 - LIMIT

@@ -7,7 +7,6 @@ print their startup line (ports, loop) before they first talk to the API.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -39,7 +38,7 @@ def _startup_line(proc: subprocess.Popen, pattern: str, timeout: float = 90) -> 
     reader.start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in list(lines):
+        for line in lines:
             if line.startswith(pattern):
                 return line.strip()
         if proc.poll() is not None and not reader.is_alive():
