@@ -182,6 +182,9 @@ class Supervisor:
         digest = config_hash(config, secrets)
         if self._desired is not None and self._desired[0] == digest:
             return digest
+        if self._committed is not None and self._committed[0] == digest:  # back to what is served
+            self._desired = self._committed
+            return digest
         self._desired = (digest, pickle.dumps((config, secrets), protocol=pickle.HIGHEST_PROTOCOL), config)
         self._outcomes.setdefault(digest, asyncio.get_running_loop().create_future())
         if self._reloader is None or self._reloader.done():
@@ -284,6 +287,7 @@ class Supervisor:
             multiprocess.mark_process_dead(proc.pid, self.metrics_dir)
             if self._stopping:
                 return
+            self._update_loaded()  # the others may agree now
             log.warning("worker %d (pid %d) exited with %s; restarting it", index, proc.pid,
                         f"signal {-code}" if code < 0 else f"code {code}")
             backoff = 0.1 if time.monotonic() - started > 10 else min(backoff * 2, 5.0)

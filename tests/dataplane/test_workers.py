@@ -20,6 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from redis_fixture import running_redis
+
 LIMIT = 20
 
 
@@ -81,6 +84,11 @@ class Run:
         code = await asyncio.wait_for(self.proc.wait(), 40)
         await self._reader
         return code
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline") as handle:
+        return handle.read().replace("\0", " ")
 
 
 def _alive(pid: int) -> bool:
@@ -206,6 +214,21 @@ async def test_workers_admit_exactly_the_limit_and_metrics_add_up(backend, runni
     assert _metric(text, "rate_limit_exceeded_total", route="shop/limited") == 150 - LIMIT
     assert _metric(text, "kubegate_requests_total", route="shop/api") == 60
     assert 'kubegate_config_reloads_total{result="ok"} 1.0' in text  # once for all workers, not 3 times
+    assert await run.stop() == 0
+
+
+@pytest.fixture
+def redis_server():
+    yield from running_redis()
+
+
+async def test_workers_share_redis_limits_exactly(backend, running, redis_server):
+    b = await backend()
+    run, _ = await running(b.port, "--workers", "2", "--redis-url", redis_server.url)
+    assert all(redis_server.url not in _cmdline(pid) for pid in run.workers())  # settings never on argv
+    statuses = await asyncio.gather(*(_raw_get(run.ports["http"], f"/limited/{i}") for i in range(80)))
+    assert statuses.count(200) == LIMIT and statuses.count(429) == 80 - LIMIT, statuses
+    assert redis_server.url not in run.log
     assert await run.stop() == 0
 
 
