@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -133,10 +134,11 @@ async def start_run(folder: Path, *extra: str, env: dict[str, str] | None = None
 async def running(tmp_path):
     started: list[Run] = []
 
-    async def start(backend_port: int, *extra: str, env: dict[str, str] | None = None) -> tuple[Run, Path]:
+    async def start(backend_port: int, *extra: str, env: dict[str, str] | None = None,
+                    more_yaml: str = "") -> tuple[Run, Path]:
         folder = tmp_path / f"m{len(started)}"
         folder.mkdir()
-        (folder / "gateway.yaml").write_text(_manifests(backend_port))
+        (folder / "gateway.yaml").write_text(_manifests(backend_port) + more_yaml)
         run = await start_run(folder, *extra, env=env)
         started.append(run)
         return run, folder / "gateway.yaml"
@@ -311,6 +313,44 @@ async def test_a_reload_is_announced_only_once_every_worker_serves_it(backend, r
     # every worker serves the new config: fresh connections land on both
     statuses = await asyncio.gather(*(_raw_get(run.ports["http"], p) for p in ["/v2/x", "/v1/x"] * 30))
     assert statuses == [200, 404] * 30
+    assert await run.stop() == 0
+
+
+TLS_POLICY = """
+---
+apiVersion: kubegate.dev/v1alpha1
+kind: TLSPolicy
+metadata: {name: public, namespace: kubegate-system}
+spec:
+  hostnames: ["localhost"]
+  certificate:
+    issuerRef: {name: dev, kind: ClusterIssuer}
+"""
+
+
+async def test_tls_handshakes_on_uvloop_workers(backend, running):
+    """uvloop's transports are not asyncio.Transport subclasses: the SNI peek must not care."""
+    b = await backend()
+    run, _ = await running(b.port, "--workers", "2", more_yaml=TLS_POLICY)
+    for _ in range(100):  # logged right after the "listening:" line
+        found = re.search(r"development CA \(for curl --cacert\): (\S+)", run.log)
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    ca = found.group(1)
+    context = ssl.create_default_context(cafile=ca)
+
+    async def get() -> int:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", run.ports["https"], ssl=context, server_hostname="localhost"), 10)
+        try:
+            writer.write(b"GET /v1/tls HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            return int((await asyncio.wait_for(reader.readline(), 10)).split()[1])
+        finally:
+            writer.close()
+
+    assert await asyncio.gather(*(get() for _ in range(30))) == [200] * 30  # fresh handshakes: both workers
+    assert "Traceback" not in run.log
     assert await run.stop() == 0
 
 
