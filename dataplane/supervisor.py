@@ -400,7 +400,8 @@ class Supervisor:
         m = self.metrics
         m.config_info.info({"hash": digest, "routes": str(len(config.routes)),
                             "api_keys": str(len(config.api_keys)), "tls_policies": str(len(config.tls))})
-        log.info("config %s served by all %d workers: %d routes", digest[:12], len(listening), len(config.routes))
+        log.info("config %s served by every listening worker (%d of %d): %d routes", digest[:12], len(listening),
+                 self.count, len(config.routes))
         if self.on_loaded is not None:
             self.on_loaded(digest)
 
