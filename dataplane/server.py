@@ -141,15 +141,14 @@ def _one_line(exc: BaseException) -> str:
 
 class Gateway:
     def __init__(self, *, host: str = "0.0.0.0", http_port: int = 8080, https_port: int = 8443,
-                 admin_port: int = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
+                 admin_port: int | None = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
                  metrics: Metrics | None = None, audit: AuditLog | None = None, jwks: Any = None,
                  reuse_port: bool = False, fast_http: bool = True,
                  timeouts: ClientTimeouts | None = None) -> None:
         """``reuse_port``: bind the HTTP/HTTPS listeners with SO_REUSEPORT so several worker
         processes can share them (the kernel spreads connections; nginx/Envoy do the same).
-        The admin port is never shared: each worker's metrics must be scraped separately.
-        ``fast_http``: serve simple plain-HTTP requests with the lean front (http1.py).
-        ``timeouts``: the slow-client limits of both listeners (``--header-timeout``, ``--idle-timeout``)."""
+        ``admin_port`` None: no admin port (a worker: its supervisor serves the aggregated one).
+        ``fast_http``: serve simple plain-HTTP requests with the lean front (http1.py)."""
         self.host = host
         self.reuse_port = reuse_port
         self.fast_http = fast_http
@@ -189,16 +188,26 @@ class Gateway:
 
     def apply(self, config: CompiledConfig, secrets: SecretBundle) -> str:
         """Validate and swap in a new config; ConfigRejected keeps the last good one serving."""
+        snapshot = self.prepare(config, secrets)
+        return self.commit(snapshot) if snapshot is not None else self._snapshot.hash  # type: ignore[union-attr]
+
+    def prepare(self, config: CompiledConfig, secrets: SecretBundle) -> Snapshot | None:
+        """Build (not yet serve) a config's snapshot; None when it is the one already served.
+        The two halves of ``apply``, so workers can all build before any of them swaps."""
         digest = config_hash(config, secrets)
         current = self._snapshot
         if current is not None and current.hash == digest:
-            return digest
+            return None
         try:
-            snapshot = self._build(config, secrets, digest)
+            return self._build(config, secrets, digest)
         except Exception as exc:  # noqa: BLE001 - any problem refuses the config, never the process
             reason = _one_line(exc)
             self.reject(reason)
             raise ConfigRejected(reason) from None
+
+    def commit(self, snapshot: Snapshot) -> str:
+        """Serve a prepared snapshot (one reference swap)."""
+        config, digest = snapshot.config, snapshot.hash
         self._snapshot = snapshot
         _settle_heap()
         m = self.metrics
@@ -289,24 +298,28 @@ class Gateway:
                 loop, lambda: SniPeekProtocol(self._current_tls, https, self._tls_error), "https"
             )
             self._servers.append(server)
-            app = web.Application()
-            app.on_response_prepare.append(_server_header)
-            app.router.add_get("/metrics", self._metrics_endpoint)
-            app.router.add_get("/healthz", self._healthz)
-            app.router.add_get("/readyz", self._readyz)
-            app.router.add_get("/config", self._config_endpoint)
-            self._admin_runner = web.AppRunner(app, access_log=None)
-            await self._admin_runner.setup()
-            site = web.TCPSite(self._admin_runner, self.host, self.ports["admin"], reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports['admin']} (admin): "
-                                         f"{exc.strerror}") from None
-            self.ports["admin"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            if self.ports["admin"] is not None:  # None: a worker; its supervisor serves the admin port
+                await self._start_admin()
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_admin(self) -> None:
+        app = web.Application()
+        app.on_response_prepare.append(server_header)
+        app.router.add_get("/metrics", self._metrics_endpoint)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/config", self._config_endpoint)
+        self._admin_runner = web.AppRunner(app, access_log=None)
+        await self._admin_runner.setup()
+        site = web.TCPSite(self._admin_runner, self.host, self.ports["admin"], reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports['admin']} (admin): "
+                                     f"{exc.strerror}") from None
+        self.ports["admin"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, factory: Any, name: str) -> asyncio.base_events.Server:
         try:
@@ -549,16 +562,19 @@ class Gateway:
 
     async def _config_endpoint(self, request: web.Request) -> web.Response:
         snap = self._snapshot
-        if snap is None:
-            return web.json_response({"hash": None, "routes": 0, "loaded_at": None})
-        return web.json_response({
-            "hash": snap.hash, "routes": len(snap.config.routes), "api_keys": len(snap.config.api_keys),
-            "tls_policies": len(snap.config.tls), "loaded_at": snap.loaded_at,
-            "generations": snap.config.generations,
-        })
+        return web.json_response(config_summary(snap.config, snap.hash, snap.loaded_at) if snap else
+                                 config_summary(None, None, None))
 
 
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+def config_summary(config: CompiledConfig | None, digest: str | None, loaded_at: float | None) -> dict[str, Any]:
+    """The admin port's /config answer (pure; the supervisor of ``--workers`` serves it too)."""
+    if config is None:
+        return {"hash": None, "routes": 0, "loaded_at": None}
+    return {"hash": digest, "routes": len(config.routes), "api_keys": len(config.api_keys),
+            "tls_policies": len(config.tls), "loaded_at": loaded_at, "generations": config.generations}
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER
 
 

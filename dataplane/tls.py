@@ -257,8 +257,7 @@ class SniPeekProtocol(asyncio.Protocol):
         self._timeout: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # uvloop's are no asyncio.Transport subclass
         self._timeout = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._expire)
 
     def _peer(self) -> str:

@@ -38,6 +38,19 @@ def _add_listeners(p: argparse.ArgumentParser) -> None:
         "--trusted-proxy", dest="trusted_proxies", action="append", default=[], metavar="CIDR",
         help="honour X-Forwarded-For from these peers; may repeat",
     )
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="worker processes sharing the listeners (SO_REUSEPORT) under one supervisor; "
+                        "default: the CPUs the process may use")
+
+
+def _workers(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"{n}: must be between 1 and 1024")
+    return n
 
 
 def _env_default(flag: str, default: str) -> str:
