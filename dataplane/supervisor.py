@@ -39,11 +39,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .webfront import ClientTimeouts
-
 from aiohttp import web
 
 from kubegate.config import CompiledConfig, SecretBundle, config_hash
+
+from .webfront import ClientTimeouts
 
 log = logging.getLogger("kubegate.supervisor")
 

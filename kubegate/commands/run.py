@@ -84,15 +84,16 @@ async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | N
             if refusal is not None:
                 raise UserError(f"config refused: {refusal}")
             await gateway.wait_listening()
+        # Before the "listening" line: a SIGTERM right after it must stop us cleanly, not kill us.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         log.info("listening: http://%s:%d https://%s:%d admin http://%s:%d/metrics (%d worker%s, %s)",
                  host, gateway.ports["http"], host, gateway.ports["https"], host, gateway.ports["admin"],
                  workers, "" if workers == 1 else "s", eventloop.loop_name())
         log.info("development CA (for curl --cacert): %s", ca.ca_path)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         watcher = asyncio.create_task(source.watch())
         await stop.wait()
         log.info("shutting down")
