@@ -260,6 +260,7 @@ class RouteAuth(SpecModel):
         json_schema_extra=cel(
             ("!self.methods.exists(m, m == 'jwt') || has(self.jwt)", "methods contains jwt but jwt is not configured"),
             ("!has(self.jwt) || self.methods.exists(m, m == 'jwt')", "jwt is configured but not listed in methods"),
+            ("!has(self.mtls) || self.methods.exists(m, m == 'mtls')", "mtls is configured but not listed in methods"),
         )
     )
 
@@ -276,6 +277,8 @@ class RouteAuth(SpecModel):
             raise ValueError("methods contains jwt but jwt is not configured")
         if self.jwt is not None and "jwt" not in self.methods:
             raise ValueError("jwt is configured but not listed in methods")
+        if self.mtls is not None and "mtls" not in self.methods:
+            raise ValueError("mtls is configured but not listed in methods")
         return self
 
 
