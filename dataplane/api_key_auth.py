@@ -60,13 +60,19 @@ def extract_api_key(x_api_key: str | None, authorization: str | None) -> str | N
 class ApiKeyTable:
     SEEN_KEPT = 4096  # presented keys whose lookup is remembered (then the memory starts afresh)
 
-    def __init__(self, keys: tuple[CompiledApiKey, ...], secrets: SecretBundle) -> None:
+    def __init__(self, keys: tuple[CompiledApiKey, ...], secrets: SecretBundle,
+                 dropped: dict[str, str] | None = None) -> None:
+        """Unusable keys raise ValueError, or with ``dropped`` are left out and named there."""
         self._by_hash: dict[str, KeyRecord] = {}
         self._seen: dict[str, KeyRecord | None] = {}
         for key in keys:
             hashed = secrets.values.get(key.hash_ref, "").strip().lower()
             if len(hashed) != 64 or not set(hashed) <= _HEX:
-                raise ValueError(f"ApiKey {key.namespace}/{key.name}: hash {key.hash_ref!r} is missing or not sha256 hex")
+                reason = f"ApiKey {key.namespace}/{key.name}: hash {key.hash_ref!r} is missing or not sha256 hex"
+                if dropped is None:
+                    raise ValueError(reason)
+                dropped[f"ApiKey/{key.namespace}/{key.name}"] = reason
+                continue
             self._by_hash[hashed] = KeyRecord(
                 id=key.id,
                 namespace=key.namespace,

@@ -472,7 +472,7 @@ def _route(scope: _Scope, spec: GatewayRouteSpec) -> CompiledRoute | None:
         connect_timeout=_seconds(spec.timeouts.connect),
         retries=spec.retries.attempts,
         max_body_bytes=spec.maxBodyBytes,
-        request_schema=spec.requestSchema or None,
+        request_schema=spec.requestSchema,
         auth=auth,
         ip_allow=tuple(spec.ipFilter.allow) if spec.ipFilter else (),
         ip_deny=tuple(spec.ipFilter.deny) if spec.ipFilter else (),

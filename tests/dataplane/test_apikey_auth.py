@@ -162,7 +162,9 @@ def test_extract_api_key_forms():
     assert extract_api_key(None, None) is None
 
 
-def test_missing_or_malformed_hash_refuses_the_config():
-    with pytest.raises(ValueError, match="shop/acme"):
-        Admission(CONFIG, SecretBundle(values={}), limiter=MemoryRateLimiter(), jwks=JwksCache(),
-                  metrics=Metrics(), audit=AuditLog(io.StringIO()))
+def test_missing_or_malformed_hash_leaves_the_key_out():
+    admission = Admission(CONFIG, SecretBundle(values={}), limiter=MemoryRateLimiter(), jwks=JwksCache(),
+                          metrics=Metrics(), audit=AuditLog(io.StringIO()))
+    assert {ref for ref in admission.dropped if ref.startswith("ApiKey/")} == {
+        f"ApiKey/{k.namespace}/{k.name}" for k in CONFIG.api_keys}
+    assert "shop/acme" in admission.dropped["ApiKey/shop/acme"]
