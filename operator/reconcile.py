@@ -39,6 +39,7 @@ from .programmed import (
     ReplicaLease,
     acknowledgement,
     live_hashes,
+    live_refusals,
     next_expiry,
     replica_lease,
 )
@@ -128,6 +129,7 @@ class Reconciler:
         # a pass re-derives a status only when one of those changed (1,000 unchanged objects cost ~2 ms, not 20).
         self._status_memo: dict[ObjectRef, tuple[Any, Any, Any, dict[str, Any], int]] = {}
         self._hashes: dict[str, int] = {}
+        self._refusals: dict[str, tuple[str, str]] = {}
         self._hashes_epoch = 0
         # Status writes run beside the loop: the next config pass need not wait for 1,000 patches to land.
         self._writing: set[ObjectRef] = set()  # objects with a status patch in flight
@@ -345,8 +347,9 @@ class Reconciler:
             return
         now = time.time()
         hashes = live_hashes(self.replicas.values(), now)
-        if hashes != self._hashes:
-            self._hashes, self._hashes_epoch = hashes, self._hashes_epoch + 1
+        refusals = live_refusals(self.replicas.values(), now)
+        if hashes != self._hashes or refusals != self._refusals:
+            self._hashes, self._refusals, self._hashes_epoch = hashes, refusals, self._hashes_epoch + 1
         epoch = self._hashes_epoch
         stamp = _iso_now()
         certs = self.generated[("cert-manager.io/v1", "Certificate")].objects
@@ -366,7 +369,7 @@ class Reconciler:
             unchanged = seen is not None and seen[0] is verdict and (seen[3] is live.status or seen[3] == live.status)
             if unchanged and seen[4] == epoch and not verdict.certificate:
                 continue  # same verdict, same live hashes, same status: nothing to re-derive
-            ack = acknowledgement(str(ref), verdict.generation, hashes, self.history)
+            ack = acknowledgement(str(ref), verdict.generation, hashes, self.history, refusals)
             cert = (certificate_facts(verdict.certificate, certs.get((gateway_ns, verdict.certificate)))
                     if verdict.certificate else None)
             if unchanged and seen[1] == ack and seen[2] == cert:
