@@ -1,9 +1,9 @@
-"""API-key authentication: checksum pre-check, then one sha256 and a dict lookup.
+"""API-key authentication: checksum pre-check (generated-format keys), then one sha256 and a dict lookup.
 
 The table maps sha256(key) -> key record and is built once per config
 snapshot from the compiled ApiKeys and the hashes in the SecretBundle; the
-data plane never sees a key itself. Garbage and typos are refused by the
-CRC checksum before any hashing. The outcome of that check and lookup (a
+data plane never sees a key itself. Garbage and typos of generated keys are
+refused by the CRC checksum before any hashing; keys users bring are looked up. The outcome of that check and lookup (a
 record or none) is remembered per presented key string, a few thousand
 keys at most, so a client's repeated key costs one dict lookup instead of
 a checksum and a sha256 (~3 us); like the verified-token cache, this holds
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kubegate.dataplane.ipfilter import CidrSet, parse_ip
 
-from kubegate.apikeys import checksum_ok, key_hash
+from kubegate.apikeys import key_hash, worth_a_lookup
 from kubegate.config import CompiledApiKey, CompiledLimit, CompiledRoute, SecretBundle
 
 _HEX = frozenset("0123456789abcdef")
@@ -89,7 +89,7 @@ class ApiKeyTable:
     def _record(self, key: str) -> KeyRecord | None:
         record = self._seen.get(key, _UNSEEN)
         if record is _UNSEEN:
-            record = self._by_hash.get(key_hash(key)) if checksum_ok(key) else None
+            record = self._by_hash.get(key_hash(key)) if worth_a_lookup(key) else None
             if len(self._seen) >= self.SEEN_KEPT:
                 self._seen.clear()
             self._seen[key] = record

@@ -144,6 +144,27 @@ class Backend(SpecModel):
     )
     weight: int = Field(1, ge=0, le=1_000_000, description="Relative weight for the weighted random choice.")
 
+    @field_validator("url")
+    @classmethod
+    def _url_is_usable(cls, value: str | None) -> str | None:
+        """What the data plane's URL parser (yarl) would refuse, refused here: a port outside 1-65535,
+        a port that is not a number, a missing or malformed host."""
+        if value is None:
+            return value
+        from yarl import URL
+
+        try:
+            parsed = URL(value)
+            port = parsed.explicit_port
+            host = parsed.raw_host
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"url {value!r} is not usable: {exc}") from None
+        if not host:
+            raise ValueError(f"url {value!r} has no host")
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"url {value!r}: port must be between 1 and 65535")
+        return value
+
     @model_validator(mode="after")
     def _one_target(self) -> Backend:
         if (self.service is None) == (self.url is None):
