@@ -40,8 +40,8 @@ documents = st.one_of(
                                       "spec:\n  path: /x\n  backends: [{url: 'http://a'}]\n  requestSchema: "
                                       + '{"items": ' * n + "{}" + "}" * n),
     st.sampled_from([
-        "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b]\n"
-        "d: [*c, *c, *c, *c, *c, *c, *c, *c]\n",
+        ("a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b]\n"
+         "d: [*c, *c, *c, *c, *c, *c, *c, *c]\n"),
         "kind: GatewayRoute\nmetadata: &m {name: a, x: *m}\nspec: &s {path: /x, self: *s}\n",
         "!!python/object/apply:os.system ['true']\n",
         "kind: ApiKey\nmetadata: {name: k}\nspec: {secretRef: {name: s, key: k}, expiresAt: 99999-99-99}\n",
