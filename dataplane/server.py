@@ -19,7 +19,7 @@ import asyncio
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -132,6 +132,7 @@ class Snapshot:
     tls: TlsSet
     loaded_at: float
     guarded_methods: frozenset[str]  # TRACE / CONNECT where some route names them
+    dropped: dict[str, str] = field(default_factory=dict)  # "Kind/ns/name" -> why it is not served
 
 
 def _one_line(exc: BaseException) -> str:
@@ -177,6 +178,12 @@ class Gateway:
     def loaded_hash(self) -> str | None:
         snap = self._snapshot
         return snap.hash if snap else None
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        """Objects of the loaded config that are not served ("Kind/ns/name" -> reason), for the heartbeat."""
+        snap = self._snapshot
+        return snap.dropped if snap else {}
 
     @property
     def ready(self) -> bool:
@@ -229,32 +236,51 @@ class Gateway:
                     self.loaded_hash[:12] if self.loaded_hash else "no config", reason)
 
     def _build(self, config: CompiledConfig, secrets: SecretBundle, digest: str) -> Snapshot:
+        """The snapshot of ``config``. An object that cannot be loaded (the translator refuses it first;
+        this is defence in depth) is left out, never served half-secured, and named in ``dropped``."""
         admission = self._admission(config, secrets)
+        dropped: dict[str, str] = dict(admission.dropped) if admission is not None else {}
         runtimes = []
         for route in config.routes:
-            has_work = admission.has_work(route) if admission is not None else _needs_admission(route)
-            if has_work and admission is None:
-                raise ValueError(f"route {route.id}: auth, IP filter and rate limits are unavailable")
+            ref = f"GatewayRoute/{route.id}"
+            if ref in dropped:
+                continue
             try:
-                schema = SchemaCheck(route.request_schema) if route.request_schema else None
-            except Exception as exc:  # noqa: BLE001 - jsonschema raises many types
-                raise ValueError(f"route {route.id}: invalid requestSchema: {_one_line(exc)}") from None
-            claims = route.auth.jwt.forward_claims.values() if route.auth and route.auth.jwt else ()
-            # API keys authenticate to the gateway, not to backends: like Kong's hide_credentials,
-            # they never travel further (JWTs do: backends may verify them again).
-            hide_api_key = bool(route.auth and "apiKey" in route.auth.methods)
-            runtime = RouteRuntime(
-                route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
-                max_body=route.max_body_bytes, needs_admission=has_work,
-                claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
-                hide_api_key=hide_api_key,
-                metrics=self._metrics_for(route.id),
-            )
-            runtimes.append((route.hosts, route.path, route.methods, runtime))
+                runtimes.append(self._route_entry(route, admission))
+            except Exception as exc:  # noqa: BLE001 - jsonschema, yarl and friends raise many types
+                dropped[ref] = _one_line(exc)
         table = RouteTable(runtimes)
-        tls = build_tls_set(config.tls, secrets) if config.tls else EMPTY_TLS
-        guarded = frozenset(m for route in config.routes for m in route.methods if m in GUARDED_METHODS)
-        return Snapshot(config, digest, table, admission, tls, time.time(), guarded)
+        tls = build_tls_set(config.tls, secrets, dropped) if config.tls else EMPTY_TLS
+        for ref, reason in sorted(dropped.items()):
+            log.warning("config %s: %s left out: %s", digest[:12], ref, reason)
+        guarded = frozenset(m for route in config.routes if f"GatewayRoute/{route.id}" not in dropped
+                            for m in route.methods if m in GUARDED_METHODS)
+        return Snapshot(config, digest, table, admission, tls, time.time(), guarded, dropped)
+
+    def _route_entry(self, route: CompiledRoute, admission: Any) -> tuple[Any, ...]:
+        """One route's RouteTable entry; ValueError (or jsonschema's errors) when it cannot be served."""
+        has_work = admission.has_work(route) if admission is not None else _needs_admission(route)
+        if has_work and admission is None:
+            raise ValueError("auth, IP filter and rate limits are unavailable")
+        if route.request_schema is not None:
+            try:
+                schema = SchemaCheck(route.request_schema)
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"invalid requestSchema: {_one_line(exc)}") from None
+        else:
+            schema = None
+        claims = route.auth.jwt.forward_claims.values() if route.auth and route.auth.jwt else ()
+        # API keys authenticate to the gateway, not to backends: like Kong's hide_credentials,
+        # they never travel further (JWTs do: backends may verify them again).
+        hide_api_key = bool(route.auth and "apiKey" in route.auth.methods)
+        runtime = RouteRuntime(
+            route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
+            max_body=route.max_body_bytes, needs_admission=has_work,
+            claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
+            hide_api_key=hide_api_key,
+            metrics=self._metrics_for(route.id),
+        )
+        return (route.hosts, route.path, route.methods, runtime)
 
     def _metrics_for(self, route_id: str) -> RouteMetrics:
         found = self._route_metrics.get(route_id)
@@ -462,11 +488,14 @@ class Gateway:
             if request.body_exists:
                 if headers.get("Expect", "").lower() == "100-continue":
                     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                if rt.schema is not None and is_json(headers.get("Content-Type", "")):
+                if rt.schema is not None:
+                    if not is_json(headers.get("Content-Type", "")):
+                        return self._error(415, "unsupported_media_type", "request body must be application/json",
+                                           extra, rt.id, request, started)
                     body = await proxy.read_body(request.content, rt.max_body)
                     problem = rt.schema.problem(body)
                     if problem is not None:
-                        return self._error(400, "schema_violation", problem, extra, rt.id, request, started)
+                        return self._error(400, problem.reason, problem.message, extra, rt.id, request, started)
                 elif length is not None and length <= proxy.SMALL_UPLOAD:
                     body = await proxy.read_body(request.content, rt.max_body)  # one write, replayable
                 else:

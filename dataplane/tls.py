@@ -153,14 +153,22 @@ class TlsSet:
 EMPTY_TLS = TlsSet({}, {}, None, {})
 
 
-def build_tls_set(policies: tuple[CompiledTls, ...], secrets: SecretBundle) -> TlsSet:
-    """Build every policy's context; ValueError (naming the policy) on unusable material."""
+def build_tls_set(policies: tuple[CompiledTls, ...], secrets: SecretBundle,
+                  dropped: dict[str, str] | None = None) -> TlsSet:
+    """Build every policy's context; ValueError (naming the policy) on unusable material, or with
+    ``dropped`` that policy is left out and named there ("TLSPolicy/ns/name" -> reason)."""
     exact: dict[str, PolicyContext] = {}
     wildcard: dict[str, PolicyContext] = {}
     open_policy: CompiledTls | None = None  # the first policy without client authentication
     expiry: dict[str, float] = {}
     for policy in policies:
-        ctx, not_after = build_context(policy, secrets)
+        try:
+            ctx, not_after = build_context(policy, secrets)
+        except ValueError as exc:
+            if dropped is None:
+                raise
+            dropped[f"TLSPolicy/{policy.id}"] = str(exc)
+            continue
         if not_after is not None:
             expiry[policy.id] = not_after
         if open_policy is None and ctx.client_mode == "none":
