@@ -34,7 +34,7 @@ from redis.retry import Retry
 if TYPE_CHECKING:
     from kubegate.dataplane.metrics import Metrics
 
-FailureMode = Literal["open", "closed"]
+FailureMode = Literal["open", "closed", "local"]
 log = logging.getLogger("kubegate.ratelimit")
 
 
@@ -198,6 +198,14 @@ class MemoryRateLimiter:
         self._buckets.clear()
 
 
+def local_share(charges: Sequence[Charge], replicas: int) -> tuple[Charge, ...]:
+    """One replica's part of each limit when ``replicas`` share it without the store (pure): requests and
+    burst divided and rounded down (at least 1, so a limit never closes a route), refill divided."""
+    n = max(1, replicas)
+    return tuple(Charge(c.bucket, max(1, c.requests // n), max(1, c.capacity // n), c.per_second / n, c.dimension)
+                 for c in charges)
+
+
 # --- Redis store -------------------------------------------------------------------
 
 LUA_SOURCE = (Path(__file__).with_name("ratelimit.lua")).read_text()
@@ -327,6 +335,12 @@ class RedisRateLimiter:
     stays dead; redis-py's own retries are off, the breaker decides. A bucket
     Redis cannot use (a foreign key of another type) fails only the requests
     that charge it.
+
+    With failure mode ``local``, a request the store cannot decide is decided
+    in memory against its share of each limit: requests, burst and refill
+    divided by ``live_replicas()`` (the data-plane replicas alive now, from
+    their heartbeat Leases; 1 for ``kubegate run``), so the replicas together
+    admit at most what the shared limit would while Redis is away.
     """
 
     MAX_REQUESTS_PER_CALL = 256  # bounds how long one script call holds Redis
@@ -338,8 +352,11 @@ class RedisRateLimiter:
         metrics: Metrics | None = None,
         timeout: float = 0.1,
         breaker: CircuitBreaker | None = None,
+        live_replicas: Callable[[], int] = lambda: 1,
     ) -> None:
         check_redis_url(url)
+        self.live_replicas = live_replicas
+        self._local = MemoryRateLimiter()  # failure mode "local": this replica's share while Redis is away
         self._timeout = timeout
         self._metrics = metrics
         self.breaker = breaker or CircuitBreaker()
@@ -370,7 +387,7 @@ class RedisRateLimiter:
             return ALLOWED_EMPTY
         breaker = self.breaker
         if breaker._failures and not breaker.allow():  # no failures: allow() is True, skip the call
-            return self._unavailable(failure_mode)
+            return self._unavailable(failure_mode, charges)
         self.calls += 1
         if type(charges) is not ChargeSet:
             charges = ChargeSet(charges)
@@ -385,7 +402,7 @@ class RedisRateLimiter:
             result = _result_from_reply(await future, charges)
         except Exception as exc:  # noqa: BLE001 - any store failure applies the failure mode, never a 500
             self._failed(exc)
-            return self._unavailable(failure_mode)
+            return self._unavailable(failure_mode, charges)
         if breaker._failures or breaker._probing:
             breaker.success()
         return result
@@ -492,9 +509,11 @@ class RedisRateLimiter:
         self.breaker.failure()
         log.warning("rate-limit store unavailable: %s", type(exc).__name__)
 
-    def _unavailable(self, failure_mode: FailureMode) -> RateResult:
+    def _unavailable(self, failure_mode: FailureMode, charges: Sequence[Charge]) -> RateResult:
         if self._metrics is not None:
             self._metrics.ratelimit_store_errors.labels(failure_mode).inc()
+        if failure_mode == "local":
+            return self._local.hit_now(local_share(charges, self.live_replicas()))
         return RateResult(allowed=failure_mode == "open", store_unavailable=True)
 
     async def close(self) -> None:
@@ -554,8 +573,9 @@ def _result_from_reply(reply: Sequence[int], charges: Sequence[Charge]) -> RateR
     return RateResult(False, c.requests, 0, -(-reset_ms // 1000), max(1, -(-retry_ms // 1000)), c.dimension)
 
 
-def build_rate_limiter(redis_url: str | None, *, metrics: Metrics | None = None) -> RateLimiter:
+def build_rate_limiter(redis_url: str | None, *, metrics: Metrics | None = None,
+                       live_replicas: Callable[[], int] = lambda: 1) -> RateLimiter:
     """Redis when a URL is given (shared across replicas), otherwise in-memory."""
     if redis_url:
-        return RedisRateLimiter(redis_url, metrics=metrics)
+        return RedisRateLimiter(redis_url, metrics=metrics, live_replicas=live_replicas)
     return MemoryRateLimiter()
