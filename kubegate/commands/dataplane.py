@@ -27,8 +27,11 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
     heartbeat: Heartbeat | None = None  # created with the API client below; its Lease count divides local limits
-    limiter = build_rate_limiter(args.redis_url, metrics=metrics,
-                                 live_replicas=lambda: heartbeat.live_replicas if heartbeat else 1)
+    try:
+        limiter = build_rate_limiter(args.redis_url, metrics=metrics,
+                                     live_replicas=lambda: heartbeat.live_replicas if heartbeat else 1)
+    except ValueError as exc:
+        raise UserError(f"--redis-url: {exc}") from None
     gateway = Gateway(host=args.host, http_port=args.http_port, https_port=args.https_port,
                       admin_port=args.admin_port, limiter=limiter,
                       trusted_proxies=tuple(args.trusted_proxies), metrics=metrics)
