@@ -14,8 +14,9 @@ next config differs in one route. Two modes, same run:
              worker thread, only the swap and GC settle on the loop)
 
 Printed: p99 without reloads, p99 and worst request latency with reloads, the
-reload time (decode + build + swap) and the on-loop swap time (incl. the GC
-settle, see server._settle_heap), as the process reports them.
+reload time (decode + build + swap), the on-loop swap time (incl. the GC
+settle, see server._settle_heap), and the longest time the process's event
+loop could not run a 1 ms timer (the stall every request in flight shares).
 """
 
 from __future__ import annotations
@@ -92,17 +93,29 @@ def serve(backend: str, routes: int, port: int, mode: str) -> None:
                 await gw.apply_off_loop(config, secrets)
             timings[-1] = (time.perf_counter() - started, timings[-1][1])
 
+        gap = [0.0]  # the longest the event loop did not get to run a 1 ms timer, reloads included
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gap[0] = max(gap[0], now - last)
+                last = now
+
+        tick = loop.create_task(ticker())
         tasks: set[asyncio.Task] = set()
         loop.add_signal_handler(signal.SIGHUP, lambda: tasks.add(loop.create_task(reload())))
         await stop.wait()
         await asyncio.gather(*tasks)
-        print(json.dumps(timings), flush=True)
+        tick.cancel()
+        print(json.dumps({"timings": timings, "gap": gap[0]}), flush=True)
         await gw.stop()
 
     asyncio.run(main())
 
 
-def measure(backend: str, routes: int, mode: str, seconds: float) -> dict:
+def measure(backend: str, routes: int, mode: str, seconds: float, rate: int) -> dict:
     port = bd.free_port()
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", backend, "--routes", str(routes),
                              "--port", str(port), "--mode", mode], stdout=subprocess.PIPE, text=True)
@@ -111,7 +124,7 @@ def measure(backend: str, routes: int, mode: str, seconds: float) -> dict:
             raise SystemExit("bench: the data plane did not start")
         url = f"http://127.0.0.1:{port}/svc2/items/7"
         headers = None
-        quiet = asyncio.run(bd.fixed_rate(url, RATE, 2, headers))
+        quiet = asyncio.run(bd.fixed_rate(url, rate, 2, headers))
 
         async def with_reloads() -> list[float]:
             async def hups() -> None:
@@ -119,25 +132,28 @@ def measure(backend: str, routes: int, mode: str, seconds: float) -> dict:
                     await asyncio.sleep(1)
                     proc.send_signal(signal.SIGHUP)
 
-            latencies, _ = await asyncio.gather(bd.fixed_rate(url, RATE, seconds + 1.5, headers), hups())
+            latencies, _ = await asyncio.gather(bd.fixed_rate(url, rate, seconds + 1.5, headers), hups())
             return latencies
 
         loaded = asyncio.run(with_reloads())
         proc.send_signal(signal.SIGTERM)
-        timings = json.loads(proc.stdout.readline())
+        reported = json.loads(proc.stdout.readline())
+        timings = reported["timings"]
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     return {"quiet_p99": bd.percentile(quiet, 99), "p99": bd.percentile(loaded, 99), "worst": max(loaded),
             "over_50ms": sum(1 for x in loaded if x > 0.05), "requests": len(loaded),
-            "reload": max(t[0] for t in timings), "swap": max(t[1] for t in timings), "reloads": len(timings)}
+            "reload": max(t[0] for t in timings), "swap": max(t[1] for t in timings), "reloads": len(timings),
+            "gap": reported["gap"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--routes", default="10,1000,10000")
     parser.add_argument("--seconds", type=float, default=5, help="reloads per case (one a second)")
+    parser.add_argument("--rate", type=int, default=RATE, help="requests per second (open loop)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -151,16 +167,16 @@ def main() -> int:
     try:
         bd.wait_port(backend_port)
         backend = f"http://127.0.0.1:{backend_port}"
-        print(f"{RATE} req/s open loop, one reload a second ({args.seconds:g} per case); ms")
+        print(f"{args.rate} req/s open loop, one reload a second ({args.seconds:g} per case); ms")
         print(f"{'routes':>7} {'mode':>9} {'p99 quiet':>10} {'p99':>8} {'worst':>8} {'>50ms':>6} "
-              f"{'reload':>8} {'swap':>7}")
+              f"{'reload':>8} {'swap':>7} {'loop gap':>9}")
         for routes in (int(r) for r in args.routes.split(",")):
             results = {}
             for mode in ("on-loop", "off-loop"):
-                r = results[mode] = measure(backend, routes, mode, args.seconds)
+                r = results[mode] = measure(backend, routes, mode, args.seconds, args.rate)
                 print(f"{routes:>7} {mode:>9} {r['quiet_p99'] * 1e3:>10.1f} {r['p99'] * 1e3:>8.1f} "
                       f"{r['worst'] * 1e3:>8.1f} {r['over_50ms']:>6} {r['reload'] * 1e3:>8.0f} "
-                      f"{r['swap'] * 1e3:>7.1f}", flush=True)
+                      f"{r['swap'] * 1e3:>7.1f} {r['gap'] * 1e3:>9.1f}", flush=True)
             ratio = results["on-loop"]["worst"] / max(results["off-loop"]["worst"], 1e-9)
             print(f"{routes:>7} worst request latency on-loop / off-loop: {ratio:.1f}x")
     finally:
