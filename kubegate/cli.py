@@ -13,7 +13,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kubegate import __version__
 from kubegate.durations import parse_duration
@@ -118,13 +118,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ENV_PREFIX = "KUBEGATE_"
+TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def env_name(action: argparse.Action) -> str | None:
+    """``--redis-url`` -> ``KUBEGATE_REDIS_URL``; None for --help, --version and positionals."""
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    if not longs or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+        return None
+    return ENV_PREFIX + longs[0][2:].upper().replace("-", "_")
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Every flag of every command may come from ``KUBEGATE_<FLAG>`` (API.md), so a Deployment can take
+    a password from a Secret instead of its args; a flag on the command line still wins. Lists (-f,
+    --trusted-proxy) are comma-separated; switches take 1/true/yes/on or 0/false/no/off."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                apply_env_defaults(sub, environ)
+            continue
+        name = env_name(action)
+        if name is None:
+            continue
+        action.help = f"{action.help or ''} [env {name}]".strip()
+        value = environ.get(name)
+        if value is None:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if value.strip().lower() not in TRUE + FALSE:
+                raise UserError(f"{name}: expected true or false, not {value!r}")
+            on = value.strip().lower() in TRUE
+            action.default = on if isinstance(action, argparse._StoreTrueAction) else not on
+        elif isinstance(action, argparse._AppendAction):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            try:
+                items = [action.type(item) if action.type else item for item in items]
+            except (TypeError, ValueError):
+                raise UserError(f"{name}: invalid value {value!r}") from None
+            action.default = [items] if action.nargs == "+" else items
+            action.required = False
+        else:
+            try:
+                action.default = action.type(value) if action.type else value
+            except (TypeError, ValueError):
+                raise UserError(f"{name}: invalid value {value!r}") from None
+            if action.choices is not None and action.default not in action.choices:
+                raise UserError(f"{name}: must be one of {', '.join(map(str, action.choices))}, not {value!r}")
+            action.required = False
+
+
 def _flatten(args: argparse.Namespace) -> None:
     if getattr(args, "paths", None):
         args.paths = [p for group in args.paths for p in group]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        apply_env_defaults(parser, os.environ)
+    except UserError as exc:
+        print(f"kubegate: {exc}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     _flatten(args)
     module = importlib.import_module(f"kubegate.commands.{args.command.replace('-', '_')}")
     try:

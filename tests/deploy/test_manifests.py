@@ -7,6 +7,7 @@ whose namespace enforces `restricted`.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
@@ -107,8 +108,12 @@ def test_network_policies_default_deny_and_open_only_the_listeners(base):
 
 def test_overlays_render_what_they_promise():
     redis = render(MANIFESTS / "overlays/with-redis")
-    args = by_kind(redis, "Deployment")["kubegate-dataplane"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--redis-url") + 1].startswith("redis://kubegate-redis.")
+    container = by_kind(redis, "Deployment")["kubegate-dataplane"]["spec"]["template"]["spec"]["containers"][0]
+    assert not [a for a in container["args"] if "redis" in a]  # a password in the URL never sits in the args
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KUBEGATE_REDIS_URL"]["valueFrom"] == {"secretKeyRef": {"name": "kubegate-redis", "key": "url"}}
+    secret = by_kind(redis, "Secret")["kubegate-redis"]
+    assert base64.b64decode(secret["data"]["url"]).decode().startswith("redis://kubegate-redis.")
     assert "kubegate-redis" in by_kind(redis, "Service")
     ha = render(MANIFESTS / "overlays/ha")
     deployments = by_kind(ha, "Deployment")
