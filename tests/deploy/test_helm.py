@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import difflib
 import json
 import re
 import subprocess
@@ -124,7 +125,10 @@ def assert_same_objects(chart: dict, manifests: dict) -> None:
         got = chart[k]
         if k[0] == "CustomResourceDefinition":
             got, want = crd_without_kustomize_label(got), crd_without_kustomize_label(want)
-        assert got == want, f"{k} differs:\n--- chart\n{yaml.safe_dump(got)}\n--- manifests/\n{yaml.safe_dump(want)}"
+        if got != want:
+            diff = difflib.unified_diff(yaml.safe_dump(want).splitlines(), yaml.safe_dump(got).splitlines(),
+                                        "manifests/", "chart", lineterm="")
+            raise AssertionError(f"{k} differs (adjust charts/kubegate/templates):\n" + "\n".join(diff))
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:
@@ -229,7 +233,8 @@ def test_image_values(helm):
 
 def test_replicas_and_resources_values(helm):
     docs = template(helm, "--set", "operator.replicas=1,dataplane.replicas=5",
-                    "--set-json", 'dataplane.resources={"requests":{"cpu":"1","memory":"1Gi"},"limits":{"memory":"2Gi"}}')
+                    "--set-json",
+                    'dataplane.resources={"requests":{"cpu":"1","memory":"1Gi"},"limits":{"memory":"2Gi"}}')
     assert find(docs, "Deployment", "kubegate-dataplane")["spec"]["replicas"] == 5
     assert find(docs, "Deployment", "kubegate-operator")["spec"]["replicas"] == 1
     assert pod_spec(docs, "kubegate-dataplane")["containers"][0]["resources"] == {
@@ -347,6 +352,42 @@ def test_bad_values_are_refused_with_a_clear_error(helm, args, message):
     assert "panic" not in proc.stderr and "goroutine" not in proc.stderr
 
 
+def gitops_example(name: str) -> list[dict]:
+    return docs_of((REPO / "examples" / "gitops" / name).read_text())
+
+
+def render_with_values(helm: Path, values: dict, tmp_path: Path) -> list[dict]:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return template(helm, "-f", str(path))
+
+
+def test_argocd_helm_application_renders_the_chart_into_a_restricted_namespace(helm, tmp_path):
+    (app,) = [d for d in gitops_example("argocd-application-helm.yaml") if d["kind"] == "Application"]
+    spec = app["spec"]
+    assert (REPO / spec["source"]["path"] / "Chart.yaml").is_file()
+    docs = render_with_values(helm, spec["source"]["helm"]["valuesObject"], tmp_path)
+    assert find(docs, "Deployment", "kubegate-dataplane")["spec"]["replicas"] == 3  # ha.enabled
+    assert spec["destination"]["namespace"] == SYSTEM
+    assert {"ServerSideApply=true", "CreateNamespace=true"} <= set(spec["syncPolicy"]["syncOptions"])
+    want = find(kustomize(MANIFESTS), "Namespace", SYSTEM)["metadata"]["labels"]
+    assert spec["syncPolicy"]["managedNamespaceMetadata"]["labels"] == {
+        k: v for k, v in want.items() if k.startswith("pod-security.kubernetes.io/")}
+
+
+def test_flux_helmrelease_installs_and_upgrades_the_crds_with_the_chart(helm, tmp_path):
+    docs = gitops_example("flux-helmrelease.yaml")
+    (release,) = [d for d in docs if d["kind"] == "HelmRelease"]
+    spec = release["spec"]
+    chart = spec["chart"]["spec"]
+    assert (REPO / chart["chart"] / "Chart.yaml").is_file()
+    assert chart["sourceRef"]["name"] in {d["metadata"]["name"] for d in docs if d["kind"] == "GitRepository"}
+    assert (spec["install"]["crds"], spec["upgrade"]["crds"]) == ("Create", "CreateReplace")
+    assert spec["targetNamespace"] == SYSTEM
+    rendered = render_with_values(helm, spec["values"], tmp_path)
+    assert {d["kind"] for d in rendered} >= {"PodMonitor", "PrometheusRule"}
+
+
 # --------------------------------------------------------------------------- live: install, upgrade, uninstall
 
 LIVE_NOISE = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "selfLink")
@@ -414,7 +455,7 @@ def test_install_upgrade_uninstall_matches_kubectl_apply_k_and_leaves_only_the_c
     out = run_helm(helm, "install", "kubegate", str(CHART), "-n", SYSTEM, "--create-namespace", kubeconfig=kc).stdout
     assert "STATUS: deployed" in out
     # Helm's namespace lacks the Pod Security labels of manifests/base/namespace.yaml: NOTES says how to add them.
-    command = re.search(r"kubectl label namespace .*?(?=\n\n|\Z)", out, re.S)
+    command = re.search(r"kubectl label namespace .*?(?=\n\n|\Z)", out, re.DOTALL)
     assert command, out
     fresh.kubectl(*command.group(0).replace("\\\n", " ").split()[1:])
     labels = json.loads(fresh.kubectl("get", "namespace", SYSTEM, "-o", "json").stdout)["metadata"]["labels"]
@@ -449,9 +490,11 @@ def test_install_upgrade_uninstall_matches_kubectl_apply_k_and_leaves_only_the_c
     assert "s3cr3t-pa55" not in json.dumps(dp)
     history = run_helm(helm, "history", "kubegate", "-n", SYSTEM, "-o", "json", kubeconfig=kc).stdout
     assert [(r["revision"], r["status"]) for r in json.loads(history)] == [(1, "superseded"), (2, "deployed")]
-    # ... and back to the defaults: the Secret the values no longer ask for is removed.
-    run_helm(helm, "upgrade", "kubegate", str(CHART), "-n", SYSTEM, kubeconfig=kc)
+    # Roll back to revision 1: the Secret it did not have is removed, the replicas are back.
+    run_helm(helm, "rollback", "kubegate", "1", "-n", SYSTEM, "--wait", kubeconfig=kc)
     assert fresh.kubectl("get", "secret", "kubegate-redis", "-n", SYSTEM, check=False).returncode == 1
+    dp = json.loads(fresh.kubectl("get", "deployment", "kubegate-dataplane", "-n", SYSTEM, "-o", "json").stdout)
+    assert dp["spec"]["replicas"] == 2 and "team" not in dp["metadata"]["labels"]
 
     # Uninstall: nothing left but the CRDs (and the namespace Helm created, now empty).
     run_helm(helm, "uninstall", "kubegate", "-n", SYSTEM, "--wait", kubeconfig=kc)
@@ -461,6 +504,14 @@ def test_install_upgrade_uninstall_matches_kubectl_apply_k_and_leaves_only_the_c
         expected.add(f"namespaces//{SYSTEM}")
     assert left == expected
     assert not [o for o in everything(fresh) if f"/{SYSTEM}/" in o], "objects left in the release namespace"
+
+    # The CRDs left behind can be handed to the kubegate-crds chart (docs/install.md).
+    run_helm(helm, "install", "kubegate-crds", str(CRDS_CHART), "-n", SYSTEM, "--take-ownership", kubeconfig=kc)
+    for name in KUBEGATE_CRDS:
+        crd = json.loads(fresh.kubectl("get", "crd", name, "-o", "json").stdout)
+        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "kubegate-crds", name
+    run_helm(helm, "uninstall", "kubegate-crds", "-n", SYSTEM, "--wait", kubeconfig=kc)
+    assert everything(fresh) - before == expected
 
 
 def test_crds_chart_upgrades_the_crds_and_keeps_them_on_uninstall(helm, fresh, tmp_path):
