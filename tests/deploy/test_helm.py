@@ -39,6 +39,9 @@ HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.
                "app.kubernetes.io/version")
 KUBEGATE_CRDS = {"gatewayroutes.kubegate.dev", "ratelimitpolicies.kubegate.dev", "apikeys.kubegate.dev",
                  "tlspolicies.kubegate.dev"}
+# What the CRDs are, as `everything()` lists them: the four, plus the APIService the API server makes for the group.
+CRD_OBJECTS = {f"customresourcedefinitions.apiextensions.k8s.io//{n}" for n in KUBEGATE_CRDS} | {
+    "apiservices.apiregistration.k8s.io//v1alpha1.kubegate.dev"}
 REDIS_URL = "rediss://:s3cr3t-pa55@redis.example.internal:6380/0"
 
 
@@ -431,6 +434,9 @@ def live(cluster, doc: dict) -> dict:
     meta.pop("annotations", None)
     if annotations:
         meta["annotations"] = annotations
+    if obj["kind"] == "Service":  # allocated by the API server
+        obj["spec"].pop("clusterIP", None)
+        obj["spec"].pop("clusterIPs", None)
     if obj["kind"] == "CustomResourceDefinition":
         return crd_without_kustomize_label(obj)
     return without_helm_labels(obj)
@@ -462,15 +468,22 @@ def test_install_upgrade_uninstall_matches_kubectl_apply_k_and_leaves_only_the_c
     want_ns = find(kustomize(MANIFESTS), "Namespace", SYSTEM)["metadata"]["labels"]
     assert {k: v for k, v in want_ns.items() if k.startswith("pod-security")} == {
         k: v for k, v in labels.items() if k.startswith("pod-security")}
-    assert "WARNING" not in run_helm(helm, "status", "kubegate", "-n", SYSTEM, "--show-resources",
-                                     kubeconfig=kc).stdout
 
     # Live objects are those of `kubectl apply -k manifests/` (the session cluster), one by one.
     wanted = kustomize_objects(MANIFESTS)
     for k, doc in wanted.items():
         assert live(fresh, doc) == live(cluster, doc), f"live {k} differs between helm install and kubectl apply -k"
     installed = everything(fresh) - before
-    assert len([o for o in installed if not o.startswith(("secrets/", "namespaces/"))]) == len(wanted), installed
+    # Beyond the chart's objects: the release record, the namespace, the APIService the CRDs
+    # bring and the Services' cluster IPs (IPAddress objects).
+    extra = {f"secrets/{SYSTEM}/sh.helm.release.v1.kubegate.v1",
+             *(CRD_OBJECTS - {f"customresourcedefinitions.apiextensions.k8s.io//{n}" for n in KUBEGATE_CRDS})}
+    if not namespace_existed:
+        extra.add(f"namespaces//{SYSTEM}")
+    ips = {o for o in installed if o.startswith("ipaddresses.networking.k8s.io/")}
+    assert extra <= installed and len(ips) == 2, sorted(installed)
+    assert sorted(o.split("/", 1)[1] for o in installed - extra - ips) == sorted(
+        f"{ns}/{name}" for _, ns, name in wanted), "\n".join(sorted(installed - extra - ips))
 
     # RBAC on: the ServiceAccounts have exactly the permissions kubectl apply -k gives them.
     for sa in ("kubegate-operator", "kubegate-dataplane"):
@@ -481,8 +494,9 @@ def test_install_upgrade_uninstall_matches_kubectl_apply_k_and_leaves_only_the_c
                          f"--as=system:serviceaccount:{SYSTEM}:kubegate-operator", check=False).stdout.strip() == "no"
 
     # Upgrade: the values say what changes, live.
-    run_helm(helm, "upgrade", "kubegate", str(CHART), "-n", SYSTEM, "--set", "dataplane.replicas=4",
-             "--set", "commonLabels.team=edge", "--set", f"redis.url={REDIS_URL}", kubeconfig=kc)
+    out = run_helm(helm, "upgrade", "kubegate", str(CHART), "-n", SYSTEM, "--set", "dataplane.replicas=4",
+                   "--set", "commonLabels.team=edge", "--set", f"redis.url={REDIS_URL}", kubeconfig=kc).stdout
+    assert "STATUS: deployed" in out and "WARNING" not in out, "the namespace is labelled now"
     dp = json.loads(fresh.kubectl("get", "deployment", "kubegate-dataplane", "-n", SYSTEM, "-o", "json").stdout)
     assert dp["spec"]["replicas"] == 4 and dp["metadata"]["labels"]["team"] == "edge"
     secret = json.loads(fresh.kubectl("get", "secret", "kubegate-redis", "-n", SYSTEM, "-o", "json").stdout)
@@ -491,7 +505,7 @@ def test_install_upgrade_uninstall_matches_kubectl_apply_k_and_leaves_only_the_c
     history = run_helm(helm, "history", "kubegate", "-n", SYSTEM, "-o", "json", kubeconfig=kc).stdout
     assert [(r["revision"], r["status"]) for r in json.loads(history)] == [(1, "superseded"), (2, "deployed")]
     # Roll back to revision 1: the Secret it did not have is removed, the replicas are back.
-    run_helm(helm, "rollback", "kubegate", "1", "-n", SYSTEM, "--wait", kubeconfig=kc)
+    run_helm(helm, "rollback", "kubegate", "1", "-n", SYSTEM, kubeconfig=kc)  # no --wait: no pods here
     assert fresh.kubectl("get", "secret", "kubegate-redis", "-n", SYSTEM, check=False).returncode == 1
     dp = json.loads(fresh.kubectl("get", "deployment", "kubegate-dataplane", "-n", SYSTEM, "-o", "json").stdout)
     assert dp["spec"]["replicas"] == 2 and "team" not in dp["metadata"]["labels"]
@@ -499,7 +513,7 @@ def test_install_upgrade_uninstall_matches_kubectl_apply_k_and_leaves_only_the_c
     # Uninstall: nothing left but the CRDs (and the namespace Helm created, now empty).
     run_helm(helm, "uninstall", "kubegate", "-n", SYSTEM, "--wait", kubeconfig=kc)
     left = everything(fresh) - before
-    expected = {f"customresourcedefinitions.apiextensions.k8s.io//{n}" for n in KUBEGATE_CRDS}
+    expected = set(CRD_OBJECTS)
     if not namespace_existed:
         expected.add(f"namespaces//{SYSTEM}")
     assert left == expected
@@ -546,5 +560,4 @@ def test_crds_chart_upgrades_the_crds_and_keeps_them_on_uninstall(helm, fresh, t
     assert "kept due to the resource policy" in out.stdout + out.stderr
     assert fresh.kubectl("get", "gatewayroute", "orders", "-n", user_ns).returncode == 0
     left = everything(fresh) - before
-    assert left == {f"customresourcedefinitions.apiextensions.k8s.io//{n}" for n in KUBEGATE_CRDS} | {
-        f"namespaces//{user_ns}", f"gatewayroutes.kubegate.dev/{user_ns}/orders"}
+    assert left == CRD_OBJECTS | {f"namespaces//{user_ns}", f"gatewayroutes.kubegate.dev/{user_ns}/orders"}
