@@ -320,6 +320,21 @@ def test_pod_labels_annotations_extra_args_and_env(helm):
     assert env["TZ"] == "UTC" and env["KUBEGATE_LOG_LEVEL"] == "DEBUG"
 
 
+def test_spread_pdb_and_operator_args_values(helm):
+    docs = template(helm, "--set-json",
+                    'dataplane.topologySpreadConstraints=[{"maxSkew":2,"topologyKey":"topology.kubernetes.io/zone",'
+                    '"whenUnsatisfiable":"DoNotSchedule"}]',
+                    "--set-json", 'dataplane.podDisruptionBudget={"minAvailable":1,"maxUnavailable":null}',
+                    "--set-json", 'operator.extraArgs=["--flag","x"]')
+    (spread,) = pod_spec(docs, "kubegate-dataplane")["topologySpreadConstraints"]
+    assert spread == {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+                      "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "kubegate",
+                                                        "app.kubernetes.io/component": "dataplane"}}}
+    pdb = find(docs, "PodDisruptionBudget", "kubegate-dataplane")["spec"]
+    assert pdb["minAvailable"] == 1 and "maxUnavailable" not in pdb
+    assert pod_spec(docs, "kubegate-operator")["containers"][0]["args"][-2:] == ["--flag", "x"]
+
+
 def test_network_policies_and_service_values(helm):
     docs = template(helm, "--set", "networkPolicies.enabled=false,dataplane.service.type=LoadBalancer",
                     "--set-string", "dataplane.service.annotations.lb/internal=true",
