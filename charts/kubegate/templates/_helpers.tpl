@@ -19,9 +19,8 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 
 {{/* metadata.labels of an object: call with (dict "root" $ "component" "operator"). */}}
 {{- define "kubegate.labels" -}}
-{{- if .component }}
-{{ include "kubegate.selectorLabels" . }}
-{{- end }}
+{{- if .component }}{{ include "kubegate.selectorLabels" . }}
+{{ end -}}
 app.kubernetes.io/part-of: kubegate
 {{ include "kubegate.helmLabels" .root }}
 {{- with .root.Values.commonLabels }}
