@@ -175,9 +175,9 @@ def config_hash(config: CompiledConfig, secrets: SecretBundle) -> str:
     return digest.hexdigest()
 
 
-# gzip level 1: at 10,000 routes + 10,000 keys it compresses the ~10 MB config in ~20 ms to
-# ~600 KiB base64 (level 6: ~60 ms, ~480 KiB; level 9: ~130 ms, ~460 KiB), well under the 1 MiB
-# object limit; the Secret (hashes) barely compresses at any level. Measured by bench/render.py.
+# gzip level 1: the cheapest level that keeps 10,000 routes + 10,000 keys well under the 1 MiB
+# object limit; higher levels cost several times the CPU for a few percent of size, and the Secret
+# (hashes) barely compresses at any level. bench/render.py prints time and size per level.
 COMPRESS_LEVEL = 1
 
 

@@ -13,9 +13,7 @@ handle that the CLI, the e2e fixture and the benches share.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -34,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from kubegate.errors import UserError
+from kubegate.pki import key_pem, mint_ca, mint_cert, public_key_pem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HACK_DIR = REPO_ROOT / "hack"
@@ -241,58 +237,22 @@ def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
-
-
-def _cert(subject: x509.Name, key, issuer: x509.Name, signer, *, ca: bool,
-          sans: Sequence[x509.GeneralName] = (), client: bool = False) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False), critical=True)
-    else:
-        usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return builder.sign(signer, hashes.SHA256())
-
-
 def write_pki(pki: Path) -> None:
     """A throwaway CA, the serving cert (127.0.0.1/localhost), an admin client cert and the SA signing key."""
     pki.mkdir(parents=True, exist_ok=True)
-    ca_key = _key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubegate-dev-cluster-ca")])
-    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
-    serving_key = _key()
-    serving = _cert(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]), serving_key, ca_name, ca_key,
-        ca=False,
-        sans=[x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default.svc"),
-              x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-    )
-    admin_key = _key()
-    admin = _cert(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-                             x509.NameAttribute(NameOID.COMMON_NAME, "kubegate-dev-admin")]),
-                  admin_key, ca_name, ca_key, ca=False, client=True)
+    ca = mint_ca("kubegate-dev-cluster-ca", 365, key=_key())
+    serving = mint_cert(ca, "kube-apiserver", ("localhost", "kubernetes", "kubernetes.default.svc", "127.0.0.1"),
+                        days=365, key=_key())
+    admin = mint_cert(ca, "kubegate-dev-admin", client=True, days=365, key=_key(), organization="system:masters")
     sa_key = _key()
     files = {
-        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
-        "apiserver.crt": serving.public_bytes(serialization.Encoding.PEM),
-        "apiserver.key": _pem_key(serving_key),
-        "admin.crt": admin.public_bytes(serialization.Encoding.PEM),
-        "admin.key": _pem_key(admin_key),
-        "sa.key": _pem_key(sa_key),
-        "sa.pub": sa_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo),
+        "ca.crt": ca.cert_pem.encode(),
+        "apiserver.crt": serving.cert_pem.encode(),
+        "apiserver.key": serving.key_pem.encode(),
+        "admin.crt": admin.cert_pem.encode(),
+        "admin.key": admin.key_pem.encode(),
+        "sa.key": key_pem(sa_key).encode(),
+        "sa.pub": public_key_pem(sa_key).encode(),
     }
     for name, data in files.items():
         path = pki / name

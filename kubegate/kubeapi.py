@@ -27,6 +27,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
 from kubegate.errors import UserError
+from kubegate.spec import PLURALS as KUBEGATE_PLURALS
 
 log = logging.getLogger("kubegate.kubeapi")
 
@@ -104,7 +105,7 @@ def micro_time(ts: float) -> str:
 
 # --- paths -------------------------------------------------------------------------
 
-# kind -> plural, for every kind kubegate reads or writes.
+# kind -> plural, for every kind kubegate reads or writes (its own kinds: kubegate.spec).
 PLURALS = {
     "ConfigMap": "configmaps",
     "Secret": "secrets",
@@ -113,10 +114,7 @@ PLURALS = {
     "Lease": "leases",
     "NetworkPolicy": "networkpolicies",
     "Certificate": "certificates",
-    "GatewayRoute": "gatewayroutes",
-    "RateLimitPolicy": "ratelimitpolicies",
-    "ApiKey": "apikeys",
-    "TLSPolicy": "tlspolicies",
+    **KUBEGATE_PLURALS,
 }
 
 
@@ -256,8 +254,8 @@ def needs_environment(environ: Mapping[str, str]) -> bool:
 def _ignore_environment(api_client: client.ApiClient) -> None:
     """Swap the library's ``trust_env=True`` session for one that skips the per-request proxy/netrc lookups.
 
-    Those lookups run in a worker thread on every request (~100-200 us of CPU
-    each); with no proxy configured they find nothing. Same connector, same
+    Those lookups run in a worker thread on every request; with no proxy
+    configured they find nothing. Same connector, same
     TLS context, same read buffer.
     """
     rest = api_client.rest_client

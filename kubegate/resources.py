@@ -8,6 +8,9 @@ the others from being served.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,6 +102,24 @@ class ServiceInfo(BaseModel):
         )
 
 
+def secret_data(obj: Mapping[str, Any], *, strict: bool = True) -> dict[str, bytes]:
+    """A Secret's ``data`` (base64) and ``stringData`` (text, wins on clashes) as bytes.
+
+    ``strict``: a value that is not base64 raises ``ValueError("data.KEY: not valid base64")``
+    (a user's file); otherwise that key is left out (an object the API server already checked).
+    """
+    out: dict[str, bytes] = {}
+    for key, value in (obj.get("data") or {}).items():
+        try:
+            out[str(key)] = base64.b64decode(str(value or ""), validate=True)
+        except (binascii.Error, ValueError):
+            if strict:
+                raise ValueError(f"data.{key}: not valid base64") from None
+    for key, value in (obj.get("stringData") or {}).items():
+        out[str(key)] = str(value if value is not None else "").encode()
+    return out
+
+
 class TranslationInput(BaseModel):
     """Everything the translator reads: CRs plus the Secrets and Services they reference."""
 
@@ -113,6 +134,12 @@ class TranslationInput(BaseModel):
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+# The condition types of kubegate objects' status (API.md), defined here once.
+ACCEPTED, RESOLVED_REFS, PROGRAMMED, READY = "Accepted", "ResolvedRefs", "Programmed", "Ready"
+CERTIFICATE_READY = "CertificateReady"  # TLSPolicy with an issuerRef
+RECONCILING, STALLED = "Reconciling", "Stalled"  # the kstatus pair
+CORE_CONDITIONS = (ACCEPTED, RESOLVED_REFS, PROGRAMMED, READY)  # on every kind
 
 
 class Condition(BaseModel):

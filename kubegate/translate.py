@@ -319,36 +319,30 @@ def _still_valid(fragment: _Fragment, inp: TranslationInput, route_names: set[tu
 class _ClaimIndex:
     """Accepted routes by (normalised path, host, method); ``*`` stands for an empty list.
 
-    Finding the oldest accepted route that overlaps a new one costs a few dict
-    lookups per host x method pair instead of a scan over every route on the path.
-    Each bucket keeps its oldest claimant, and the oldest of those is the oldest overlap.
+    A host claims only itself: ``api.example.com``, ``*.example.com`` and "no hosts"
+    (``*``) are three distinct keys that coexist, and the data plane picks among them
+    (exact, then longest ``*.`` suffix, then no hosts). Methods do overlap: an empty
+    list claims every method. Finding the oldest accepted route that overlaps a new
+    one costs a few dict lookups per host x method pair, not a scan over every route
+    on the path. Each bucket keeps its oldest claimant; the oldest of those is the
+    oldest overlap.
     """
 
     def __init__(self) -> None:
         self.cells: dict[tuple[str, str, str], int] = {}  # (path, host|*, method|*)
         self.by_host: dict[tuple[str, str], int] = {}  # (path, host|*): any method
-        self.by_method: dict[tuple[str, str], int] = {}  # (path, method|*): any host
-        self.by_path: dict[str, int] = {}
         self.claimants: list[tuple[_Verdict, tuple[str, ...], tuple[str, ...]]] = []
 
     def oldest_overlap(self, path: str, hosts: tuple[str, ...], methods: tuple[str, ...]) -> int | None:
         found: list[int] = []
-        if hosts and methods:
-            for h in hosts:
+        for h in hosts or (ANY,):
+            if methods:
                 for m in methods:
-                    for key in ((path, h, m), (path, h, ANY), (path, ANY, m), (path, ANY, ANY)):
+                    for key in ((path, h, m), (path, h, ANY)):
                         if key in self.cells:
                             found.append(self.cells[key])
-        elif hosts:
-            for key in [(path, h) for h in hosts] + [(path, ANY)]:
-                if key in self.by_host:
-                    found.append(self.by_host[key])
-        elif methods:
-            for key in [(path, m) for m in methods] + [(path, ANY)]:
-                if key in self.by_method:
-                    found.append(self.by_method[key])
-        elif path in self.by_path:
-            found.append(self.by_path[path])
+            elif (path, h) in self.by_host:
+                found.append(self.by_host[(path, h)])
         return min(found) if found else None
 
     def claim(self, path: str, hosts: tuple[str, ...], methods: tuple[str, ...], verdict: _Verdict) -> None:
@@ -358,13 +352,10 @@ class _ClaimIndex:
             self.by_host.setdefault((path, h), index)
             for m in methods or (ANY,):
                 self.cells.setdefault((path, h, m), index)
-        for m in methods or (ANY,):
-            self.by_method.setdefault((path, m), index)
-        self.by_path.setdefault(path, index)
 
 
 def _claims(routes: list[_Verdict]) -> None:
-    """Older routes win host+path+method overlaps; losers get Accepted=False Conflicted."""
+    """Older routes win same-host+path+method overlaps; losers get Accepted=False Conflicted."""
     index = _ClaimIndex()
     for verdict in routes:  # already oldest first
         path, hosts, methods = verdict.entry.claims()
@@ -373,11 +364,11 @@ def _claims(routes: list[_Verdict]) -> None:
             index.claim(path, hosts, methods, verdict)
             continue
         other, other_hosts, other_methods = index.claimants[winner]
-        shared_hosts = _overlap(hosts, other_hosts) or set()
+        shared_hosts = ", ".join(sorted(set(hosts) & set(other_hosts))) if hosts else "none"
         shared_methods = _overlap(methods, other_methods) or set()
         verdict.reject(
             CONFLICTED,
-            f"path {verdict.entry.model.path} (hosts {', '.join(sorted(shared_hosts))}; methods "  # type: ignore[union-attr]
+            f"path {verdict.entry.model.path} (hosts {shared_hosts}; methods "  # type: ignore[union-attr]
             f"{', '.join(sorted(shared_methods))}) is already claimed by the older "
             f"GatewayRoute {other.obj.namespace}/{other.obj.name}",
         )

@@ -2,19 +2,32 @@
 
 The key is created here, written once into the ApiKey's own namespace, and
 never copied anywhere else: the translator reads it back from that Secret and
-passes on only its hash.
+passes on only its hash. A new ApiKey gets ``GRACE_SECONDS`` for ``kubectl
+apply`` to create the user's own Secret before one is generated.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from kubegate.apikeys import generate_api_key, key_hash, key_id
+from kubegate.kubeapi import ApiError, KubeApi, path_for
 from kubegate.resources import SourceObject
 from kubegate.spec import API_VERSION
 
 from .apply import API_KEY_LABEL, MANAGED_BY
+from .events import post_event
+from .programmed import parse_time
+from .state import ClusterState
+
+log = logging.getLogger("kubegate.operator.reconcile")
+
+GRACE_SECONDS = 2.0  # let `kubectl apply` create a user's own key Secret before generating one
 
 
 def api_key_secret(apikey: SourceObject, key: str) -> dict[str, Any] | None:
@@ -48,3 +61,41 @@ def new_api_key_secret(apikey: SourceObject) -> tuple[dict[str, Any], str] | Non
 def secret_ref(apikey: SourceObject) -> tuple[str, str] | None:
     ref = (apikey.spec or {}).get("secretRef") or {}
     return (apikey.namespace, ref["name"]) if isinstance(ref, dict) and ref.get("name") else None
+
+
+async def generate_missing(api: KubeApi, state: ClusterState, identity: str,
+                           retry: Callable[[], None]) -> int:
+    """Create the Secret of every ApiKey whose Secret is known to be absent; how many were made.
+
+    ``retry`` is called once the grace period of a too-young ApiKey has passed.
+    """
+    made, now = 0, time.time()
+    for live in list(state.objects.values()):
+        src = live.source
+        if src.kind != "ApiKey":
+            continue
+        where = secret_ref(src)
+        if where is None or where not in state.absent_secrets:
+            continue
+        age = now - (parse_time(src.creation_timestamp) or 0.0)
+        if age < GRACE_SECONDS:
+            asyncio.get_running_loop().call_later(GRACE_SECONDS - age + 0.1, retry)
+            continue
+        fresh = new_api_key_secret(src)
+        if fresh is None:
+            continue
+        secret, kid = fresh
+        try:
+            created = await api.create(path_for("v1", "Secret", src.namespace), secret)
+        except ApiError as exc:
+            if exc.status == 409:  # somebody created it meanwhile: read theirs
+                state.absent_secrets.discard(where)
+                continue
+            log.warning("cannot create Secret %s/%s for ApiKey %s: %s", *where, src.name, exc)
+            continue
+        state.record_fetched_secret(where, created)
+        made += 1
+        log.info("generated API key Secret %s/%s for ApiKey %s (%s)", *where, src.name, kid)
+        await post_event(api, live.involved, "Normal", "KeyGenerated",
+                         f"generated Secret {where[1]} with a new API key ({kid})", identity)
+    return made

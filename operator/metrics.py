@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kubegate.resources import CORE_CONDITIONS
 from kubegate.spec import KINDS
 
-CORE_CONDITIONS = ("Accepted", "ResolvedRefs", "Programmed", "Ready")
 STATUSES = ("True", "False", "Unknown")
 
 CountKey = tuple[str, str, str]  # (kind, condition, status)

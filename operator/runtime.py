@@ -30,7 +30,7 @@ from .state import ClusterState
 
 log = logging.getLogger("kubegate.operator")
 
-API_CONCURRENCY = 64  # API requests in flight (status patches take at most reconcile.STATUS_WRITERS of them)
+API_CONCURRENCY = 64  # API requests in flight (status patches take at most status_writer.STATUS_WRITERS of them)
 
 
 def replica_identity() -> str:

@@ -10,12 +10,11 @@ dirty; a status-only change (usually our own write) does not.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubegate.resources import ObjectRef, ServiceInfo, SourceObject, TranslationInput
+from kubegate.resources import ObjectRef, ServiceInfo, SourceObject, TranslationInput, secret_data
 from kubegate.spec import API_VERSION, KINDS
 from kubegate.translate import certificate_name
 
@@ -50,17 +49,6 @@ def referenced_secrets(obj: SourceObject, gateway_namespace: str) -> set[SecretK
             out.add((gateway_namespace, certificate_name(ns, obj.name)))
         return out
     return set()
-
-
-def secret_data(body: Mapping[str, Any]) -> dict[str, bytes]:
-    """A Secret's data, base64-decoded (stringData is never returned by the API)."""
-    out = {}
-    for key, value in (body.get("data") or {}).items():
-        try:
-            out[key] = base64.b64decode(value or "")
-        except ValueError:
-            continue
-    return out
 
 
 @dataclass
@@ -162,7 +150,7 @@ class ClusterState:
         if event_type == "DELETED":
             self.absent_secrets.add(key)
             return self.secrets.pop(key, None) is not None
-        data = secret_data(body)
+        data = secret_data(body, strict=False)
         self.absent_secrets.discard(key)
         if self.secrets.get(key) == data:
             return False
@@ -177,7 +165,7 @@ class ClusterState:
         if body is None:
             self.absent_secrets.add(key)
         else:
-            self.secrets[key] = secret_data(body)
+            self.secrets[key] = secret_data(body, strict=False)
             self.absent_secrets.discard(key)
 
     # --- translator input ---------------------------------------------------------------

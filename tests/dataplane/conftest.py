@@ -1,25 +1,31 @@
 """Shared data-plane fixtures: real aiohttp backends, real Gateways on free ports, minted certs.
 
 Everything binds port 0; nothing is mocked. Other data-plane test files (security)
-may use: ``backend``, ``start_gateway``, ``make_route``, ``pki``, ``free_port``.
+may use: ``backend``, ``start_gateway``, ``make_route``, ``pki``, ``free_port``,
+``kubegate_run`` (the real ``kubegate run`` command as a subprocess).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from kubegate.dataplane.devca import Minted, mint_ca, mint_cert
 from kubegate.dataplane.ratelimit import build_rate_limiter
 from kubegate.dataplane.server import Gateway
 
 from kubegate.config import CompiledBackend, CompiledConfig, CompiledRoute, SecretBundle
+from kubegate.pki import Minted, mint_ca, mint_cert
 
 
 def _free_port() -> int:
@@ -163,3 +169,69 @@ def pki() -> Pki:
         client=mint_cert(client_ca, "client.test", ("client.test",), client=True),
         stranger=mint_cert(mint_ca("rogue CA"), "client.test", ("client.test",), client=True),
     )
+
+
+@dataclass
+class RunningGateway:
+    """A ``kubegate run`` subprocess; ``ports`` from its "listening" line, ``logs`` both streams so far."""
+
+    proc: asyncio.subprocess.Process
+    ports: dict[str, int] = field(default_factory=dict)
+    err_lines: list[str] = field(default_factory=list)
+    out_lines: list[str] = field(default_factory=list)
+    collectors: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def logs(self) -> str:
+        return "".join(self.err_lines) + "".join(self.out_lines)
+
+    async def stop(self) -> int:
+        """SIGTERM, then the exit code once both streams are drained."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), 20)
+        await asyncio.gather(*self.collectors)
+        return code
+
+
+async def _read_ports(stream: asyncio.StreamReader, lines: list[str]) -> dict[str, int]:
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), 30)).decode()
+        if not line:
+            raise AssertionError("kubegate run exited early:\n" + "".join(lines))
+        lines.append(line)
+        found = re.search(r"listening: http://[^:]+:(\d+) https://[^:]+:(\d+) admin http://[^:]+:(\d+)", line)
+        if found:
+            return dict(zip(("http", "https", "admin"), map(int, found.groups())))
+
+
+async def _collect(stream: asyncio.StreamReader, lines: list[str]) -> None:
+    async for line in stream:
+        lines.append(line.decode())
+
+
+@pytest.fixture
+async def kubegate_run(tmp_path):
+    """Factory: ``gw = await kubegate_run(folder)`` starts ``kubegate run -f folder`` on free ports."""
+    started: list[RunningGateway] = []
+
+    async def start(*paths: Path) -> RunningGateway:
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kubegate.cli", "run", *(a for p in paths for a in ("-f", str(p))),
+            "--host", "127.0.0.1", "--http-port", "0", "--https-port", "0", "--admin-port", "0",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )
+        running = RunningGateway(proc)
+        started.append(running)
+        running.ports = await _read_ports(proc.stderr, running.err_lines)
+        running.collectors = [asyncio.create_task(_collect(proc.stderr, running.err_lines)),
+                              asyncio.create_task(_collect(proc.stdout, running.out_lines))]
+        return running
+
+    yield start
+    for running in started:
+        if running.proc.returncode is None:
+            running.proc.kill()
+            await running.proc.wait()
+        for task in running.collectors:
+            task.cancel()

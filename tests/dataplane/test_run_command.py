@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
 import sys
 import time
 
@@ -47,77 +45,45 @@ spec:
 """
 
 
-async def _read_ports(stream: asyncio.StreamReader, lines: list[str]) -> dict[str, int]:
-    while True:
-        line = (await asyncio.wait_for(stream.readline(), 30)).decode()
-        if not line:
-            raise AssertionError("kubegate run exited early:\n" + "".join(lines))
-        lines.append(line)
-        found = re.search(r"listening: http://[^:]+:(\d+) https://[^:]+:(\d+) admin http://[^:]+:(\d+)", line)
-        if found:
-            return dict(zip(("http", "https", "admin"), map(int, found.groups())))
-
-
-async def _collect(stream: asyncio.StreamReader, lines: list[str]) -> None:
-    async for line in stream:
-        lines.append(line.decode())
-
-
 async def _status(session: aiohttp.ClientSession, url: str) -> int:
     async with session.get(url) as response:
         await response.read()
         return response.status
 
 
-async def test_run_serves_reloads_and_survives_a_broken_file(backend, tmp_path):
+async def test_run_serves_reloads_and_survives_a_broken_file(backend, tmp_path, kubegate_run):
     b = await backend()
     folder = tmp_path / "manifests"
     folder.mkdir()
     route_file = folder / "gateway.yaml"
     route_file.write_text(_manifests(b.port, "/v1/*rest"))
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kubegate.cli", "run", "-f", str(folder), "--host", "127.0.0.1",
-        "--http-port", "0", "--https-port", "0", "--admin-port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
-    err_lines: list[str] = []
-    out_lines: list[str] = []
-    try:
-        ports = await _read_ports(proc.stderr, err_lines)
-        collectors = [asyncio.create_task(_collect(proc.stderr, err_lines)),
-                      asyncio.create_task(_collect(proc.stdout, out_lines))]
-        base = f"http://127.0.0.1:{ports['http']}"
-        async with aiohttp.ClientSession() as session:
-            assert await _status(session, f"{base}/v1/hello") == 200
-            assert b.received[-1]["path"] == "/v1/hello"
-            assert await _status(session, f"{base}/private/x") == 401
-            async with session.get(f"http://127.0.0.1:{ports['admin']}/config") as r:
-                first_hash = (await r.json())["hash"]
+    gateway = await kubegate_run(folder)
+    ports = gateway.ports
+    base = f"http://127.0.0.1:{ports['http']}"
+    async with aiohttp.ClientSession() as session:
+        assert await _status(session, f"{base}/v1/hello") == 200
+        assert b.received[-1]["path"] == "/v1/hello"
+        assert await _status(session, f"{base}/private/x") == 401
+        async with session.get(f"http://127.0.0.1:{ports['admin']}/config") as r:
+            first_hash = (await r.json())["hash"]
 
-            route_file.write_text(_manifests(b.port, "/v1/*rest") + "\n---\nkind: [this is: not yaml\n")
-            await asyncio.sleep(1.5)
-            assert await _status(session, f"{base}/v1/hello") == 200  # last good config keeps serving
-            async with session.get(f"http://127.0.0.1:{ports['admin']}/config") as r:
-                assert (await r.json())["hash"] == first_hash
+        route_file.write_text(_manifests(b.port, "/v1/*rest") + "\n---\nkind: [this is: not yaml\n")
+        await asyncio.sleep(1.5)
+        assert await _status(session, f"{base}/v1/hello") == 200  # last good config keeps serving
+        async with session.get(f"http://127.0.0.1:{ports['admin']}/config") as r:
+            assert (await r.json())["hash"] == first_hash
 
-            route_file.write_text(_manifests(b.port, "/v2/*rest"))
-            deadline = time.monotonic() + 10
-            while await _status(session, f"{base}/v2/hello") != 200:
-                assert time.monotonic() < deadline, "reload did not happen"
-                await asyncio.sleep(0.2)
-            assert await _status(session, f"{base}/v1/hello") == 404
-            async with session.get(f"http://127.0.0.1:{ports['admin']}/metrics") as r:
-                metrics = await r.text()
-            assert 'kubegate_config_reloads_total{result="rejected"} 1.0' in metrics
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
-        await asyncio.gather(*collectors)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    logs = "".join(err_lines) + "".join(out_lines)
+        route_file.write_text(_manifests(b.port, "/v2/*rest"))
+        deadline = time.monotonic() + 10
+        while await _status(session, f"{base}/v2/hello") != 200:
+            assert time.monotonic() < deadline, "reload did not happen"
+            await asyncio.sleep(0.2)
+        assert await _status(session, f"{base}/v1/hello") == 404
+        async with session.get(f"http://127.0.0.1:{ports['admin']}/metrics") as r:
+            metrics = await r.text()
+        assert 'kubegate_config_reloads_total{result="rejected"} 1.0' in metrics
+    assert await gateway.stop() == 0
+    logs = gateway.logs
     assert "gateway.yaml" in logs and "development CA" in logs
     assert HMAC_SECRET not in logs
     assert "Traceback" not in logs

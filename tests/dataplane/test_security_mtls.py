@@ -1,17 +1,12 @@
-"""mTLS subject authorization on real certificates: minted with cryptography, and the
+"""mTLS subject authorization on real certificates: minted by kubegate.pki, and the
 getpeercert() dicts taken from a real (in-memory) TLS 1.3 handshake."""
 
 from __future__ import annotations
 
-import datetime
 import io
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubegate.dataplane.admission import Admission, RequestFacts
 from kubegate.dataplane.audit import AuditLog
 from kubegate.dataplane.jwks import JwksCache
@@ -27,48 +22,23 @@ from kubegate.config import (
     CompiledRoute,
     SecretBundle,
 )
-
-
-def _cert(subject_cn: str, issuer_key, issuer_name, key, *, ca: bool = False, dns: tuple[str, ...] = ()):
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
-        .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if dns:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(obj) -> bytes:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+from kubegate.pki import mint_ca, mint_cert
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("kubegate test CA", ca_key, None, ca_key, ca=True)
-    (folder / "ca.pem").write_bytes(_pem(ca))
+    ca = mint_ca("kubegate test CA", days=1)
+    (folder / "ca.pem").write_text(ca.cert_pem)
 
-    def issue(name: str, cn: str, dns: tuple[str, ...] = ()):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(cn, ca_key, ca.subject, key, dns=dns)
-        (folder / f"{name}.pem").write_bytes(_pem(cert) + _pem(key))
+    def issue(name: str, cn: str, dns: tuple[str, ...] = (), client: bool = True):
+        minted = mint_cert(ca, cn, dns, client=client, days=1)
+        (folder / f"{name}.pem").write_text(minted.cert_pem + minted.key_pem)
         return folder / f"{name}.pem"
 
     return {
         "ca": folder / "ca.pem",
-        "server": issue("server", "gateway.test", ("gateway.test",)),
+        "server": issue("server", "gateway.test", ("gateway.test",), client=False),
         "smo": issue("smo", "smo.example.com"),
         "san": issue("san", "some-cn", ("client-a.example.com", "client-b.example.com")),
         "other": issue("other", "intruder.example.com"),

@@ -7,7 +7,6 @@ import ssl
 from pathlib import Path
 
 import aiohttp
-from kubegate.dataplane.devca import mint_cert
 
 from kubegate.config import (
     CompiledClientAuth,
@@ -16,6 +15,7 @@ from kubegate.config import (
     CompiledTls,
     SecretBundle,
 )
+from kubegate.pki import mint_cert
 
 
 def _policy(pid: str, hosts: tuple[str, ...], **fields) -> CompiledTls:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubegate import devcluster
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 SYSTEM = "kubegate-system"
@@ -127,6 +129,35 @@ def test_apply_k_succeeds_on_the_dev_cluster(cluster):
                      "networkpolicy.networking.k8s.io/kubegate-default-deny",
                      "poddisruptionbudget.policy/kubegate-dataplane"):
         assert expected in names
+
+
+CRDS = REPO / "crds"
+KUBEGATE_CRDS = [f"crd/{plural}.kubegate.dev" for plural in
+                 ("apikeys", "gatewayroutes", "ratelimitpolicies", "tlspolicies")]
+
+
+def test_install_commands_succeed_on_a_fresh_dev_cluster(tmp_path):
+    """What a new user or a GitOps tool runs, plain client-side apply, in a cluster of its own (issue 13).
+
+    A fresh cluster (not the session one, whose CRDs the fixture already applied
+    server-side) so that the first command really creates the CRDs and every
+    command must exit 0 with nothing at all on stderr.
+    """
+    fresh = devcluster.up(tmp_path / "fresh", install_crds=False, log=lambda *_: None)
+    try:
+        for args, verb in ((("-f", CRDS), "created"), (("-k", CRDS), "unchanged"),
+                           (("--server-side", "-f", CRDS), "serverside-applied"),
+                           (("-k", MANIFESTS), "configured")):  # manifests/ adds the part-of label
+            out = fresh.kubectl("apply", *map(str, args), check=False)
+            assert (out.returncode, out.stderr) == (0, ""), (args, out.stdout)
+            for crd in KUBEGATE_CRDS:
+                line = f"customresourcedefinition.apiextensions.k8s.io/{crd.removeprefix('crd/')} {verb}"
+                assert line in out.stdout, (args, out.stdout)
+            fresh.kubectl("wait", "--for=condition=Established", "--timeout=30s", *KUBEGATE_CRDS)
+        names = fresh.kubectl("get", "deployments", "-n", SYSTEM, "-o", "name").stdout.split()
+        assert names == ["deployment.apps/kubegate-dataplane", "deployment.apps/kubegate-operator"]
+    finally:
+        devcluster.down(tmp_path / "fresh", log=lambda *_: None)
 
 
 @pytest.mark.parametrize("path", OVERLAYS)

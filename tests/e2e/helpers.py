@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from kubegate.pki import mint_cert
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_NS = "kubegate-system"
@@ -228,18 +226,5 @@ class Backends:
 
 
 def self_signed(hostnames: list[str], days: int = 30) -> tuple[bytes, bytes, datetime.datetime]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    not_after = (now + datetime.timedelta(days=days)).replace(microsecond=0)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()),
-            not_after)
+    leaf = mint_cert(None, hostnames[0], tuple(hostnames), days=days)
+    return leaf.cert_pem.encode(), leaf.key_pem.encode(), leaf.cert.not_valid_after_utc

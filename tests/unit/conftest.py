@@ -1,16 +1,12 @@
-"""Builders for translator inputs and real PEM material (minted with `cryptography`)."""
+"""Builders for translator inputs and real PEM material (minted by kubegate.pki)."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from kubegate.pki import key_pem, mint_ca, mint_cert, new_key, public_key_pem
 from kubegate.resources import ServiceInfo, ServicePort, SourceObject, TranslationInput
 
 
@@ -44,37 +40,17 @@ def make_input(*objects: SourceObject, services: list[ServiceInfo] | None = None
     )
 
 
-def _pem_cert(subject: str, key, issuer_key=None, issuer_name=None, ca: bool = False) -> bytes:
-    now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name or name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(issuer_key or key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
 @pytest.fixture(scope="session")
 def pki() -> dict[str, bytes]:
     """A CA, a server certificate/key pair it signed, an unrelated key and a public key PEM."""
-    ca_key, server_key, other_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = _pem_cert("test CA", ca_key, ca=True)
-    ca_name = x509.load_pem_x509_certificate(ca).subject
+    ca = mint_ca("test CA")
+    server = mint_cert(ca, "api.example.com", ("api.example.com",))
     return {
-        "ca.crt": ca,
-        "tls.crt": _pem_cert("api.example.com", server_key, ca_key, ca_name),
-        "tls.key": _pem_key(server_key),
-        "other.key": _pem_key(other_key),
-        "public.pem": server_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "ca.crt": ca.cert_pem.encode(),
+        "tls.crt": server.cert_pem.encode(),
+        "tls.key": server.key_pem.encode(),
+        "other.key": key_pem(new_key()).encode(),
+        "public.pem": public_key_pem(server.key).encode(),
     }
 
 

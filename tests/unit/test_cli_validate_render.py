@@ -59,6 +59,20 @@ spec: {path: "/a/{x}", backends: [{url: "http://b"}]}
     assert "older GatewayRoute shop/first" in err  # names the winner
 
 
+def test_validate_accepts_a_route_without_hosts_beside_host_specific_ones(capsys, tmp_path):
+    """Issue 13: exact, *. and no hosts on one path coexist; only the same host twice is refused."""
+    route = ("apiVersion: kubegate.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {{name: {}, namespace: web}}\n"
+             "spec: {{{}path: /r/host, backends: [{{url: 'http://127.0.0.1:9001'}}]}}\n")
+    docs = [route.format("host-exact", "hosts: [api.example.com], "),
+            route.format("host-wild", "hosts: ['*.example.com'], "), route.format("host-none", "")]
+    (tmp_path / "routes.yaml").write_text("---\n".join(docs))
+    code, _, err = run(capsys, "validate", "-f", str(tmp_path))
+    assert (code, err) == (0, "")
+    (tmp_path / "more.yaml").write_text(route.format("host-none-again", ""))
+    code, _, err = run(capsys, "validate", "-f", str(tmp_path))
+    assert code == 1 and "GatewayRoute/web/host-none-again: spec.path: Conflicted: path /r/host (hosts none;" in err
+
+
 def test_validate_missing_secret_is_a_warning(capsys, tmp_path):
     (tmp_path / "key.yaml").write_text("""
 apiVersion: kubegate.dev/v1alpha1

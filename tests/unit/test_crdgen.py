@@ -16,8 +16,19 @@ CASES = ROOT / "tests" / "cases"
 
 def test_committed_crds_do_not_drift():
     expected = crdgen.render_all()
-    committed = {p.name: p.read_text() for p in (ROOT / "crds").iterdir() if p.suffix == ".yaml"}
+    committed = {p.name: p.read_text() for p in (ROOT / "crds").iterdir() if p.is_file()}
     assert committed == expected, "crds/ is stale: run `python -m kubegate.crdgen`"
+
+
+def test_kubectl_apply_f_crds_reads_only_crds():
+    """``kubectl apply -f crds/`` applies every *.yaml/*.yml/*.json there: each must be a CRD (issue 13).
+
+    The real ``kubectl apply -f crds/``, ``-k crds/`` and ``-k manifests/`` run in
+    tests/deploy/test_manifests.py::test_install_commands_succeed_on_the_dev_cluster.
+    """
+    read_by_apply_f = [p for p in (ROOT / "crds").iterdir() if p.suffix in (".yaml", ".yml", ".json")]
+    kinds = {p.name: [d["kind"] for d in yaml.safe_load_all(p.read_text()) if d] for p in read_by_apply_f}
+    assert kinds == {crdgen.file_name(kind): ["CustomResourceDefinition"] for kind in KINDS}
 
 
 def _walk(node, path="schema"):
