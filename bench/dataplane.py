@@ -40,7 +40,8 @@ import timeit
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from kubegate.dataplane.router import RouteTable, normalize_path
+from kubegate.dataplane.router import RouteTable
+from kubegate.dataplane.target import normalise_request_path
 
 from kubegate.config import (
     CompiledApiKey,
@@ -78,7 +79,8 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"bench: port {port} did not open")
 
 
-def nginx(conf_body: str, workdir: str, workers: int = 1) -> subprocess.Popen:
+def nginx(conf_body: str, workdir: str, workers: int = 1, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``prefix``: e.g. ``("taskset", "-c", "0")`` to pin it (bench/peers.py)."""
     conf = os.path.join(workdir, f"nginx-{time.monotonic_ns()}.conf")
     with open(conf, "w") as handle:
         handle.write(f"""worker_processes {workers}; daemon off; pid {conf}.pid; error_log stderr error;
@@ -86,7 +88,7 @@ events {{ worker_connections 4096; }}
 http {{ access_log off; client_body_temp_path {workdir}; proxy_temp_path {workdir};
 fastcgi_temp_path {workdir}; uwsgi_temp_path {workdir}; scgi_temp_path {workdir};
 {conf_body} }}""")
-    return subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stderr=subprocess.DEVNULL)
+    return subprocess.Popen([*prefix, "nginx", "-c", conf, "-p", workdir], stderr=subprocess.DEVNULL)
 
 
 def redis_server(port: int, workdir: str) -> subprocess.Popen:
@@ -244,9 +246,11 @@ def serve(config_path: str, port: int, redis_url: str | None, reuse_port: bool, 
 # --- measurements --------------------------------------------------------------------------------------
 
 
-def wrk(url: str, seconds: float, headers: dict[str, str] | None = None, pids: list[int] = ()) -> dict:
-    """One wrk run; ``cpu_us`` is the CPU time the ``pids`` (the proxy under test) spent per request."""
-    cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds:g}s", "--latency"]
+def wrk(url: str, seconds: float, headers: dict[str, str] | None = None, pids: list[int] = (),
+        threads: int = WRK_THREADS, connections: int = WRK_CONNECTIONS, prefix: tuple[str, ...] = ()) -> dict:
+    """One wrk run; ``cpu_us`` is the CPU time the ``pids`` (the proxy under test) spent per request.
+    ``prefix``: e.g. ``("taskset", "-c", "1")`` to keep wrk off the proxy's core (bench/peers.py)."""
+    cmd = [*prefix, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
     cpu_before = cpu_seconds(pids)
@@ -331,7 +335,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-LOOKUP_MIX = [(f"h{i % 50}.test", normalize_path(f"/svc{i}/items/{i * 7}")[1]) for i in range(10)]
+LOOKUP_MIX = [(f"h{i % 50}.test", normalise_request_path(f"/svc{i}/items/{i * 7}").segments) for i in range(10)]
 
 
 def lookup_table(n: int) -> RouteTable:

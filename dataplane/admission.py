@@ -152,11 +152,20 @@ class Admission:
         self._audit = audit
         self.token_cache = TokenCache()
         self._charge_sets = 0  # remembered over all routes (MAX_CHARGE_SETS)
-        self._keys = ApiKeyTable(config.api_keys, secrets)
-        self._key_limits: dict[str, tuple[str, _LimitPlan]] = {}  # key id -> (namespace, plan)
+        # Objects that cannot be used are left out, named with why (the translator refuses them first;
+        # this is defence in depth): "Kind/namespace/name" -> reason.
+        self.dropped: dict[str, str] = {}
+        usable_keys = []
         for key in config.api_keys:
-            if key.rate_limit is not None:
-                _limit_plan("", key.rate_limit)  # refuse an unusable per-key limit at load time
+            try:
+                if key.rate_limit is not None:
+                    _limit_plan("", key.rate_limit)  # refuse an unusable per-key limit at load time
+            except ValueError as exc:
+                self.dropped[f"ApiKey/{key.namespace}/{key.name}"] = str(exc)
+                continue
+            usable_keys.append(key)
+        self._keys = ApiKeyTable(tuple(usable_keys), secrets, self.dropped)
+        self._key_limits: dict[str, tuple[str, _LimitPlan]] = {}  # key id -> (namespace, plan)
         verifiers: dict[str, JwtVerifier] = {}
         filters: dict[tuple[tuple[str, ...], tuple[str, ...]], IpFilter] = {}
         self._plans: dict[str, _RoutePlan] = {}
@@ -164,7 +173,8 @@ class Admission:
             try:
                 plan = self._plan(route, secrets, jwks, verifiers, filters)
             except ValueError as exc:
-                raise ValueError(f"route {route.id}: {exc}") from None
+                self.dropped[f"GatewayRoute/{route.id}"] = str(exc)
+                continue
             if plan is not None:
                 self._plans[route.id] = plan
 

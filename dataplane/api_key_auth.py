@@ -1,9 +1,9 @@
-"""API-key authentication: checksum pre-check, then one sha256 and a dict lookup.
+"""API-key authentication: checksum pre-check (generated-format keys), then one sha256 and a dict lookup.
 
 The table maps sha256(key) -> key record and is built once per config
 snapshot from the compiled ApiKeys and the hashes in the SecretBundle; the
-data plane never sees a key itself. Garbage and typos are refused by the
-CRC checksum before any hashing. The outcome of that check and lookup (a
+data plane never sees a key itself. Garbage and typos of generated keys are
+refused by the CRC checksum before any hashing; keys users bring are looked up. The outcome of that check and lookup (a
 record or none) is remembered per presented key string, a few thousand
 keys at most, so a client's repeated key costs one dict lookup instead of
 a checksum and a sha256 (~3 us); like the verified-token cache, this holds
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kubegate.dataplane.ipfilter import CidrSet, parse_ip
 
-from kubegate.apikeys import checksum_ok, key_hash
+from kubegate.apikeys import key_hash, worth_a_lookup
 from kubegate.config import CompiledApiKey, CompiledLimit, CompiledRoute, SecretBundle
 
 _HEX = frozenset("0123456789abcdef")
@@ -60,13 +60,19 @@ def extract_api_key(x_api_key: str | None, authorization: str | None) -> str | N
 class ApiKeyTable:
     SEEN_KEPT = 4096  # presented keys whose lookup is remembered (then the memory starts afresh)
 
-    def __init__(self, keys: tuple[CompiledApiKey, ...], secrets: SecretBundle) -> None:
+    def __init__(self, keys: tuple[CompiledApiKey, ...], secrets: SecretBundle,
+                 dropped: dict[str, str] | None = None) -> None:
+        """Unusable keys raise ValueError, or with ``dropped`` are left out and named there."""
         self._by_hash: dict[str, KeyRecord] = {}
         self._seen: dict[str, KeyRecord | None] = {}
         for key in keys:
             hashed = secrets.values.get(key.hash_ref, "").strip().lower()
             if len(hashed) != 64 or not set(hashed) <= _HEX:
-                raise ValueError(f"ApiKey {key.namespace}/{key.name}: hash {key.hash_ref!r} is missing or not sha256 hex")
+                reason = f"ApiKey {key.namespace}/{key.name}: hash {key.hash_ref!r} is missing or not sha256 hex"
+                if dropped is None:
+                    raise ValueError(reason)
+                dropped[f"ApiKey/{key.namespace}/{key.name}"] = reason
+                continue
             self._by_hash[hashed] = KeyRecord(
                 id=key.id,
                 namespace=key.namespace,
@@ -83,7 +89,7 @@ class ApiKeyTable:
     def _record(self, key: str) -> KeyRecord | None:
         record = self._seen.get(key, _UNSEEN)
         if record is _UNSEEN:
-            record = self._by_hash.get(key_hash(key)) if checksum_ok(key) else None
+            record = self._by_hash.get(key_hash(key)) if worth_a_lookup(key) else None
             if len(self._seen) >= self.SEEN_KEPT:
                 self._seen.clear()
             self._seen[key] = record

@@ -9,6 +9,7 @@ renewing (crashed, frozen, partitioned) therefore stops counting by itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import socket
 import time
 from typing import Any
 
-from kubegate.config import HASH_ANNOTATION
+from kubegate.config import DROPPED_ANNOTATION, HASH_ANNOTATION
 from kubegate.kubeapi import ApiError, KubeApi, micro_time, path_for
 
 log = logging.getLogger("kubegate.dataplane.heartbeat")
@@ -36,13 +37,26 @@ def lease_name(replica: str) -> str:
     return (LEASE_PREFIX + cleaned)[:63].rstrip("-")
 
 
-def lease_patch(replica: str, config_hash: str | None, now: float, duration: int) -> dict[str, Any]:
-    """The Lease content this replica asserts (pure)."""
+MAX_DROPPED = 200  # objects named on the Lease (annotations share 256 KiB); more are summarised by count
+MAX_REASON = 300
+
+
+def dropped_annotation(dropped: dict[str, str]) -> str:
+    """The objects of the served config this replica left out, as the Lease annotation (pure)."""
+    names = sorted(dropped)
+    shown = {name: dropped[name][:MAX_REASON] for name in names[:MAX_DROPPED]}
+    return json.dumps(shown, separators=(",", ":"), sort_keys=True) if shown else ""
+
+
+def lease_patch(replica: str, config_hash: str | None, now: float, duration: int,
+                dropped: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Lease content this replica asserts (pure): the hash it serves and what of it it left out."""
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {"name": lease_name(replica), "labels": dict(LABELS),
-                     "annotations": {HASH_ANNOTATION: config_hash or ""}},
+                     "annotations": {HASH_ANNOTATION: config_hash or "",
+                                     DROPPED_ANNOTATION: dropped_annotation(dropped or {})}},
         "spec": {"holderIdentity": replica, "leaseDurationSeconds": duration, "renewTime": micro_time(now)},
     }
 
@@ -62,7 +76,8 @@ class Heartbeat:
         self._wake.set()
 
     async def renew(self) -> None:
-        body = lease_patch(self.replica, self.gateway.loaded_hash, time.time(), self.duration)
+        body = lease_patch(self.replica, self.gateway.loaded_hash, time.time(), self.duration,
+                           getattr(self.gateway, "dropped", None))
         path = path_for("coordination.k8s.io/v1", "Lease", self.namespace, self.name)
         try:
             await self.api.merge_patch(path, body)

@@ -17,7 +17,6 @@ fed up to the end of a head, so a body is never read by two parsers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
@@ -28,13 +27,14 @@ from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .flow import WriteFlowControl
+from .problems import error_body, refusal_phrase
+from .webfront import ClientTimeouts
 
 log = logging.getLogger("kubegate.dataplane")
 
 MAX_HEAD = 8190  # aiohttp's default limit; a larger head is refused with 431
 MAX_BUFFERED = 64 * 1024  # pipelined bytes held while a request is in flight before pausing reads
-KEEPALIVE_SECONDS = 75.0
-SWEEP_SECONDS = 5.0  # idle connections are closed within this much after KEEPALIVE_SECONDS
+SWEEP_SECONDS = 5.0  # slow and idle connections are closed within this much after their timeout
 _EMPTY_STATUSES = frozenset({204, 304})
 
 
@@ -129,17 +129,20 @@ Handler = Callable[[SimpleRequest, Any], Awaitable[Any]]
 
 
 class ClientConnections:
-    """The open front connections, with one periodic sweep closing idle ones (a timer
-    per request would cost a heap push, a cancel and a pop on every request)."""
+    """The open front connections, with one periodic sweep closing idle ones and those whose
+    request head is late (a timer per request would cost a heap push, a cancel and a pop on
+    every request)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeouts: ClientTimeouts | None = None) -> None:
+        self.timeouts = timeouts or ClientTimeouts()
         self._conns: set[FastHttpProtocol] = set()
         self._ticker: asyncio.TimerHandle | None = None
+        self._period = min(SWEEP_SECONDS, self.timeouts.header / 4, self.timeouts.idle / 4)
 
     def add(self, conn: FastHttpProtocol) -> None:
         self._conns.add(conn)
         if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+            self._ticker = asyncio.get_running_loop().call_later(self._period, self._sweep)
 
     def discard(self, conn: FastHttpProtocol) -> None:
         self._conns.discard(conn)
@@ -150,11 +153,17 @@ class ClientConnections:
     def _sweep(self) -> None:
         self._ticker = None
         now = asyncio.get_running_loop().time()
+        header, idle = self.timeouts.header, self.timeouts.idle
         for conn in list(self._conns):
-            if not conn.busy and now - conn.idle_since > KEEPALIVE_SECONDS:
+            if conn.busy:
+                continue
+            if conn.head_since is not None:
+                if now - conn.head_since > header:
+                    conn.close_if_idle()
+            elif now - conn.idle_since > idle:
                 conn.close_if_idle()
         if self._conns:
-            self._ticker = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep)
+            self._ticker = asyncio.get_running_loop().call_later(self._period, self._sweep)
 
     def close(self) -> None:
         if self._ticker is not None:
@@ -179,6 +188,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._paused = False
         self.idle_since = self._loop.time()
+        self.head_since: float | None = None  # when the head being received started (header timeout)
         self._close_after = False
 
     @property
@@ -231,13 +241,16 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
             self._hand_off()
             return
         except httptools.HttpParserError as exc:
-            self._refuse(400, str(exc) or "malformed request")
+            self._refuse(400, refusal_phrase(str(exc)))
             return
         self._fed = stop
         if not reader.complete:
             if end != -1:
                 self._hand_off()  # the head is complete and a body follows: aiohttp reads it
+            elif self.head_since is None:
+                self.head_since = self._loop.time()
             return
+        self.head_since = None
         parsed = reader.simple()
         if parsed is None:
             self._hand_off()
@@ -253,8 +266,8 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         """A request llhttp refused, or an oversized head: answer, then close (the stream is unusable)."""
         transport, self._transport = self._transport, None
         self._buf = b""
-        body = json.dumps({"error": message, "reason": "bad_request", "status": status},
-                          separators=(",", ":")).encode()
+        log.info("refused a malformed request from %s: %s", self._remote, message)
+        body = error_body(status, "bad_request", message)
         head = self._head(status, "", [("Content-Type", "application/json")],
                           f"Content-Length: {len(body)}\r\n\r\n", True)
         transport.write(head + body)
@@ -265,6 +278,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         if transport is None:
             return
         self._connections.discard(self)
+        self.head_since = None
         protocol = self._fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

@@ -26,46 +26,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from kubegate.dataplane.jwks import JwksCache, JwksError
 
 from kubegate.config import CompiledJwt, SecretBundle
+from kubegate.jwt_keys import key_fits, load_public_key
 
 MAX_TOKEN_BYTES = 16_384
 RAW_KEY_MAX = 2_048  # longer tokens are cached under their sha256: at most ~20 MiB of keys at 10,000 entries
 NO_EXP_CACHE_SECONDS = 300.0  # tokens without exp are re-verified this often (key rotation)
 
-_EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 SUPPORTED_ALGORITHMS = frozenset(
     {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
      "ES512", "EdDSA"}
 )
 
 
-def key_fits(alg: str, key: Any) -> bool:
-    """May ``key`` verify tokens signed with ``alg``? The one place that rules out key confusion."""
-    if alg.startswith("HS"):
-        return isinstance(key, bytes)
-    if alg[:2] in ("RS", "PS"):
-        return isinstance(key, rsa.RSAPublicKey)
-    if alg in _EC_CURVES:
-        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_CURVES[alg])
-    if alg == "EdDSA":
-        return isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey))
-    return False
+MAX_TIME_CLAIM = 253_402_300_799  # 9999-12-31T23:59:59Z: NumericDate values beyond it are not times
 
 
-def load_public_key(pem: str) -> Any:
-    """A public key from a PEM public key or certificate."""
-    data = pem.strip().encode()
-    try:
-        if b"BEGIN CERTIFICATE" in data:
-            return x509.load_pem_x509_certificate(data).public_key()
-        return serialization.load_pem_public_key(data)
-    except ValueError:
-        raise ValueError("JWT public key is not a PEM public key or certificate") from None
+def time_claims_problem(claims: dict[str, Any]) -> str | None:
+    """exp, nbf and iat, when present, must be NumericDates (RFC 7519 §2): JSON numbers of seconds
+    between 0 and MAX_TIME_CLAIM. None when they are; otherwise why not (no claim value quoted)."""
+    for name in ("exp", "nbf", "iat"):
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"token {name} claim is not a number"
+        if not 0 <= value <= MAX_TIME_CLAIM:  # NaN fails both comparisons
+            return f"token {name} claim is out of range"
+    return None
 
 
 class JwtRejected(Exception):
@@ -180,7 +170,10 @@ class JwtVerifier:
         elif jwks is None:
             raise ValueError("jwksUri needs a JWKS cache (none configured)")
         self._leeway = cfg.leeway_seconds
-        self._options = {"verify_aud": bool(cfg.audiences), "require": []}
+        # exp/nbf/iat are checked here (time_claims_problem, _check), not by pyjwt: it takes "exp": "9999999999"
+        # as a string that never expires and calls other malformed values just "invalid".
+        self._options = {"verify_aud": bool(cfg.audiences), "require": [], "verify_exp": False,
+                         "verify_nbf": False, "verify_iat": False}
         self._audience = list(cfg.audiences) or None
 
     def cache_key(self, token: str) -> tuple[int, str | bytes]:
@@ -266,6 +259,9 @@ class JwtVerifier:
             raise JwtRejected("invalid_token", "invalid token") from None
         if not isinstance(claims, dict):
             raise JwtRejected("invalid_token", "token claims are not an object")
+        problem = time_claims_problem(claims)
+        if problem is not None:
+            raise JwtRejected("invalid_time_claim", problem)
         return self._identity(claims, now)
 
     def _identity(self, claims: dict[str, Any], now: float) -> JwtIdentity:

@@ -9,10 +9,17 @@ Label values are bounded (route ids, fixed reason words), never credentials.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
 class Metrics:
-    """One registry per data-plane instance, so tests can run several in one process."""
+    """One registry per data-plane instance, so tests can run several in one process.
+
+    With several workers (``--workers N``) every process runs prometheus_client's
+    multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor): the
+    values live in files the supervisor's admin port adds up (:func:`aggregated`);
+    the gauges say how (``multiprocess_mode``, ignored in one process).
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -48,8 +55,45 @@ class Metrics:
         self.config_timestamp = Gauge(
             "kubegate_config_last_reload_timestamp_seconds", "When the loaded config was swapped in", registry=r
         )
-        self.routes = Gauge("kubegate_routes", "Routes in the loaded config", registry=r)
+        self.routes = Gauge("kubegate_routes", "Routes in the loaded config", registry=r, multiprocess_mode="livemax")
         self.cert_expiry = Gauge(
             "kubegate_certificate_expiry_timestamp_seconds", "notAfter of each served certificate", ["policy"],
-            registry=r,
+            registry=r, multiprocess_mode="livemin",
         )
+
+
+class _Collected:
+    """A registry entry that yields one metric of another registry (the supervisor's config Info:
+    Info values are per process and never written to the multiprocess files)."""
+
+    def __init__(self, metric: Info) -> None:
+        self._metric = metric
+
+    def collect(self):  # prometheus_client's collector protocol
+        return self._metric.collect()
+
+
+def aggregated(path: str, own: Metrics) -> CollectorRegistry:
+    """The registry the supervisor's /metrics serves: every worker's values added up (dead ones'
+    counters included, so totals never go back), plus the supervisor's config Info."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)
+    registry.register(_Collected(own.config_info))
+    return registry
+
+
+class _Uncounted:
+    """A counter that counts nothing: a worker's reloads are counted once, by its supervisor."""
+
+    def labels(self, *_values: str) -> _Uncounted:
+        return self
+
+    def inc(self, _amount: float = 1) -> None:
+        return None
+
+
+def worker_metrics() -> Metrics:
+    """A worker's Metrics: everything counted except reloads, which the supervisor counts once for all."""
+    metrics = Metrics()
+    metrics.config_reloads = _Uncounted()  # type: ignore[assignment]
+    return metrics

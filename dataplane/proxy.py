@@ -32,7 +32,8 @@ HOP_BY_HOP = frozenset({
 })
 # Set by the gateway itself; an incoming copy is replaced (X-Forwarded-For is appended to).
 _OWN_HEADERS = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-forwarded-for"})
-_RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
+# The gateway says `Server: kubegate` itself (like Envoy); a backend's would advertise its versions.
+_RESPONSE_SKIP = HOP_BY_HOP | {"content-length", "server"}
 # Request headers never copied upstream: hop-by-hop, our own, and body framing (the
 # sender frames the body itself); Expect is answered by the gateway, not relayed.
 _SKIP = HOP_BY_HOP | _OWN_HEADERS | {"content-length", "expect"}

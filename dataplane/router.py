@@ -53,42 +53,8 @@ class _Node(Generic[V]):
     methods: dict[str, tuple[V, tuple[str, ...]]] | None = None  # routes ending exactly here
 
 
-def normalize_path(raw_path: str) -> tuple[str, list[str]] | None:
-    """Resolve ``.``/``..`` and empty segments; returns (path, segments) or None above root.
-
-    The router and the upstream see the same normalized path, so ``/api/../admin``
-    can neither dodge a route nor reach a backend path the route did not grant.
-    """
-    segments: list[str] = []
-    for seg in raw_path.split("/"):
-        if not seg or seg == ".":
-            continue
-        if seg == "..":
-            if not segments:
-                return None
-            segments.pop()
-            continue
-        segments.append(seg)
-    path = "/" + "/".join(segments)
-    if raw_path.endswith("/") and segments:
-        path += "/"
-    return path, segments
-
-
 def split_pattern(pattern: str) -> list[str]:
     return [s for s in pattern.split("/") if s]
-
-
-def normalize_host(host: str) -> str:
-    """Lowercase, without port and trailing dot; IPv6 literals keep their brackets."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end != -1 else host
-    colon = host.rfind(":")
-    if colon != -1:
-        host = host[:colon]
-    return host.rstrip(".")
 
 
 class RouteTable(Generic[V]):
@@ -113,7 +79,7 @@ class RouteTable(Generic[V]):
             if self._any is None:
                 self._any = _Node()
             return self._any
-        host = normalize_host(host)
+        host = host.lower().rstrip(".")  # as target.parse_host gives a request's Host
         table = self._wildcard if host.startswith("*.") else self._exact
         key = host[1:] if host.startswith("*.") else host
         return table.setdefault(key, _Node())
@@ -154,7 +120,7 @@ class RouteTable(Generic[V]):
             yield self._any
 
     def lookup(self, host: str, method: str, segments: list[str]) -> Match[V] | MethodNotAllowed | None:
-        """Find the route for normalized host + method + path segments (see normalize_path)."""
+        """Find the route for a parsed host + method + path segments (see target.py)."""
         allowed: set[str] = set()
         root = self._exact.get(host)
         if root is not None:  # the common case first, without building the candidate list

@@ -5,22 +5,24 @@ admission, TLS contexts, compiled schemas, upstream plans); ``apply`` builds a
 new one off to the side and swaps one reference, so a request keeps the
 snapshot it started with and a bad config never replaces a good one.
 
-Pipeline: route match (404/405) -> Admission (IP filter, auth, rate limit)
--> body limit / JSON Schema (413/400) -> proxy.
+Pipeline: Host and path parsed once (400, target.py) -> the TLS connection and
+the Host agree (421 on HTTPS; 308 to HTTPS on HTTP for a hostname a TLSPolicy
+covers) -> TLSPolicy allowedSubjects (403) -> route match (404/405; TRACE and
+CONNECT only where a route names them) -> Admission (IP filter, auth, rate
+limit) -> body limit / JSON Schema (413/400) -> proxy. Both fronts (http1.py
+and aiohttp's, webfront.py) run this one pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubegate.config import CompiledConfig, CompiledRoute, SecretBundle, config_hash
@@ -31,9 +33,13 @@ from .bodies import BodyTooLarge, SchemaCheck, is_json
 from .clientip import ClientAddress
 from .http1 import ClientConnections, FastHttpProtocol, SimpleRequest
 from .metrics import Metrics
-from .router import MethodNotAllowed, RouteTable, normalize_host, normalize_path
+from .mtls_auth import client_identity
+from .problems import SERVER, error_body
+from .router import MethodNotAllowed, RouteTable
+from .target import PathRefused, normalise_request_path, parse_host
 from .tls import EMPTY_TLS, PolicyContext, SniPeekProtocol, TlsSet, build_tls_set
 from .upstream import UpstreamPool
+from .webfront import ClientTimeouts, FrontServer
 
 try:  # the security layer; a checkout without it can still serve routes that need no admission
     from .admission import RequestFacts
@@ -58,27 +64,12 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-class _MalformedRequestsInOneLine(logging.Filter):
-    """aiohttp logs a full traceback at ERROR for every malformed request it refuses with a 400.
-
-    The client already got a clean 400; a request a stranger got wrong is not
-    our error. Keep one INFO line (the parser's reason, never request bytes
-    beyond it) and drop the traceback; genuine handler errors pass unchanged.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = "refused a malformed request: %s", (exc.message,)
-            record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-logging.getLogger("aiohttp.server").addFilter(_MalformedRequestsInOneLine())
-
 SHUTDOWN_GRACE = 10.0
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+# Served only by a route whose `methods` names them (API.md): TRACE reflects a request's
+# credentials back (cross-site tracing), CONNECT would make the gateway an open tunnel.
+GUARDED_METHODS = frozenset({"TRACE", "CONNECT"})
+_ALLOW_DEFAULT = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
 _CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
@@ -140,6 +131,8 @@ class Snapshot:
     admission: Any
     tls: TlsSet
     loaded_at: float
+    guarded_methods: frozenset[str]  # TRACE / CONNECT where some route names them
+    dropped: dict[str, str] = field(default_factory=dict)  # "Kind/ns/name" -> why it is not served
 
 
 def _one_line(exc: BaseException) -> str:
@@ -149,17 +142,19 @@ def _one_line(exc: BaseException) -> str:
 
 class Gateway:
     def __init__(self, *, host: str = "0.0.0.0", http_port: int = 8080, https_port: int = 8443,
-                 admin_port: int = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
+                 admin_port: int | None = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
                  metrics: Metrics | None = None, audit: AuditLog | None = None, jwks: Any = None,
-                 reuse_port: bool = False, fast_http: bool = True) -> None:
+                 reuse_port: bool = False, fast_http: bool = True,
+                 timeouts: ClientTimeouts | None = None) -> None:
         """``reuse_port``: bind the HTTP/HTTPS listeners with SO_REUSEPORT so several worker
         processes can share them (the kernel spreads connections; nginx/Envoy do the same).
-        The admin port is never shared: each worker's metrics must be scraped separately.
+        ``admin_port`` None: no admin port (a worker: its supervisor serves the aggregated one).
         ``fast_http``: serve simple plain-HTTP requests with the lean front (http1.py)."""
         self.host = host
         self.reuse_port = reuse_port
         self.fast_http = fast_http
-        self._fast_connections = ClientConnections()
+        self.timeouts = timeouts or ClientTimeouts()
+        self._fast_connections = ClientConnections(self.timeouts)
         self.ports = {"http": http_port, "https": https_port, "admin": admin_port}
         self.limiter = limiter
         self.metrics = metrics or Metrics()
@@ -185,6 +180,12 @@ class Gateway:
         return snap.hash if snap else None
 
     @property
+    def dropped(self) -> dict[str, str]:
+        """Objects of the loaded config that are not served ("Kind/ns/name" -> reason), for the heartbeat."""
+        snap = self._snapshot
+        return snap.dropped if snap else {}
+
+    @property
     def ready(self) -> bool:
         return self._snapshot is not None
 
@@ -194,16 +195,26 @@ class Gateway:
 
     def apply(self, config: CompiledConfig, secrets: SecretBundle) -> str:
         """Validate and swap in a new config; ConfigRejected keeps the last good one serving."""
+        snapshot = self.prepare(config, secrets)
+        return self.commit(snapshot) if snapshot is not None else self._snapshot.hash  # type: ignore[union-attr]
+
+    def prepare(self, config: CompiledConfig, secrets: SecretBundle) -> Snapshot | None:
+        """Build (not yet serve) a config's snapshot; None when it is the one already served.
+        The two halves of ``apply``, so workers can all build before any of them swaps."""
         digest = config_hash(config, secrets)
         current = self._snapshot
         if current is not None and current.hash == digest:
-            return digest
+            return None
         try:
-            snapshot = self._build(config, secrets, digest)
+            return self._build(config, secrets, digest)
         except Exception as exc:  # noqa: BLE001 - any problem refuses the config, never the process
             reason = _one_line(exc)
             self.reject(reason)
             raise ConfigRejected(reason) from None
+
+    def commit(self, snapshot: Snapshot) -> str:
+        """Serve a prepared snapshot (one reference swap)."""
+        config, digest = snapshot.config, snapshot.hash
         self._snapshot = snapshot
         _settle_heap()
         m = self.metrics
@@ -225,31 +236,51 @@ class Gateway:
                     self.loaded_hash[:12] if self.loaded_hash else "no config", reason)
 
     def _build(self, config: CompiledConfig, secrets: SecretBundle, digest: str) -> Snapshot:
+        """The snapshot of ``config``. An object that cannot be loaded (the translator refuses it first;
+        this is defence in depth) is left out, never served half-secured, and named in ``dropped``."""
         admission = self._admission(config, secrets)
+        dropped: dict[str, str] = dict(admission.dropped) if admission is not None else {}
         runtimes = []
         for route in config.routes:
-            has_work = admission.has_work(route) if admission is not None else _needs_admission(route)
-            if has_work and admission is None:
-                raise ValueError(f"route {route.id}: auth, IP filter and rate limits are unavailable")
+            ref = f"GatewayRoute/{route.id}"
+            if ref in dropped:
+                continue
             try:
-                schema = SchemaCheck(route.request_schema) if route.request_schema else None
-            except Exception as exc:  # noqa: BLE001 - jsonschema raises many types
-                raise ValueError(f"route {route.id}: invalid requestSchema: {_one_line(exc)}") from None
-            claims = route.auth.jwt.forward_claims.values() if route.auth and route.auth.jwt else ()
-            # API keys authenticate to the gateway, not to backends: like Kong's hide_credentials,
-            # they never travel further (JWTs do: backends may verify them again).
-            hide_api_key = bool(route.auth and "apiKey" in route.auth.methods)
-            runtime = RouteRuntime(
-                route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
-                max_body=route.max_body_bytes, needs_admission=has_work,
-                claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
-                hide_api_key=hide_api_key,
-                metrics=self._metrics_for(route.id),
-            )
-            runtimes.append((route.hosts, route.path, route.methods, runtime))
+                runtimes.append(self._route_entry(route, admission))
+            except Exception as exc:  # noqa: BLE001 - jsonschema, yarl and friends raise many types
+                dropped[ref] = _one_line(exc)
         table = RouteTable(runtimes)
-        tls = build_tls_set(config.tls, secrets) if config.tls else EMPTY_TLS
-        return Snapshot(config, digest, table, admission, tls, time.time())
+        tls = build_tls_set(config.tls, secrets, dropped) if config.tls else EMPTY_TLS
+        for ref, reason in sorted(dropped.items()):
+            log.warning("config %s: %s left out: %s", digest[:12], ref, reason)
+        guarded = frozenset(m for route in config.routes if f"GatewayRoute/{route.id}" not in dropped
+                            for m in route.methods if m in GUARDED_METHODS)
+        return Snapshot(config, digest, table, admission, tls, time.time(), guarded, dropped)
+
+    def _route_entry(self, route: CompiledRoute, admission: Any) -> tuple[Any, ...]:
+        """One route's RouteTable entry; ValueError (or jsonschema's errors) when it cannot be served."""
+        has_work = admission.has_work(route) if admission is not None else _needs_admission(route)
+        if has_work and admission is None:
+            raise ValueError("auth, IP filter and rate limits are unavailable")
+        if route.request_schema is not None:
+            try:
+                schema = SchemaCheck(route.request_schema)
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"invalid requestSchema: {_one_line(exc)}") from None
+        else:
+            schema = None
+        claims = route.auth.jwt.forward_claims.values() if route.auth and route.auth.jwt else ()
+        # API keys authenticate to the gateway, not to backends: like Kong's hide_credentials,
+        # they never travel further (JWTs do: backends may verify them again).
+        hide_api_key = bool(route.auth and "apiKey" in route.auth.methods)
+        runtime = RouteRuntime(
+            route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
+            max_body=route.max_body_bytes, needs_admission=has_work,
+            claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
+            hide_api_key=hide_api_key,
+            metrics=self._metrics_for(route.id),
+        )
+        return (route.hosts, route.path, route.methods, runtime)
 
     def _metrics_for(self, route_id: str) -> RouteMetrics:
         found = self._route_metrics.get(route_id)
@@ -279,8 +310,8 @@ class Gateway:
                 self._jwks = None
         self._session = proxy.build_session()
         self._pool = UpstreamPool()
-        http = web.Server(self._handle_http, access_log=None, handler_cancellation=True)
-        https = web.Server(self._handle_https, access_log=None, handler_cancellation=True)
+        http = FrontServer(self._handle_http, self.timeouts, access_log=None, handler_cancellation=True)
+        https = FrontServer(self._handle_https, self.timeouts, access_log=None, handler_cancellation=True)
         self._web_servers = [http, https]
         try:
             http_factory: Any = http
@@ -293,23 +324,28 @@ class Gateway:
                 loop, lambda: SniPeekProtocol(self._current_tls, https, self._tls_error), "https"
             )
             self._servers.append(server)
-            app = web.Application()
-            app.router.add_get("/metrics", self._metrics_endpoint)
-            app.router.add_get("/healthz", self._healthz)
-            app.router.add_get("/readyz", self._readyz)
-            app.router.add_get("/config", self._config_endpoint)
-            self._admin_runner = web.AppRunner(app, access_log=None)
-            await self._admin_runner.setup()
-            site = web.TCPSite(self._admin_runner, self.host, self.ports["admin"], reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports['admin']} (admin): "
-                                         f"{exc.strerror}") from None
-            self.ports["admin"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            if self.ports["admin"] is not None:  # None: a worker; its supervisor serves the admin port
+                await self._start_admin()
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_admin(self) -> None:
+        app = web.Application()
+        app.on_response_prepare.append(server_header)
+        app.router.add_get("/metrics", self._metrics_endpoint)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/config", self._config_endpoint)
+        self._admin_runner = web.AppRunner(app, access_log=None)
+        await self._admin_runner.setup()
+        site = web.TCPSite(self._admin_runner, self.host, self.ports["admin"], reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports['admin']} (admin): "
+                                     f"{exc.strerror}") from None
+        self.ports["admin"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, factory: Any, name: str) -> asyncio.base_events.Server:
         try:
@@ -380,24 +416,44 @@ class Gateway:
         headers = request.headers
         rid = proxy.request_id(headers.get("X-Request-Id"))
         extra = {"X-Request-Id": rid}
-        if tls:
-            ctx = request.transport.get_extra_info("sslcontext") if request.transport else None
-            if isinstance(ctx, PolicyContext) and ctx.hsts:
-                extra["Strict-Transport-Security"] = ctx.hsts
         if snap is None:
             return self._error(503, "not_ready", "no configuration loaded", extra, "", request, started)
+        host_header = headers.get("Host", "")
+        host = parse_host(host_header)  # request.host would resolve our FQDN without one
+        if host is None or (relay is None and len(headers.getall("Host", ())) > 1):
+            return self._error(400, "bad_host", "invalid Host header", extra, "", request, started)
+        method = request.method
+        if relay is None and request.raw_path[:1] not in ("/", "") and method != "CONNECT" \
+                and not self._authority_agrees(request.raw_path, host):
+            return self._error(400, "bad_host", "the request target names another host than Host", extra, "",
+                               request, started)
+        if method in GUARDED_METHODS and method not in snap.guarded_methods:
+            extra["Allow"] = _ALLOW_DEFAULT
+            return self._error(405, "method_not_allowed", "method not allowed", extra, "", request, started)
         rel = request.rel_url
-        normalized = normalize_path(rel.raw_path)
-        if normalized is None:
-            return self._error(400, "bad_path", "path escapes the root", extra, "", request, started)
-        path, segments = normalized
-        host = normalize_host(headers.get("Host", ""))  # request.host would resolve our FQDN without one
-        found = snap.table.lookup(host, request.method, segments)
+        normalised = normalise_request_path(rel.raw_path)
+        if isinstance(normalised, PathRefused):
+            return self._error(400, "bad_path", normalised.reason, extra, "", request, started)
+        path, segments = normalised
+        if tls:
+            refused = self._tls_refusal(snap.tls, request, host, extra)
+            if refused is not None:
+                return self._error(*refused, extra, "", request, started)
+        elif (snap.tls.exact or snap.tls.wildcard) and snap.tls.owner(host) is not None:
+            # never proxied in plaintext (API.md): the same request, over HTTPS
+            extra["Location"] = self._https_location(host_header, path, rel.raw_query_string)
+            return self._error(308, "https_required", "this host is served over HTTPS only", extra, "",
+                               request, started)
+        found = snap.table.lookup(host, method, segments)
         if found is None:
             return self._error(404, "no_route", "no route matches", extra, "", request, started)
         if isinstance(found, MethodNotAllowed):
             extra["Allow"] = ", ".join(found.allow)
             return self._error(405, "method_not_allowed", "method not allowed", extra, "", request, started)
+        if method in GUARDED_METHODS and method not in found.value.route.methods:
+            extra["Allow"] = ", ".join(found.value.route.methods) or _ALLOW_DEFAULT
+            return self._error(405, "method_not_allowed", "method not allowed", extra, found.value.id, request,
+                               started)
         rt: RouteRuntime = found.value
         peer = request.remote or ""
         claim_headers: dict[str, str] | None = None
@@ -432,11 +488,14 @@ class Gateway:
             if request.body_exists:
                 if headers.get("Expect", "").lower() == "100-continue":
                     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                if rt.schema is not None and is_json(headers.get("Content-Type", "")):
+                if rt.schema is not None:
+                    if not is_json(headers.get("Content-Type", "")):
+                        return self._error(415, "unsupported_media_type", "request body must be application/json",
+                                           extra, rt.id, request, started)
                     body = await proxy.read_body(request.content, rt.max_body)
                     problem = rt.schema.problem(body)
                     if problem is not None:
-                        return self._error(400, "schema_violation", problem, extra, rt.id, request, started)
+                        return self._error(400, problem.reason, problem.message, extra, rt.id, request, started)
                 elif length is not None and length <= proxy.SMALL_UPLOAD:
                     body = await proxy.read_body(request.content, rt.max_body)  # one write, replayable
                 else:
@@ -449,6 +508,48 @@ class Gateway:
             return self._error(failure.status, failure.reason, failure.message, extra, rt.id, request, started)
         self._count(rt.id, request.method, response.status, started, rt.metrics.latency)
         return response
+
+    def _tls_refusal(self, tls: TlsSet, request: web.BaseRequest, host: str,
+                     extra: dict[str, str]) -> tuple[int, str, str] | None:
+        """421 when the connection may not carry this Host, 403 for a client the policy does not allow."""
+        transport = request.transport
+        connection = transport.get_extra_info("sslcontext") if transport is not None else None
+        policy = tls.admits(connection, host) if isinstance(connection, PolicyContext) else None
+        if policy is None:
+            return 421, "misdirected_request", "this connection does not serve this host"
+        if policy.hsts:
+            extra["Strict-Transport-Security"] = policy.hsts
+        if policy.subjects is not None:
+            identity = client_identity(transport.get_extra_info("peercert"))
+            if identity is None and policy.client_mode == "require":  # pragma: no cover - the handshake
+                return 403, "forbidden_subject", "client certificate required"
+            if identity is not None and not policy.subjects.allows(identity):
+                method = request.method if request.method in _KNOWN_METHODS else "OTHER"
+                self.metrics.auth_failures.labels("", method, "forbidden_subject").inc()
+                self.audit.event("auth_failure", reason="forbidden_subject", policy=policy.policy_id, host=host,
+                                 client_ip=request.remote or "", principal=f"mtls:{identity.label}")
+                return 403, "forbidden_subject", "client certificate subject not allowed"
+        return None
+
+    @staticmethod
+    def _authority_agrees(target: str, host: str) -> bool:
+        """An absolute-form target (``GET http://a.test/x``) must name the host the request is routed by."""
+        scheme, sep, rest = target.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            return False
+        authority = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")
+        return not authority[1] and parse_host(authority[2]) == host
+
+    def _https_location(self, host_header: str, path: str, query: str) -> str:
+        """The request's URL on the HTTPS listener: an explicit port becomes the HTTPS port."""
+        authority = host_header
+        if host_header.startswith("["):
+            end = host_header.find("]")
+            if end + 1 < len(host_header):
+                authority = f"{host_header[:end + 1]}:{self.ports['https']}"
+        elif ":" in host_header:
+            authority = f"{host_header.partition(':')[0]}:{self.ports['https']}"
+        return f"https://{authority}{path}" + ("?" + query if query else "")
 
     def _facts(self, request: web.BaseRequest, path: str, host: str, client_ip: str, tls: bool) -> Any:
         peer_cert = request.transport.get_extra_info("peercert") if tls and request.transport else None
@@ -468,11 +569,10 @@ class Gateway:
 
     def _error(self, status: int, reason: str, message: str, headers: dict[str, str], route: str,
                request: web.BaseRequest, started: float) -> web.Response:
-        body = json.dumps({"error": message, "reason": reason, "status": status,
-                           "request_id": headers.get("X-Request-Id", "")}, separators=(",", ":"))
+        body = error_body(status, reason, message, headers.get("X-Request-Id", ""))
         self._count(route, request.method, status, started,
                     self._miss_latency if not route else self._metrics_for(route).latency)
-        return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+        return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
     # --- admin endpoints ----------------------------------------------------------------------
 
@@ -491,13 +591,20 @@ class Gateway:
 
     async def _config_endpoint(self, request: web.Request) -> web.Response:
         snap = self._snapshot
-        if snap is None:
-            return web.json_response({"hash": None, "routes": 0, "loaded_at": None})
-        return web.json_response({
-            "hash": snap.hash, "routes": len(snap.config.routes), "api_keys": len(snap.config.api_keys),
-            "tls_policies": len(snap.config.tls), "loaded_at": snap.loaded_at,
-            "generations": snap.config.generations,
-        })
+        return web.json_response(config_summary(snap.config, snap.hash, snap.loaded_at) if snap else
+                                 config_summary(None, None, None))
+
+
+def config_summary(config: CompiledConfig | None, digest: str | None, loaded_at: float | None) -> dict[str, Any]:
+    """The admin port's /config answer (pure; the supervisor of ``--workers`` serves it too)."""
+    if config is None:
+        return {"hash": None, "routes": 0, "loaded_at": None}
+    return {"hash": digest, "routes": len(config.routes), "api_keys": len(config.api_keys),
+            "tls_policies": len(config.tls), "loaded_at": loaded_at, "generations": config.generations}
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
 
 
 def _needs_admission(route: CompiledRoute) -> bool:

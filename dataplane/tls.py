@@ -6,6 +6,14 @@ the listener reads the ClientHello itself, picks the policy's context from the
 *current* snapshot (certificates rotate without restart) and only then starts
 asyncio's TLS protocol. Every failed handshake is counted in
 ``tls_errors_total{reason}`` and audit-logged.
+
+The connection and its requests must agree (API.md, TLSPolicy): each request's
+Host must select the same policy as the connection's SNI did
+(:meth:`TlsSet.admits`; 421 otherwise). A connection without SNI, or with a
+name no policy claims, gets the *fallback* context: the certificate of the
+first policy without client authentication, and only hostnames of policies
+without client authentication are reachable on it. When every policy asks
+for client certificates, such a handshake is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from cryptography import x509
 
 from kubegate.config import CompiledTls, SecretBundle
 
+from .mtls_auth import SubjectMatcher
 from .router import wildcard_suffixes
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -33,10 +42,14 @@ _CLIENT_MODES = {"require": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "n
 
 
 class PolicyContext(ssl.SSLContext):
-    """An SSLContext that remembers its policy (for HSTS and audit on each request)."""
+    """An SSLContext that remembers its policy (HSTS, the client-auth rules checked on each request)."""
 
     policy_id: str
     hsts: str | None
+    client_mode: str  # "require" | "optional" | "none" (no clientAuth)
+    subjects: SubjectMatcher | None  # clientAuth.allowedSubjects; None = any verified client
+    handshake: tuple  # what the handshake enforced: a connection made under other rules must reconnect
+    fallback: bool  # serves connections without (or with an unclaimed) SNI
 
 
 def _secret(secrets: SecretBundle, key: str | None, what: str, policy: str) -> str:
@@ -77,6 +90,13 @@ def build_context(policy: CompiledTls, secrets: SecretBundle) -> tuple[PolicyCon
         ctx.verify_mode = _CLIENT_MODES[client.mode]
     ctx.policy_id = policy.id
     ctx.hsts = policy.hsts.header_value() if policy.hsts else None
+    mode = client.mode if client is not None else "none"
+    ctx.client_mode = mode
+    subjects = client.allowed_subjects if client is not None and mode != "none" else ()
+    ctx.subjects = SubjectMatcher(subjects) if subjects else None
+    ctx.handshake = (policy.id, policy.min_version, mode, client.ca_bundle if mode != "none" else None,
+                     secrets.values.get(client.ca_bundle or "") if mode != "none" else None)
+    ctx.fallback = False
     try:
         leaf = x509.load_pem_x509_certificate(chain.encode())
         not_after: float | None = leaf.not_valid_after_utc.timestamp()
@@ -91,44 +111,79 @@ class TlsSet:
 
     exact: dict[str, PolicyContext]
     wildcard: dict[str, PolicyContext]  # ".example.com" -> context
-    default: PolicyContext | None
+    fallback: PolicyContext | None  # no SNI, or one no policy claims (see the module docstring)
     expiry: dict[str, float]  # policy id -> notAfter
 
-    def select(self, server_name: str | None) -> PolicyContext | None:
-        """Exact hostname, then the longest matching wildcard, then the first policy."""
-        if server_name:
-            name = server_name.lower().rstrip(".")
-            ctx = self.exact.get(name)
+    def owner(self, hostname: str) -> PolicyContext | None:
+        """The policy claiming a (normalised) hostname: exact, then the longest wildcard."""
+        ctx = self.exact.get(hostname)
+        if ctx is not None or not self.wildcard:
+            return ctx
+        for suffix in wildcard_suffixes(hostname):
+            ctx = self.wildcard.get(suffix)
             if ctx is not None:
                 return ctx
-            for suffix in wildcard_suffixes(name):
-                ctx = self.wildcard.get(suffix)
-                if ctx is not None:
-                    return ctx
-        return self.default
+        return None
+
+    def select(self, server_name: str | None) -> PolicyContext | None:
+        """The context for a ClientHello's SNI: its owner policy, else the fallback."""
+        if server_name:
+            ctx = self.owner(server_name.lower().rstrip("."))
+            if ctx is not None:
+                return ctx
+        return self.fallback
+
+    def admits(self, connection: PolicyContext, hostname: str) -> PolicyContext | None:
+        """The policy of a request's Host when the connection may carry it; None means 421.
+
+        A Host must select the policy the SNI selected, under the same handshake
+        rules (TLS floor, client auth; after a reload that changed them, the client
+        reconnects); on a fallback connection only policies without client auth
+        whose TLS floor is not above the fallback policy's.
+        """
+        owner = self.owner(hostname)
+        if owner is None:
+            return None
+        if connection.fallback:  # its handshake enforced the fallback policy's floor and no client auth
+            open_enough = owner.client_mode == "none" and owner.minimum_version <= connection.minimum_version
+            return owner if open_enough else None
+        return owner if owner.handshake == connection.handshake else None
 
 
 EMPTY_TLS = TlsSet({}, {}, None, {})
 
 
-def build_tls_set(policies: tuple[CompiledTls, ...], secrets: SecretBundle) -> TlsSet:
-    """Build every policy's context; ValueError (naming the policy) on unusable material."""
+def build_tls_set(policies: tuple[CompiledTls, ...], secrets: SecretBundle,
+                  dropped: dict[str, str] | None = None) -> TlsSet:
+    """Build every policy's context; ValueError (naming the policy) on unusable material, or with
+    ``dropped`` that policy is left out and named there ("TLSPolicy/ns/name" -> reason)."""
     exact: dict[str, PolicyContext] = {}
     wildcard: dict[str, PolicyContext] = {}
-    default = None
+    open_policy: CompiledTls | None = None  # the first policy without client authentication
     expiry: dict[str, float] = {}
     for policy in policies:
-        ctx, not_after = build_context(policy, secrets)
+        try:
+            ctx, not_after = build_context(policy, secrets)
+        except ValueError as exc:
+            if dropped is None:
+                raise
+            dropped[f"TLSPolicy/{policy.id}"] = str(exc)
+            continue
         if not_after is not None:
             expiry[policy.id] = not_after
-        default = default or ctx
+        if open_policy is None and ctx.client_mode == "none":
+            open_policy = policy
         for host in policy.hostnames:
-            host = host.lower()
+            host = host.lower().rstrip(".")
             if host.startswith("*."):
                 wildcard.setdefault(host[1:], ctx)
             else:
                 exact.setdefault(host, ctx)
-    return TlsSet(exact, wildcard, default, expiry)
+    fallback = None
+    if open_policy is not None:
+        fallback, _ = build_context(open_policy, secrets)
+        fallback.fallback = True
+    return TlsSet(exact, wildcard, fallback, expiry)
 
 
 def server_name_from_hello(data: bytes) -> tuple[bool, str | None]:
@@ -210,8 +265,7 @@ class SniPeekProtocol(asyncio.Protocol):
         self._timeout: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # uvloop's are no asyncio.Transport subclass
         self._timeout = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._expire)
 
     def _peer(self) -> str:

@@ -1,7 +1,10 @@
 """API key format: ``kg_<base62 of 32 random bytes>_<base62 CRC32 checksum>``.
 
-The checksum lets the data plane reject typos and garbage without a table
-lookup (and lets secret scanners recognise leaked keys); only
+Users may also bring their own keys (from Kong or another gateway), in any
+format of at least :data:`MIN_KEY_BYTES` bytes. For keys in the generated
+format the checksum lets the data plane reject typos and garbage without a
+table lookup (and lets secret scanners recognise leaked keys); other keys
+are simply looked up by hash. Only
 :func:`key_hash` of a key ever leaves its Secret, and :func:`key_id` is a
 short, non-secret label for status and audit logs.
 """
@@ -9,6 +12,7 @@ short, non-secret label for status and audit logs.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import zlib
 
@@ -16,6 +20,8 @@ PREFIX = "kg_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _CHECKSUM_LEN = 6  # base62 of a 32-bit CRC fits in 6 characters
 _MAX_KEY_LEN = 256
+MIN_KEY_BYTES = 16
+_GENERATED = re.compile(r"kg_[0-9A-Za-z]{20,}_[0-9A-Za-z]{6}")
 
 
 def _base62(number: int, width: int = 0) -> str:
@@ -34,6 +40,29 @@ def generate_api_key(random_bytes: int = 32) -> str:
     """A new key from the OS CSPRNG; 32 bytes = 256 bits of entropy."""
     body = _base62(int.from_bytes(secrets.token_bytes(random_bytes), "big"), 43)
     return f"{PREFIX}{body}_{_checksum(body)}"
+
+
+def generated_format(key: str) -> bool:
+    """Does ``key`` look like a key kubegate generates (so its checksum must hold)?"""
+    return len(key) <= _MAX_KEY_LEN and _GENERATED.fullmatch(key) is not None
+
+
+def worth_a_lookup(key: str) -> bool:
+    """The data plane's pre-check: a generated-format key must carry its checksum; any other key
+    of at least MIN_KEY_BYTES is looked up by hash."""
+    if generated_format(key):
+        return checksum_ok(key)
+    return len(key) >= MIN_KEY_BYTES  # str length <= byte length: a shorter str is never a valid key
+
+
+def key_problem(key: str) -> str | None:
+    """Why a key from a Secret cannot be used (never quoting the key), or None."""
+    size = len(key.encode())
+    if size < MIN_KEY_BYTES:
+        return f"the key is {size} bytes long; keys need at least {MIN_KEY_BYTES} bytes"
+    if generated_format(key) and not checksum_ok(key):
+        return "the key has kubegate's generated format (kg_..._checksum) but its checksum is wrong"
+    return None
 
 
 def checksum_ok(key: str) -> bool:

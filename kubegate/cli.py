@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from kubegate import __version__
+from kubegate.durations import parse_duration
 from kubegate.errors import UserError
 from kubegate.resources import DEFAULT_GATEWAY_NAMESPACE
 
@@ -37,6 +38,49 @@ def _add_listeners(p: argparse.ArgumentParser) -> None:
         "--trusted-proxy", dest="trusted_proxies", action="append", default=[], metavar="CIDR",
         help="honour X-Forwarded-For from these peers; may repeat",
     )
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="worker processes sharing the listeners (SO_REUSEPORT) under one supervisor; "
+                        "default: the CPUs the process may use")
+
+
+def _workers(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"{n}: must be between 1 and 1024")
+    return n
+
+
+def _env_default(flag: str, default: str) -> str:
+    """``--header-timeout`` may also come from ``KUBEGATE_HEADER_TIMEOUT`` (API.md, Command line)."""
+    return os.environ.get("KUBEGATE_" + flag.lstrip("-").upper().replace("-", "_"), default)
+
+
+def _duration(limit: float | None = None):
+    def parse(text: str) -> float:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if seconds <= 0 or (limit is not None and seconds > limit):
+            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0s" +
+                                             (f" and at most {limit:g}s" if limit is not None else ""))
+        return seconds
+    return parse
+
+
+def _add_client_limits(p: argparse.ArgumentParser) -> None:
+    """The slow-client limits of the data-plane commands (defaults documented in the README)."""
+    p.add_argument("--header-timeout", type=_duration(30.0), default=_env_default("--header-timeout", "10s"),
+                   metavar="DURATION",
+                   help="close a connection whose request head is not complete this long after its first "
+                        "byte (default 10s, at most 30s; env KUBEGATE_HEADER_TIMEOUT)")
+    p.add_argument("--idle-timeout", type=_duration(), default=_env_default("--idle-timeout", "60s"),
+                   metavar="DURATION",
+                   help="close a connection that has no request for this long (keep-alive; default 60s; "
+                        "env KUBEGATE_IDLE_TIMEOUT)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="a complete local gateway from manifests, no cluster needed")
     _add_files(p)
     _add_listeners(p)
+    _add_client_limits(p)
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")
     p.add_argument("--demo-backends", action="store_true",
                    help="start an echo server on every loopback port the routes proxy to (for trying the examples)")
@@ -66,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dataplane", help="the in-cluster data plane, reading its config through the API")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")
     _add_listeners(p)
+    _add_client_limits(p)
 
     p = sub.add_parser("dev-cluster", help="a real local control plane (kube-apiserver + etcd) for development")
     p.add_argument("action", choices=["up", "down", "env"], help="start, stop, or print the environment")

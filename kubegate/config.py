@@ -30,6 +30,8 @@ CONFIG_KEY = "config.json.gz"
 SECRETS_KEY = "secrets.json.gz"
 HASH_KEY = "hash"
 HASH_ANNOTATION = "kubegate.dev/config-hash"
+# On a data-plane Lease: JSON {"Kind/ns/name": reason} of the objects of that config the replica could not load.
+DROPPED_ANNOTATION = "kubegate.dev/dropped"
 
 
 class Compiled(BaseModel):

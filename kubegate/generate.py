@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +33,21 @@ MANAGED_LABELS = {"app.kubernetes.io/managed-by": "kubegate", "app.kubernetes.io
 DATAPLANE_LABELS = {"app.kubernetes.io/name": "kubegate", "app.kubernetes.io/component": "dataplane"}
 
 DNS_PORT, REDIS_PORT, API_SERVER_PORTS = 53, 6379, (443, 6443)
+DNS_PEERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+              "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+
+
+@dataclass(frozen=True)
+class EgressTargets:
+    """What the data plane reaches besides backends, as the operator's shell found it.
+
+    ``api_server``: the (address, port) endpoints of ``default/kubernetes``. ``redis_url``: the data
+    plane's ``--redis-url`` ("" = in-memory limits, no Redis at all). ``None`` for either means
+    unknown (``kubegate render``/``run`` without a cluster): that rule then names only its ports.
+    """
+
+    api_server: tuple[tuple[str, int], ...] | None = None
+    redis_url: str | None = None
 
 
 def _metadata(name: str, namespace: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -160,9 +177,74 @@ def _sorted_ports(ports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(ports, key=lambda p: (str(p["port"]), p["protocol"]))
 
 
-def network_policies(result: TranslationResult, inp: TranslationInput) -> list[dict[str, Any]]:
+def _ip_block(host: str) -> dict[str, Any] | None:
+    """``{"ipBlock": {"cidr": "a.b.c.d/32"}}`` for an IP literal host, else None."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return {"ipBlock": {"cidr": f"{ip}/{ip.max_prefixlen}"}}
+
+
+def _service_peer(host: str, port: int, inp: TranslationInput,
+                  default_namespace: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(peer, port) for an in-cluster Service name (``svc``, ``svc.ns``, ``svc.ns.svc[.<domain>]``)
+    whose Service is known and selects pods; None otherwise."""
+    parts = host.lower().rstrip(".").split(".")
+    suffix = ["svc", *inp.cluster_domain.split(".")]
+    if len(parts) > 2 and parts[2:] not in (suffix, suffix[:1]):
+        return None
+    name, namespace = parts[0], parts[1] if len(parts) > 1 else default_namespace
+    service = inp.services.get((namespace, name))
+    if service is None or not service.selector:
+        return None
+    peer = {"namespaceSelector": _namespace_selector(namespace),
+            "podSelector": {"matchLabels": dict(sorted(service.selector.items()))}}
+    return peer, _target_port(service, port)
+
+
+def _scoped(urls: set[str], inp: TranslationInput, default_namespace: str, default_port: int | None = None
+            ) -> tuple[list[dict[str, Any]], set[int]]:
+    """Egress rules for URLs whose destination a NetworkPolicy can name (IP literals, in-cluster
+    Services), and the ports of the rest (external DNS names: a NetworkPolicy cannot name them)."""
+    rules: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    unscoped: set[int] = set()
+    for url in sorted(urls):
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or default_port or (443 if parts.scheme in ("https", "rediss") else 80)
+        block = _ip_block(host)
+        found = (block, {"protocol": "TCP", "port": port}) if block else _service_peer(host, port, inp,
+                                                                                        default_namespace)
+        if found is None:
+            unscoped.add(port)
+            continue
+        peer, peer_port = found
+        key = repr(sorted(peer.items()))
+        entry = rules.setdefault(key, (peer, []))
+        if peer_port not in entry[1]:
+            entry[1].append(peer_port)
+    return [{"to": [peer], "ports": _sorted_ports(ports)} for _, (peer, ports) in sorted(rules.items())], unscoped
+
+
+def _backend_urls(result: TranslationResult, inp: TranslationInput) -> set[str]:
+    urls: set[str] = set()
+    for obj in inp.objects:
+        verdict = result.results.get(obj.ref) if obj.kind == "GatewayRoute" else None
+        spec = spec_of(obj) if verdict is not None and verdict.programmable else None
+        if not isinstance(spec, GatewayRouteSpec):
+            continue
+        urls.update(b.url for b in spec.backends if b.url is not None)
+        if spec.auth and spec.auth.jwt and spec.auth.jwt.jwksUri:
+            urls.add(spec.auth.jwt.jwksUri)
+    return urls
+
+
+def network_policies(result: TranslationResult, inp: TranslationInput,
+                     egress_targets: EgressTargets | None = None) -> list[dict[str, Any]]:
     """Backends accept only data-plane pods; the data plane reaches only what it needs."""
-    services, url_ports = served_backends(result, inp)
+    targets = egress_targets or EgressTargets()
+    services, _ = served_backends(result, inp)
     gateway_ns = inp.gateway_namespace
     out = []
     for (namespace, name), ports in sorted(services.items()):
@@ -193,11 +275,26 @@ def network_policies(result: TranslationResult, inp: TranslationInput) -> list[d
         }
         for (namespace, name), ports in sorted(services.items())
     ]
-    egress.append({"ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}]})
-    egress.append({"ports": [{"protocol": "TCP", "port": p} for p in API_SERVER_PORTS]})
-    egress.append({"ports": [{"protocol": "TCP", "port": REDIS_PORT}]})
-    if url_ports:
-        egress.append({"ports": [{"protocol": "TCP", "port": p} for p in sorted(url_ports)]})
+    egress.append({"to": DNS_PEERS, "ports": [{"protocol": "UDP", "port": DNS_PORT},
+                                              {"protocol": "TCP", "port": DNS_PORT}]})
+    if targets.api_server is None:  # unknown without a cluster: the ports only (see EgressTargets)
+        egress.append({"ports": [{"protocol": "TCP", "port": p} for p in API_SERVER_PORTS]})
+    elif targets.api_server:
+        egress.append({
+            "to": [_ip_block(ip) for ip in sorted({ip for ip, _ in targets.api_server})],
+            "ports": [{"protocol": "TCP", "port": p} for p in sorted({p for _, p in targets.api_server})],
+        })
+    if targets.redis_url is None:
+        egress.append({"ports": [{"protocol": "TCP", "port": REDIS_PORT}]})
+    elif targets.redis_url:
+        scoped, unscoped = _scoped({targets.redis_url}, inp, gateway_ns, REDIS_PORT)
+        egress.extend(scoped)
+        if unscoped:
+            egress.append({"ports": [{"protocol": "TCP", "port": p} for p in sorted(unscoped)]})
+    scoped, unscoped = _scoped(_backend_urls(result, inp), inp, gateway_ns)
+    egress.extend(scoped)
+    if unscoped:
+        egress.append({"ports": [{"protocol": "TCP", "port": p} for p in sorted(unscoped)]})
     out.append({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -211,11 +308,12 @@ def network_policies(result: TranslationResult, inp: TranslationInput) -> list[d
     return out
 
 
-def generate_objects(result: TranslationResult, inp: TranslationInput) -> list[dict[str, Any]]:
+def generate_objects(result: TranslationResult, inp: TranslationInput,
+                     egress_targets: EgressTargets | None = None) -> list[dict[str, Any]]:
     """Everything the operator writes, in a fixed order: ConfigMap, Secret, Certificates, NetworkPolicies."""
     return [
         config_map(result, inp.gateway_namespace),
         secret(result, inp.gateway_namespace),
         *certificates(result, inp),
-        *network_policies(result, inp),
+        *network_policies(result, inp, egress_targets),
     ]

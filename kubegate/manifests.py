@@ -9,6 +9,7 @@ a GitOps folder holds all sorts of things.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from kubegate.spec import GROUP, KINDS, VERSION
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's parser when PyYAML has it (much faster on thousands of objects); same documents and lines.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 DEFAULT_NAMESPACE = "default"  # what kubectl uses without -n
 
 
@@ -45,7 +47,7 @@ class Problem:
         if self.field:
             parts.append(self.field)
         parts.append(self.reason)
-        return ": ".join(parts)
+        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], ": ".join(parts))  # one line, whatever a user wrote
 
 
 @dataclass
@@ -91,6 +93,9 @@ def _documents(text: str, file: str, problems: list[Problem]) -> list[tuple[Any,
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
         problems.append(Problem(file, f"invalid YAML: {reason}", line=mark.line + 1 if mark else None))
+    except (ValueError, RecursionError) as exc:  # e.g. a 5,000-digit integer; nesting beyond the parser's stack
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
+        problems.append(Problem(file, f"invalid YAML: {reason}"))
     return docs
 
 

@@ -144,6 +144,27 @@ class Backend(SpecModel):
     )
     weight: int = Field(1, ge=0, le=1_000_000, description="Relative weight for the weighted random choice.")
 
+    @field_validator("url")
+    @classmethod
+    def _url_is_usable(cls, value: str | None) -> str | None:
+        """What the data plane's URL parser (yarl) would refuse, refused here: a port outside 1-65535,
+        a port that is not a number, a missing or malformed host."""
+        if value is None:
+            return value
+        from yarl import URL
+
+        try:
+            parsed = URL(value)
+            port = parsed.explicit_port
+            host = parsed.raw_host
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"url {value!r} is not usable: {exc}") from None
+        if not host:
+            raise ValueError(f"url {value!r} has no host")
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"url {value!r}: port must be between 1 and 65535")
+        return value
+
     @model_validator(mode="after")
     def _one_target(self) -> Backend:
         if (self.service is None) == (self.url is None):
@@ -260,6 +281,7 @@ class RouteAuth(SpecModel):
         json_schema_extra=cel(
             ("!self.methods.exists(m, m == 'jwt') || has(self.jwt)", "methods contains jwt but jwt is not configured"),
             ("!has(self.jwt) || self.methods.exists(m, m == 'jwt')", "jwt is configured but not listed in methods"),
+            ("!has(self.mtls) || self.methods.exists(m, m == 'mtls')", "mtls is configured but not listed in methods"),
         )
     )
 
@@ -276,6 +298,8 @@ class RouteAuth(SpecModel):
             raise ValueError("methods contains jwt but jwt is not configured")
         if self.jwt is not None and "jwt" not in self.methods:
             raise ValueError("jwt is configured but not listed in methods")
+        if self.mtls is not None and "mtls" not in self.methods:
+            raise ValueError("mtls is configured but not listed in methods")
         return self
 
 
@@ -349,14 +373,11 @@ class GatewayRouteSpec(SpecModel):
 
     @field_validator("requestSchema")
     @classmethod
-    def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value:
-            import jsonschema
+    def _schema_is_usable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from kubegate.request_schema import compile_request_schema
 
-            try:
-                jsonschema.validators.validator_for(value).check_schema(value)
-            except jsonschema.SchemaError as exc:
-                raise ValueError(f"requestSchema is not a valid JSON Schema: {exc.message}") from None
+            compile_request_schema(value)  # SchemaProblem (a ValueError): the reason, one line
         return value
 
 

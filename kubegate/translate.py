@@ -34,15 +34,16 @@ from datetime import UTC
 from typing import Any, Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
     load_pem_private_key,
-    load_pem_public_key,
 )
 from pydantic import BaseModel
 
-from kubegate.apikeys import key_hash, key_id
+from kubegate.apikeys import key_hash, key_id, key_problem
 from kubegate.config import (
     CompiledApiKey,
     CompiledAuth,
@@ -59,6 +60,7 @@ from kubegate.config import (
     canonical_json,
 )
 from kubegate.durations import parse_duration
+from kubegate.jwt_keys import key_fits, load_public_key
 from kubegate.resources import (
     Condition,
     ObjectRef,
@@ -160,6 +162,25 @@ def _text(value: bytes) -> str | None:
         return value.decode()
     except UnicodeDecodeError:
         return None
+
+
+def _ascii(value: bytes) -> str | None:
+    """PEM text: ASCII only (OpenSSL's in-memory loaders take nothing else)."""
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _key_kind(public_key: object) -> str:
+    """A key's type and size in words, for reasons ("an RSA-1024 key", "an EC secp256r1 key")."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"an RSA-{public_key.key_size} key"
+    if isinstance(public_key, dsa.DSAPublicKey):
+        return f"a DSA-{public_key.key_size} key"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return f"an EC {public_key.curve.name} key"
+    return f"an {type(public_key).__name__.removeprefix('_').removesuffix('PublicKey')} key"
 
 
 def _tagged(value: Any) -> str:
@@ -425,13 +446,21 @@ def _jwt(scope: _Scope, spec: GatewayRouteSpec) -> tuple[CompiledJwt | None, boo
         raw = scope.secret_value(obj.namespace, ref, "auth.jwt.publicKeySecretRef")
         if raw is None:
             return None, False
+        where = f"auth.jwt.publicKeySecretRef: Secret {obj.namespace}/{ref.name} key {ref.key!r}"
+        pem = _ascii(raw)
         try:
-            load_pem_public_key(raw)
+            public_key = load_public_key(pem) if pem is not None else None
         except (ValueError, TypeError):
-            scope.unresolved(INVALID_KEY, f"auth.jwt.publicKeySecretRef: Secret {obj.namespace}/{ref.name} "
-                                          f"key {ref.key!r} is not a PEM public key")
+            public_key = None
+        if public_key is None:
+            scope.unresolved(INVALID_KEY, f"{where} is not a PEM public key or certificate")
             return None, False
-        compiled["public_key_pem"] = raw.decode()
+        unfit = [alg for alg in jwt.algorithms if not key_fits(alg, public_key)]
+        if unfit:
+            scope.unresolved(INVALID_KEY, f"{where} holds {_key_kind(public_key)}, which cannot verify "
+                                          f"{', '.join(unfit)} (algorithms lists what the key must fit)")
+            return None, False
+        compiled["public_key_pem"] = pem
     return CompiledJwt(**compiled), True
 
 
@@ -463,7 +492,7 @@ def _route(scope: _Scope, spec: GatewayRouteSpec) -> CompiledRoute | None:
         connect_timeout=_seconds(spec.timeouts.connect),
         retries=spec.retries.attempts,
         max_body_bytes=spec.maxBodyBytes,
-        request_schema=spec.requestSchema or None,
+        request_schema=spec.requestSchema,
         auth=auth,
         ip_allow=tuple(spec.ipFilter.allow) if spec.ipFilter else (),
         ip_deny=tuple(spec.ipFilter.deny) if spec.ipFilter else (),
@@ -535,6 +564,11 @@ def _api_key(scope: _Scope, spec: ApiKeySpec) -> CompiledApiKey | None:
         scope.unresolved(INVALID_KEY, f"secretRef: Secret {obj.namespace}/{spec.secretRef.name} "
                                       f"key {spec.secretRef.key!r} is empty or not UTF-8")
         return None
+    problem = key_problem(key)
+    if problem is not None:
+        scope.unresolved(INVALID_KEY, f"secretRef: Secret {obj.namespace}/{spec.secretRef.name} "
+                                      f"key {spec.secretRef.key!r}: {problem}")
+        return None
     hashed = key_hash(key)
     hash_ref = f"apikey.{obj.namespace}.{obj.name}"
     scope.put(hash_ref, hashed)
@@ -571,8 +605,25 @@ def _spki(public_key: object) -> bytes:
     return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
 
 
+# What the data plane's OpenSSL (security level 2: 112-bit security) refuses to serve, decided here first.
+MIN_RSA_BITS, MIN_EC_BITS = 2048, 224
+_WEAK_HASHES = (hashes.MD5, hashes.SHA1)
+
+
+def _serving_key_problem(public_key: object) -> str | None:
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < MIN_RSA_BITS:
+        return f"the certificate has {_key_kind(public_key)}; at least RSA-{MIN_RSA_BITS} is required"
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.key_size < MIN_EC_BITS:
+        return f"the certificate has {_key_kind(public_key)}; EC keys need at least {MIN_EC_BITS} bits"
+    if isinstance(public_key, dsa.DSAPublicKey):
+        return "the certificate has a DSA key, which no TLS cipher suite of the gateway can use"
+    return None
+
+
 def _pem_problem(cert: bytes, key: bytes) -> str | None:
     """Why a certificate/key pair cannot be served, or None; a bad PEM must not break reloads."""
+    if _ascii(cert) is None or _ascii(key) is None:
+        return "tls.crt and tls.key must be ASCII PEM text"
     try:
         certs = x509.load_pem_x509_certificates(cert)
     except ValueError:
@@ -581,8 +632,23 @@ def _pem_problem(cert: bytes, key: bytes) -> str | None:
         private = load_pem_private_key(key, password=None)
     except (ValueError, TypeError):
         return "tls.key is not an unencrypted PEM private key"
+    except Exception:  # noqa: BLE001 - cryptography refuses some key types with UnsupportedAlgorithm
+        return "tls.key holds a key type that cannot be served"
     if _spki(certs[0].public_key()) != _spki(private.public_key()):
         return "tls.key does not match the certificate in tls.crt"
+    problem = _serving_key_problem(certs[0].public_key())
+    if problem:
+        return problem
+    for cert_obj in certs:
+        if cert_obj.issuer == cert_obj.subject:
+            continue  # a self-signed root's own signature is never checked
+        try:
+            algorithm = cert_obj.signature_hash_algorithm
+        except Exception:  # noqa: BLE001 - UnsupportedAlgorithm for exotic signatures
+            algorithm = None
+        if isinstance(algorithm, _WEAK_HASHES):
+            return (f"{cert_obj.subject.rfc4514_string() or 'a certificate'} in tls.crt is signed with "
+                    f"{algorithm.name.upper()}; SHA-256 or better is required")
     return None
 
 
@@ -625,11 +691,12 @@ def _tls(scope: _Scope, spec: TLSPolicySpec) -> CompiledTls | None:
                 return None
             try:
                 x509.load_pem_x509_certificates(ca)
-            except ValueError:
-                scope.unresolved(INVALID_CERTIFICATE, "clientAuth.caSecretRef is not a PEM CA bundle")
+                ca_text = ca.decode("ascii")
+            except (ValueError, UnicodeDecodeError):
+                scope.unresolved(INVALID_CERTIFICATE, "clientAuth.caSecretRef is not an ASCII PEM CA bundle")
                 return None
             ca_ref = f"{prefix}.ca"
-            scope.put(ca_ref, ca.decode())
+            scope.put(ca_ref, ca_text)
         client_auth = CompiledClientAuth(
             mode=spec.clientAuth.mode, ca_bundle=ca_ref, allowed_subjects=tuple(spec.clientAuth.allowedSubjects)
         )

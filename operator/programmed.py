@@ -8,13 +8,14 @@ replica's hash maps to its *current* generation. Nothing here does I/O.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubegate.config import HASH_ANNOTATION
+from kubegate.config import DROPPED_ANNOTATION, HASH_ANNOTATION
 
 DATAPLANE_COMPONENT = "dataplane"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -28,6 +29,7 @@ class ReplicaLease:
     config_hash: str
     renewed_at: float  # unix seconds
     duration: float
+    dropped: Mapping[str, str] = field(default_factory=dict)  # "Kind/ns/name" -> why this replica left it out
 
     @property
     def expires_at(self) -> float:
@@ -55,12 +57,34 @@ def replica_lease(obj: Mapping[str, Any]) -> ReplicaLease | None:
     renewed = parse_time(spec.get("renewTime") or spec.get("acquireTime"))
     if renewed is None:
         return None
+    annotations = meta.get("annotations") or {}
     return ReplicaLease(
         name=meta.get("name", ""),
-        config_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION, ""),
+        config_hash=annotations.get(HASH_ANNOTATION, ""),
         renewed_at=renewed,
         duration=float(spec.get("leaseDurationSeconds") or 10),
+        dropped=_dropped(annotations.get(DROPPED_ANNOTATION)),
     )
+
+
+def _dropped(text: str | None) -> dict[str, str]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def live_refusals(leases: Iterable[ReplicaLease], now: float) -> dict[str, tuple[str, str]]:
+    """"Kind/ns/name" -> (config hash, reason) for objects a live replica could not load from that config."""
+    out: dict[str, tuple[str, str]] = {}
+    for lease in sorted(leases, key=lambda x: x.name):
+        if lease.live(now):
+            for key, reason in lease.dropped.items():
+                out.setdefault(key, (lease.config_hash, reason))
+    return out
 
 
 def live_hashes(leases: Iterable[ReplicaLease], now: float) -> dict[str, int]:
@@ -104,16 +128,25 @@ class Acknowledgement:
 
     live_replicas: int  # all live data-plane replicas
     acknowledged_by: int  # live replicas whose config includes this generation
+    refused: str = ""  # why a live replica could not load this generation ("" = none refused it)
 
 
-def acknowledgement(key: str, generation: int, hashes: Mapping[str, int], history: GenerationHistory) -> Acknowledgement:
-    """How many live replicas serve a config that includes ``key`` at ``generation``."""
+def acknowledgement(key: str, generation: int, hashes: Mapping[str, int], history: GenerationHistory,
+                    refusals: Mapping[str, tuple[str, str]] | None = None) -> Acknowledgement:
+    """How many live replicas serve a config that includes ``key`` at ``generation``, and whether one of
+    them reported it could not load it (``refusals`` from :func:`live_refusals`)."""
     acked = 0
     for config_hash, replicas in hashes.items():
         generations = history.get(config_hash)
         if generations is not None and generations.get(key) == generation:
             acked += replicas
-    return Acknowledgement(live_replicas=sum(hashes.values()), acknowledged_by=acked)
+    refused = ""
+    found = refusals.get(key) if refusals else None
+    if found is not None:
+        generations = history.get(found[0])
+        if generations is not None and generations.get(key) == generation:
+            refused = found[1]
+    return Acknowledgement(live_replicas=sum(hashes.values()), acknowledged_by=acked, refused=refused)
 
 
 def now_utc() -> float:

@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from kubegate.errors import UserError
+from kubegate.eventloop import loop_name
 from kubegate.kubeapi import ApiError, KubeApi, load_credentials, path_for
 from kubegate.spec import API_VERSION, PLURALS
 
@@ -124,7 +125,8 @@ async def run_operator(namespace: str, *, stop: asyncio.Event | None = None, met
         health = HealthServer(metrics.registry, alive=lambda: liveness_problem({**tasks, **_informers(reconciler)}),
                               ready=ready, port=metrics_port)
         port = await health.start()
-        print(f"kubegate operator: metrics={port} namespace={namespace}", file=sys.stderr, flush=True)
+        print(f"kubegate operator: metrics={port} namespace={namespace} loop={loop_name()}", file=sys.stderr,
+              flush=True)
     try:
         async with KubeApi(credentials, concurrency=API_CONCURRENCY) as api:
             await seed_with_retry(api, state)

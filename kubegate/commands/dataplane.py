@@ -1,4 +1,9 @@
-"""``kubegate dataplane``: the in-cluster data plane (Gateway + K8s config source + Lease heartbeat)."""
+"""``kubegate dataplane``: the in-cluster data plane (Gateway + K8s config source + Lease heartbeat).
+
+With ``--workers N`` (N > 1) the supervisor stands in for the Gateway: the
+config source feeds it, and the heartbeat announces the hash every worker
+serves (so ``Programmed`` waits for all of them).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 
@@ -13,12 +19,15 @@ from kubegate.errors import UserError
 from kubegate.kubeapi import KubeApi, load_credentials
 
 
-async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
+async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, workers: int = 1,
+                metrics_dir: str | None = None) -> None:
     from kubegate.dataplane.heartbeat import Heartbeat
     from kubegate.dataplane.k8s_source import KubernetesConfigSource
     from kubegate.dataplane.metrics import Metrics
-    from kubegate.dataplane.ratelimit import build_rate_limiter
+    from kubegate.dataplane.ratelimit import build_rate_limiter, check_redis_url
     from kubegate.dataplane.server import Gateway
+    from kubegate.dataplane.supervisor import Supervisor, gateway_options
+    from kubegate.eventloop import loop_name
 
     credentials = await load_credentials()
     stop = stop or asyncio.Event()
@@ -26,17 +35,32 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
-    gateway = Gateway(host=args.host, http_port=args.http_port, https_port=args.https_port,
-                      admin_port=args.admin_port, limiter=build_rate_limiter(args.redis_url, metrics=metrics),
-                      trusted_proxies=tuple(args.trusted_proxies), metrics=metrics)
+    if workers > 1:
+        assert metrics_dir is not None
+        if args.redis_url:
+            try:
+                check_redis_url(args.redis_url)
+            except ValueError as exc:
+                raise UserError(f"--redis-url: {exc}") from None
+        gateway: Gateway | Supervisor = Supervisor(
+            workers, gateway_options(args), admin_port=args.admin_port, redis_url=args.redis_url,
+            metrics_dir=metrics_dir, metrics=metrics)
+    else:
+        gateway = Gateway(**gateway_options(args), admin_port=args.admin_port,
+                          limiter=build_rate_limiter(args.redis_url, metrics=metrics), metrics=metrics)
     try:
         await gateway.start()
     except OSError as exc:
         raise UserError(str(exc.strerror or exc)) from None
+    if isinstance(gateway, Supervisor):
+        await gateway.wait_listening()
     print(f"kubegate dataplane: http={gateway.ports['http']} https={gateway.ports['https']} "
-          f"admin={gateway.ports['admin']} namespace={args.namespace}", file=sys.stderr, flush=True)
+          f"admin={gateway.ports['admin']} namespace={args.namespace} workers={workers} loop={loop_name()}",
+          file=sys.stderr, flush=True)
     async with KubeApi(credentials) as api:
         heartbeat = Heartbeat(api, args.namespace, gateway)
+        if isinstance(gateway, Supervisor):
+            gateway.on_loaded = heartbeat.nudge  # all workers serve a new config: announce it now
         source = KubernetesConfigSource(api, args.namespace, gateway, on_loaded=heartbeat.nudge)
         tasks = [asyncio.create_task(source.run()), asyncio.create_task(heartbeat.run())]
         try:
@@ -49,9 +73,18 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
 
 
 def main(args: argparse.Namespace) -> int:
+    from kubegate import eventloop
+    from kubegate.dataplane.supervisor import default_workers, use_multiprocess_metrics
+
     asyncio.run(load_credentials())  # one-line error for a missing kubeconfig, before binding any port
     logging.basicConfig(level=os.environ.get("KUBEGATE_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    asyncio.run(serve(args))
+    workers = args.workers or default_workers()
+    metrics_dir = use_multiprocess_metrics() if workers > 1 else None
+    try:
+        eventloop.run(serve(args, workers=workers, metrics_dir=metrics_dir))
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

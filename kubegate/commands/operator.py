@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 
+from kubegate import eventloop
 from kubegate.errors import UserError
 from kubegate.kubeapi import load_credentials
 
@@ -34,5 +35,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--metrics-port {args.metrics_port}: not a port number (0-65535)")
     asyncio.run(load_credentials())  # a missing/broken kubeconfig: a one-line UserError before anything starts
     _logging()
-    asyncio.run(_main(args.namespace, args.metrics_port))
+    # kopf picks uvloop only in its own CLI (kopf/_kits/loops.py; not in kopf.run() or kopf.operator()):
+    # kubegate runs kopf.operator() inside its own loop, so it picks uvloop here
+    eventloop.run(_main(args.namespace, args.metrics_port))
     return 0

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import sys
 
@@ -18,12 +19,14 @@ def _configure_logging() -> None:
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | None = None) -> int:
+    from kubegate import eventloop
     from kubegate.dataplane.devca import DevCa
     from kubegate.dataplane.metrics import Metrics
-    from kubegate.dataplane.ratelimit import build_rate_limiter
+    from kubegate.dataplane.ratelimit import build_rate_limiter, check_redis_url
     from kubegate.dataplane.reload import FileConfigSource, LoadFailed, build, report
     from kubegate.dataplane.server import ConfigRejected, Gateway
+    from kubegate.dataplane.supervisor import Supervisor, gateway_options
 
     log = logging.getLogger("kubegate.run")
     ca = DevCa()
@@ -34,23 +37,35 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"kubegate: {line}", file=sys.stderr)
         raise UserError(failed.problems[0]) from None
     metrics = Metrics()
+    limiter = None
     try:
-        limiter = build_rate_limiter(args.redis_url, metrics=metrics)
+        if workers > 1:
+            if args.redis_url:
+                check_redis_url(args.redis_url)
+        else:
+            limiter = build_rate_limiter(args.redis_url, metrics=metrics)
     except ValueError as exc:
         raise UserError(f"--redis-url: {exc}") from None
     try:
-        gateway = Gateway(host=args.host, http_port=args.http_port, https_port=args.https_port,
-                          admin_port=args.admin_port, limiter=limiter, trusted_proxies=args.trusted_proxies,
-                          metrics=metrics)
+        if workers > 1:
+            assert metrics_dir is not None
+            gateway: Gateway | Supervisor = Supervisor(
+                workers, gateway_options(args), admin_port=args.admin_port, redis_url=args.redis_url,
+                metrics_dir=metrics_dir, metrics=metrics)
+        else:
+            gateway = Gateway(**gateway_options(args), admin_port=args.admin_port, limiter=limiter,
+                              metrics=metrics)
     except ValueError as exc:
-        await limiter.close()
+        if limiter is not None:
+            await limiter.close()
         raise UserError(str(exc)) from None
     try:
         await gateway.start()
     except OSError as exc:
-        await limiter.close()
+        if limiter is not None:
+            await limiter.close()
         raise UserError(exc.strerror or str(exc)) from None
-    source = FileConfigSource(list(args.paths), gateway, args.namespace, ca)
+    source = FileConfigSource(list(args.paths), gateway, args.namespace, ca)  # type: ignore[arg-type]
     demo_backends = []
     try:
         if args.demo_backends:
@@ -61,17 +76,24 @@ async def serve(args: argparse.Namespace) -> int:
         for line in report(first):
             log.warning("%s", line)
         try:
-            gateway.apply(first.config, first.secrets)
+            digest = gateway.apply(first.config, first.secrets)
         except ConfigRejected as exc:
             raise UserError(f"config refused: {exc.reason}") from None
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        log.info("listening: http://%s:%d https://%s:%d admin http://%s:%d/metrics", host, gateway.ports["http"],
-                 host, gateway.ports["https"], host, gateway.ports["admin"])
-        log.info("development CA (for curl --cacert): %s", ca.ca_path)
+        if isinstance(gateway, Supervisor):
+            refusal = await gateway.outcome(digest)
+            if refusal is not None:
+                raise UserError(f"config refused: {refusal}")
+            await gateway.wait_listening()
+        # Before the "listening" line: a SIGTERM right after it must stop us cleanly, not kill us.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        log.info("listening: http://%s:%d https://%s:%d admin http://%s:%d/metrics (%d worker%s, %s)",
+                 host, gateway.ports["http"], host, gateway.ports["https"], host, gateway.ports["admin"],
+                 workers, "" if workers == 1 else "s", eventloop.loop_name())
+        log.info("development CA (for curl --cacert): %s", ca.ca_path)
         watcher = asyncio.create_task(source.watch())
         await stop.wait()
         log.info("shutting down")
@@ -82,10 +104,20 @@ async def serve(args: argparse.Namespace) -> int:
         for runner in demo_backends:
             await runner.cleanup()
         await gateway.stop()
-        await limiter.close()
+        if limiter is not None:
+            await limiter.close()
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
+    from kubegate import eventloop
+    from kubegate.dataplane.supervisor import default_workers, use_multiprocess_metrics
+
     _configure_logging()
-    return asyncio.run(serve(args))
+    workers = args.workers or default_workers()
+    metrics_dir = use_multiprocess_metrics() if workers > 1 else None
+    try:
+        return eventloop.run(serve(args, workers, metrics_dir))
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -134,7 +134,8 @@ def test_checksum_rejects_garbage_without_hashing(monkeypatch):
     hashed = []
     monkeypatch.setattr(api_key_auth, "key_hash", lambda k: hashed.append(k) or key_hash(k))
     assert table.check(flip_last(KEYS["acme"]), ORDERS, "10.0.0.1").reason == "invalid_api_key"
-    assert table.check("kg_" + "x" * 300, ORDERS, "10.0.0.1").reason == "invalid_api_key"
+    assert table.check("kg_" + "x" * 43 + "_AAAAAA", ORDERS, "10.0.0.1").reason == "invalid_api_key"
+    assert table.check("too-short", ORDERS, "10.0.0.1").reason == "invalid_api_key"  # < 16 bytes: no key
     assert hashed == []
     assert table.check(KEYS["acme"], ORDERS, "10.0.0.1").ok and len(hashed) == 1
     # a repeated key is remembered: no second hash, and every per-request rule still applies
@@ -143,6 +144,8 @@ def test_checksum_rejects_garbage_without_hashing(monkeypatch):
     unknown = generate_api_key()
     assert [table.check(unknown, ORDERS, "10.0.0.1").reason for _ in range(2)] == ["invalid_api_key"] * 2
     assert len(hashed) == 2
+    # a key a user brought (any other format, >= 16 bytes) is looked up by its hash
+    assert table.check("kg_" + "x" * 300, ORDERS, "10.0.0.1").reason == "invalid_api_key" and len(hashed) == 3
 
 
 def test_remembered_keys_are_bounded(monkeypatch):
@@ -162,7 +165,9 @@ def test_extract_api_key_forms():
     assert extract_api_key(None, None) is None
 
 
-def test_missing_or_malformed_hash_refuses_the_config():
-    with pytest.raises(ValueError, match="shop/acme"):
-        Admission(CONFIG, SecretBundle(values={}), limiter=MemoryRateLimiter(), jwks=JwksCache(),
-                  metrics=Metrics(), audit=AuditLog(io.StringIO()))
+def test_missing_or_malformed_hash_leaves_the_key_out():
+    admission = Admission(CONFIG, SecretBundle(values={}), limiter=MemoryRateLimiter(), jwks=JwksCache(),
+                          metrics=Metrics(), audit=AuditLog(io.StringIO()))
+    assert {ref for ref in admission.dropped if ref.startswith("ApiKey/")} == {
+        f"ApiKey/{k.namespace}/{k.name}" for k in CONFIG.api_keys}
+    assert "shop/acme" in admission.dropped["ApiKey/shop/acme"]

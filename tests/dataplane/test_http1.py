@@ -264,11 +264,12 @@ async def test_chunked_upstream_answer_is_rechunked(start_gateway, make_route):
 
 async def test_idle_keepalive_connections_are_swept(backend, start_gateway, make_route, monkeypatch):
     from kubegate.dataplane import http1
+    from kubegate.dataplane.webfront import ClientTimeouts
 
-    monkeypatch.setattr(http1, "KEEPALIVE_SECONDS", 0.1)
     monkeypatch.setattr(http1, "SWEEP_SECONDS", 0.05)
     b = await backend()
-    gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)))
+    gw = await start_gateway(CompiledConfig(routes=(make_route("/*rest", b.url),)),
+                             timeouts=ClientTimeouts(header=5, idle=0.1))
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.ports["http"])
     writer.write(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n")
     await writer.drain()

@@ -1,9 +1,9 @@
-"""Router unit tests: precedence, params, catch-all, 404 vs 405, normalization."""
+"""Router unit tests: precedence, params, catch-all, 404 vs 405 (paths normalised by target.py)."""
 
 from __future__ import annotations
 
-import pytest
-from kubegate.dataplane.router import MethodNotAllowed, RouteTable, normalize_host, normalize_path
+from kubegate.dataplane.router import MethodNotAllowed, RouteTable
+from kubegate.dataplane.target import normalise_request_path
 
 
 def _table(*routes):
@@ -11,7 +11,7 @@ def _table(*routes):
 
 
 def _lookup(table, host, method, path):
-    _, segments = normalize_path(path)
+    _, segments = normalise_request_path(path)
     return table.lookup(host, method, segments)
 
 
@@ -72,18 +72,3 @@ def test_first_claim_wins():
 def test_percent_encoded_params_are_decoded():
     table = _table(("p", (), "/files/:name", ()))
     assert _lookup(table, "h", "GET", "/files/a%20b") == ("p", {"name": "a b"})
-
-
-@pytest.mark.parametrize("raw, expected", [
-    ("/", ("/", [])), ("/a//b/", ("/a/b/", ["a", "b"])), ("/a/./b/../c", ("/a/c", ["a", "c"])),
-    ("/../etc", None), ("/a/..", ("/", [])),
-])
-def test_normalize_path(raw, expected):
-    assert normalize_path(raw) == expected
-
-
-@pytest.mark.parametrize("raw, expected", [
-    ("API.Example.com:8443", "api.example.com"), ("[::1]:8080", "[::1]"), ("host.", "host"), ("h", "h"),
-])
-def test_normalize_host(raw, expected):
-    assert normalize_host(raw) == expected

@@ -13,7 +13,6 @@ import jwt
 import pytest
 from kubegate.dataplane.audit import AuditLog
 from kubegate.dataplane.ratelimit import RedisRateLimiter
-from kubegate.dataplane.server import ConfigRejected
 
 from kubegate.apikeys import generate_api_key, key_hash, key_id
 from kubegate.config import (
@@ -98,14 +97,17 @@ async def test_two_gateways_enforce_one_limit_over_http(redis_server, backend, s
         assert secret not in audit.getvalue()
 
 
-async def test_unusable_key_refuses_the_whole_config(backend, start_gateway, make_route):
+async def test_unusable_key_leaves_only_its_route_out(backend, start_gateway, make_route):
     b = await backend()
     good, secrets = config(make_route, b.url)
     gw = await start_gateway(good, secrets)
     broken = good.model_copy(update={"routes": (make_route(
         "/api/*rest", b.url, name="api",
-        auth=CompiledAuth(methods=("jwt",), jwt=CompiledJwt(algorithms=("RS256",), public_key_pem="not a pem"))),)})
-    with pytest.raises(ConfigRejected, match="shop/api"):
-        gw.apply(broken, secrets)
+        auth=CompiledAuth(methods=("jwt",), jwt=CompiledJwt(algorithms=("RS256",), public_key_pem="not a pem"))),
+        make_route("/open/*rest", b.url, name="open"))})
+    gw.apply(broken, secrets)
+    assert "not a PEM" in gw.dropped["GatewayRoute/shop/api"] and list(gw.dropped) == ["GatewayRoute/shop/api"]
     status, _, _ = await call(gw.ports["http"], "/api/x", {"Authorization": f"Bearer {token('alice')}"})
-    assert status == 200  # the last good config keeps serving
+    assert status == 404  # never served without its authentication
+    status, _, _ = await call(gw.ports["http"], "/open/x")
+    assert status == 200  # the rest of the config is served

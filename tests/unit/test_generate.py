@@ -88,12 +88,51 @@ def test_network_policies(build):
     assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
                     "podSelector": {"matchLabels": {"app": "web"}}}],
             "ports": [{"protocol": "TCP", "port": 8080}]} in rules
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]} in rules
+    # Without a cluster (render), API server and Redis are unknown: their rules name ports only;
+    # external DNS names (ext.example.com, ext, idp.example.com) cannot be named by a NetworkPolicy.
     ports = [p for rule in rules if "to" not in rule for p in rule["ports"]]
-    for expected in ({"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53},
-                     {"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443},
-                     {"protocol": "TCP", "port": 6379}, {"protocol": "TCP", "port": 8443},
-                     {"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 8081}):
-        assert expected in ports
+    assert sorted(p["port"] for p in ports) == [80, 443, 6379, 6443, 8081, 8443]
+    assert all(p["protocol"] == "TCP" for p in ports)
+
+
+def test_egress_is_scoped_to_the_api_server_redis_and_in_cluster_or_ip_backends(build):
+    from kubegate.generate import EgressTargets
+
+    objs = [build.route("a", "/a", backends=[{"url": "http://10.1.2.3:8080/x"}, {"url": "http://[fd00::7]"}]),
+            build.route("b", "/b", backends=[{"url": "http://api.other.svc.cluster.local:7000"}]),
+            build.route("c", "/c", backends=[{"url": "https://ext.example.com"}])]
+    services = [build.service(), ServiceInfo(namespace="other", name="api", selector={"app": "api"},
+                                             ports=(ServicePort(port=7000, target_port=7443),)),
+                ServiceInfo(namespace="kubegate-system", name="kubegate-redis", selector={"app": "redis"},
+                            ports=(ServicePort(port=6379, target_port=6379),))]
+    inp = build.make_input(*objs, services=services)
+    targets = EgressTargets(api_server=(("172.18.0.2", 6443), ("172.18.0.3", 6443)),
+                            redis_url="redis://:pw@kubegate-redis.kubegate-system.svc:6379/0")
+    rules = by_kind_name(generate_objects(translate(inp), inp, targets))[
+        ("NetworkPolicy", "kubegate-system", "kubegate-dataplane-egress")]["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}, {"ipBlock": {"cidr": "172.18.0.3/32"}}],
+            "ports": [{"protocol": "TCP", "port": 6443}]} in rules
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubegate-system"}},
+                    "podSelector": {"matchLabels": {"app": "redis"}}}],
+            "ports": [{"protocol": "TCP", "port": 6379}]} in rules
+    assert {"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"protocol": "TCP", "port": 8080}]} in rules
+    assert {"to": [{"ipBlock": {"cidr": "fd00::7/128"}}], "ports": [{"protocol": "TCP", "port": 80}]} in rules
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "other"}},
+                    "podSelector": {"matchLabels": {"app": "api"}}}],
+            "ports": [{"protocol": "TCP", "port": 7443}]} in rules
+    unscoped = [rule for rule in rules if "to" not in rule]
+    assert unscoped == [{"ports": [{"protocol": "TCP", "port": 443}]}]  # only the external ext.example.com
+    # in-memory limits: no Redis rule at all; a Redis at an IP literal: that address only
+    for url, expected in (("", None), ("rediss://10.9.9.9:6380", {"to": [{"ipBlock": {"cidr": "10.9.9.9/32"}}],
+                                                                   "ports": [{"protocol": "TCP", "port": 6380}]})):
+        rules = by_kind_name(generate_objects(translate(inp), inp, EgressTargets(api_server=(), redis_url=url)))[
+            ("NetworkPolicy", "kubegate-system", "kubegate-dataplane-egress")]["spec"]["egress"]
+        assert not any(p["port"] in (6379, 6443) for rule in rules for p in rule["ports"])
+        if expected:
+            assert expected in rules
 
 
 def test_shared_services_are_listed_once_per_port(build):

@@ -54,3 +54,38 @@ def test_history_is_bounded_oldest_first():
     history.record("h2", {"k": 2})  # re-recorded: becomes the newest
     history.record("h5", {"k": 5})
     assert history.get("h2") is not None and history.get("h3") is None
+
+
+def test_an_object_a_live_replica_could_not_load_is_programmed_false_with_its_reason():
+    """Defence in depth: the data plane names what it left out on its Lease; the status says so
+    (not Programmed=Unknown forever), only for the generation that replica was given."""
+    from kubegate.dataplane.heartbeat import lease_patch
+    from kubegate.operator.programmed import live_refusals
+    from kubegate.operator.status import desired_conditions
+
+    from kubegate.resources import Condition, ObjectRef, ObjectResult
+
+    history = GenerationHistory()
+    history.record("h1", {"GatewayRoute/shop/a": 3, "GatewayRoute/shop/b": 1})
+    body = lease_patch("replica-1", "h1", NOW, 10, {"GatewayRoute/shop/a": "jwt key does not fit algorithm RS256"})
+    body["spec"]["renewTime"] = "2027-01-15T08:00:00.000000Z"
+    parsed = replica_lease(body)
+    now = parsed.renewed_at + 1
+    hashes, refusals = live_hashes([parsed], now), live_refusals([parsed], now)
+    ok = Condition(type="Accepted", status="True", reason="Accepted", message="")
+    resolved = Condition(type="ResolvedRefs", status="True", reason="ResolvedRefs", message="")
+
+    def conditions(name, generation):
+        ack = acknowledgement(f"GatewayRoute/shop/{name}", generation, hashes, history, refusals)
+        result = ObjectResult(ref=ObjectRef("GatewayRoute", "shop", name), generation=generation, accepted=ok,
+                              resolved_refs=resolved, programmable=True)
+        return {c.type: c for c in desired_conditions(result, ack)}
+
+    refused = conditions("a", 3)
+    assert refused["Programmed"].status == "False" and refused["Programmed"].reason == "DataPlaneRefused"
+    assert "does not fit algorithm RS256" in refused["Programmed"].message
+    assert refused["Ready"].status == "False" and refused["Stalled"].status == "True"
+    assert conditions("b", 1)["Programmed"].status == "True"  # the rest of that config is programmed
+    assert conditions("a", 4)["Programmed"].status == "Unknown"  # a newer generation is not refused by it
+    assert replica_lease(lease_patch("r", "h1", NOW, 10))  # no annotation content when nothing was dropped
+    assert lease_patch("r", "h1", NOW, 10)["metadata"]["annotations"]["kubegate.dev/dropped"] == ""

@@ -245,7 +245,7 @@ def test_same_input_in_any_order_gives_byte_identical_output(build, pki):
     objs = [build.route("a", "/a"), build.route("b", "/b", hosts=["x.example.com"]),
             policy(build, "p"), api_key(build), tls_policy(build, "t", ns="shop",
                                                            certificate={"secretRef": {"name": "mine"}})]
-    secrets = {("shop", "acme-key"): {"api-key": b"kg_abc"},
+    secrets = {("shop", "acme-key"): {"api-key": b"a-user-brought-key-0002"},
                ("shop", "mine"): {"tls.crt": pki["tls.crt"], "tls.key": pki["tls.key"]}}
     first = translate(build.make_input(*objs, secrets=secrets))
     second = translate(build.make_input(*reversed(objs), secrets=dict(reversed(list(secrets.items())))))
@@ -405,7 +405,7 @@ def test_a_changed_referenced_secret_invalidates(build):
 def test_a_changed_service_and_a_new_route_invalidate(build):
     translator = Translator()
     route, key = build.route("a", backends=[{"service": "web", "port": 81}]), api_key(build, routes=["b"])
-    secrets = {("shop", "acme-key"): {"api-key": b"kg_abc"}}
+    secrets = {("shop", "acme-key"): {"api-key": b"a-user-brought-key-0002"}}
     first = translator.translate(build.make_input(route, key, secrets=secrets))
     assert first.results[ref("GatewayRoute", "a")].resolved_refs.reason == "BackendNotFound"
     assert first.results[ref("ApiKey", "acme")].resolved_refs.reason == "RouteNotFound"

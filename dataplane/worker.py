@@ -1,0 +1,132 @@
+"""One worker of ``--workers N`` (``python -m kubegate.dataplane.worker CONTROL_SOCKET INDEX``).
+
+Started by the supervisor (:mod:`supervisor`), never by hand. It connects
+to the control socket, gets its settings (never from argv: a Redis URL may
+hold a password), and serves a :class:`Gateway` on the shared ports
+(SO_REUSEPORT) with the configs the supervisor pushes: ``prepare`` builds,
+``commit`` swaps, ``abort`` drops, ``load`` does both; it binds the listeners
+only once it serves the current config (``listen``: there is none yet). When
+the supervisor goes away the worker stops too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import sys
+
+from kubegate import eventloop
+
+log = logging.getLogger("kubegate.worker")
+
+
+async def serve(control: str, index: int) -> int:
+    from .ipc import receive, send
+    from .metrics import worker_metrics
+    from .ratelimit import build_rate_limiter
+    from .server import ConfigRejected, Gateway
+    from .shared_limits import OwnedRateLimiter
+
+    reader, writer = await asyncio.open_unix_connection(control)
+    await send(writer, ("hello", index, os.getpid()))
+    _, settings = await receive(reader)  # type: ignore[misc]
+    metrics = worker_metrics()
+    if settings["redis_url"]:
+        limiter = build_rate_limiter(settings["redis_url"], metrics=metrics)
+    else:
+        limiter = await OwnedRateLimiter(settings["limits"]).connect()
+    try:
+        from .jwks import JwksCache
+
+        jwks = JwksCache()
+    except ImportError:  # pragma: no cover - a checkout without the security layer
+        jwks = None
+    gateway = Gateway(**settings["gateway"], admin_port=None, limiter=limiter, metrics=metrics, jwks=jwks,
+                      reuse_port=True)
+    listening = False
+    prepared: dict[str, object] = {}
+
+    async def listen() -> None:
+        nonlocal listening
+        if not listening:
+            await gateway.start()
+            listening = True
+
+    async def handle(message: tuple) -> tuple:
+        command = message[0]
+        if command == "listen":
+            await listen()
+            return ("serving", gateway.loaded_hash, listening)
+        digest = message[1]
+        if command in ("prepare", "load"):
+            config, secrets = pickle.loads(message[2])
+            try:
+                snapshot = gateway.prepare(config, secrets)
+            except ConfigRejected as exc:
+                return ("rejected", digest, exc.reason)
+            if command == "prepare":
+                prepared.clear()
+                prepared[digest] = snapshot
+                return ("prepared", digest)
+            if snapshot is not None:
+                gateway.commit(snapshot)
+        elif command == "commit":
+            snapshot = prepared.pop(digest, None)
+            if snapshot is not None:
+                gateway.commit(snapshot)  # type: ignore[arg-type]
+        elif command == "abort":
+            prepared.pop(digest, None)
+            return ("aborted", digest)
+        await listen()
+        return ("serving", gateway.loaded_hash, listening)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def commands() -> None:
+        while True:
+            try:
+                message = await receive(reader)
+            except (asyncio.IncompleteReadError, OSError):
+                log.warning("worker %d: the supervisor has gone; stopping", index)
+                return
+            await send(writer, await handle(message))  # type: ignore[arg-type]
+
+    channel = asyncio.create_task(commands())
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({channel, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        channel.cancel()
+        stopped.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await channel
+        await gateway.stop()
+        await limiter.close()
+        if jwks is not None:
+            await jwks.close()
+        writer.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=os.environ.get("KUBEGATE_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s[worker {argv[1]}]: %(message)s")
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    try:
+        return eventloop.run(serve(argv[0], int(argv[1])))
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, asyncio.IncompleteReadError) as exc:  # no supervisor (any more)
+        log.warning("worker %s: cannot talk to the supervisor: %s", argv[1], exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
