@@ -256,7 +256,7 @@ def test_redis_url_goes_to_a_secret_and_never_into_the_pod_spec(helm):
     elsewhere = yaml.safe_dump_all([d for d in docs if d["kind"] != "Secret"])
     assert "s3cr3t-pa55" not in elsewhere and "redis.example.internal" not in elsewhere
     # The kubelet expands the reference from the env: the Pod spec never holds the URL.
-    assert container["args"][-2:] == ["--redis-url", "$(KUBEGATE_REDIS_URL)"]
+    assert not any("redis" in arg.lower() for arg in container["args"])  # the URL (a password) only in env
 
 
 def test_redis_existing_secret_is_referenced_not_created(helm):
