@@ -11,9 +11,16 @@ if [ "${1:-}" = "--python-only" ]; then
 fi
 
 need_apt=()
+# The node cluster and the image (tests/cluster): podman + runc build the image, containerd +
+# runc + the CNI plugins run pods, iptables/ipset/conntrack serve kube-proxy and kube-router,
+# debootstrap makes the base image (no registry is needed).
 for pair in redis-server:redis-server wrk:wrk nginx:nginx lua5.4:lua5.4 promtool:prometheus \
-            openssl:openssl curl:curl; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair##*:}")
+            openssl:openssl curl:curl podman:podman runc:runc containerd:containerd \
+            /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables ipset:ipset \
+            conntrack:conntrack debootstrap:debootstrap unshare:util-linux; do
+  tool="${pair%%:*}"
+  if [ "${tool#/}" != "$tool" ]; then [ -x "$tool" ] && continue; else command -v "$tool" >/dev/null 2>&1 && continue; fi
+  need_apt+=("${pair##*:}")
 done
 if ((${#need_apt[@]})); then
   echo "install: apt-get install ${need_apt[*]}"
@@ -29,3 +36,6 @@ python3 -m pip install -q -e '.[test]'
 command -v kubectl >/dev/null 2>&1 || { echo "install: kubectl is missing (expected in the machine image)" >&2; exit 1; }
 # Build (or reuse) the pinned control plane (about 6 min cold), with visible progress.
 ./hack/build-controlplane.sh
+# The node cluster's binaries (kubelet, kube-proxy, kube-controller-manager, kube-scheduler from
+# the same module; CoreDNS; kube-router, test only) and the images it runs.
+python3 -m kubegate.nodecluster --build
