@@ -128,7 +128,9 @@ def build_kubegate(tag: str = IMAGE, log=print) -> tuple[str, float]:
     """Build the repository's Dockerfile, unchanged, from the local Debian base; returns (tag, seconds)."""
     base = ensure_base_image(log=log)
     started = time.monotonic()
-    podman("build", *ULIMITS, *HOST_CA_MOUNT, "--network", "host", "--build-arg", f"PYTHON_IMAGE={base}", "-t", tag,
+    # --no-cache: podman 4.3 (buildah) keys the final stage's `RUN --mount=type=bind,from=build` layer
+    # without the mounted wheels, so a cached build silently kept the old code in the image.
+    podman("build", "--no-cache", *ULIMITS, *HOST_CA_MOUNT, "--network", "host", "--build-arg", f"PYTHON_IMAGE={base}", "-t", tag,
            "-f", str(REPO_ROOT / "Dockerfile"), str(REPO_ROOT))
     took = time.monotonic() - started
     log(f"built {tag} ({image_size(tag) / 1e6:.0f} MB) in {took:.0f}s")

@@ -197,7 +197,7 @@ def cni_config(state: Path) -> dict:
     return {
         "cniVersion": "1.0.0", "name": CNI_NETWORK,
         "plugins": [
-            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True, "hairpinMode": True,
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "isDefaultGateway": True, "ipMasq": True, "hairpinMode": True,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
                       "dataDir": str(state / "cni" / "ipam")}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -227,6 +227,7 @@ def kubelet_config(state: Path, port: int, healthz_port: int) -> dict:
         "shutdownGracePeriod": "0s", "protectKernelDefaults": False,
         "syncFrequency": "10s", "fileCheckFrequency": "5s", "nodeStatusUpdateFrequency": "5s",
         "localStorageCapacityIsolation": False,
+        "podLogsDir": str(state / "pod-logs"),
     }
 
 
@@ -420,6 +421,8 @@ def up(state_dir: Path | None = None, *, log=print, install_crds: bool = True) -
     try:
         node = _start(state_dir, bins, log, install_crds)
     except BaseException:
+        if os.environ.get("KUBEGATE_KEEP_DEV_CLUSTER"):
+            raise  # left running for a look; `kubegate dev-cluster down --node` removes it
         if devcluster.DevCluster.load(state_dir) is None:  # failed before the state was written
             _sh("ip", "link", "del", BRIDGE)
         else:
@@ -486,11 +489,6 @@ def _start(state_dir: Path, bins: dict[str, Path], log, install_crds: bool) -> N
         f"--metrics-bind-address=127.0.0.1:{ports['proxy-metrics']}",
         f"--healthz-bind-address=127.0.0.1:{ports['proxy-healthz']}", "--conntrack-max-per-core=0",
         "--v=1"], cluster)))
-    procs.append(("kube-router", _spawn("kube-router", [
-        str(bins["kube-router"]), f"--kubeconfig={kubeconfig}", "--run-firewall=true", "--run-router=false",
-        "--run-service-proxy=false", f"--hostname-override={NODE_NAME}", "--metrics-port=0",
-        f"--health-port={ports['router-health']}", f"--service-cluster-ip-range={devcluster.SERVICE_CLUSTER_IP_RANGE}",
-        "--iptables-sync-period=10s", "--v=1"], cluster)))
 
     def node_ready() -> bool:
         out = node.kubectl("get", "node", NODE_NAME, "-o", "json", check=False)
@@ -500,9 +498,31 @@ def _start(state_dir: Path, bins: dict[str, Path], log, install_crds: bool) -> N
         return conds.get("Ready") == "True"
 
     _wait(node_ready, NODE_READY_TIMEOUT_S, f"node {NODE_NAME} to be Ready", procs, state_dir)
+    # kube-router finds its node by name: only once the kubelet registered it.
+    procs.append(("kube-router", _spawn("kube-router", [
+        str(bins["kube-router"]), f"--kubeconfig={kubeconfig}", "--run-firewall=true", "--run-router=false",
+        "--run-service-proxy=false", f"--hostname-override={NODE_NAME}", "--metrics-port=0",
+        f"--health-port={ports['router-health']}", f"--service-cluster-ip-range={devcluster.SERVICE_CLUSTER_IP_RANGE}",
+        "--iptables-sync-period=10s", "--v=1"], cluster)))
+    _wait(lambda: _healthy(ports["router-health"]), 60, "kube-router's firewall", procs, state_dir)
     node.kubectl("apply", "--server-side", "-f", "-", input=coredns_manifest())
-    node.kubectl("rollout", "status", "-n", "kube-system", "deployment/coredns", "--timeout=120s", timeout=130)
+    done = node.kubectl("rollout", "status", "-n", "kube-system", "deployment/coredns", "--timeout=120s",
+                        timeout=130, check=False)
+    if done.returncode != 0:
+        logs = node.kubectl("logs", "-n", "kube-system", "deployment/coredns", "--tail=5", check=False)
+        raise UserError(f"CoreDNS did not become ready: {(logs.stdout or logs.stderr).strip()[-600:]}")
     return node
+
+
+def _healthy(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _wait(predicate, timeout: float, what: str, procs: list[tuple[str, subprocess.Popen]], state_dir: Path) -> None:
@@ -554,6 +574,7 @@ def down(state_dir: Path | None = None, *, log=print, keep_logs: bool = False) -
     if os.access(bins["kube-router"], os.X_OK):
         _sh(str(bins["kube-router"]), "--cleanup-config", timeout=60)
     _remove_cni_masquerade()
+    _remove_kubelet_chains()
     _unmount_under(state_dir)
     _sh("ip", "link", "del", BRIDGE)
     cluster.pids = {k: v for k, v in cluster.pids.items() if k in ("etcd", "kube-apiserver")}
@@ -611,6 +632,25 @@ def _remove_cni_masquerade() -> None:
             _sh("iptables", "-t", "nat", *(["-D", *_split_rule(rule)[1:]]))
             _sh("iptables", "-t", "nat", "-F", chain)
             _sh("iptables", "-t", "nat", "-X", chain)
+
+
+KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
+
+
+def _remove_kubelet_chains() -> None:
+    """The kubelet's own iptables chains (kube-proxy's --cleanup leaves them)."""
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            rules = _sh(tool, "-t", table, "-S").stdout.splitlines()
+            for rule in rules:
+                parts = _split_rule(rule)
+                if parts[:1] == ["-A"] and any(f"-j {c}" in rule for c in KUBELET_CHAINS) \
+                        and parts[1] not in KUBELET_CHAINS:
+                    _sh(tool, "-t", table, "-D", *parts[1:])
+            for chain in KUBELET_CHAINS:
+                if f"-N {chain}" in rules:
+                    _sh(tool, "-t", table, "-F", chain)
+                    _sh(tool, "-t", table, "-X", chain)
 
 
 def _split_rule(rule: str) -> list[str]:
