@@ -571,17 +571,24 @@ def down(state_dir: Path | None = None, *, log=print, keep_logs: bool = False) -
     # Their own cleanup modes remove exactly the chains and ipsets they created.
     if os.access(bins["kube-proxy"], os.X_OK):
         _sh(str(bins["kube-proxy"]), "--cleanup", "--proxy-mode=iptables", timeout=60)
-    if os.access(bins["kube-router"], os.X_OK):
-        _sh(str(bins["kube-router"]), "--cleanup-config", timeout=60)
+    _remove_chains(KUBE_ROUTER_CHAINS)
+    _remove_kube_router_ipsets()
     _remove_cni_masquerade()
     _remove_kubelet_chains()
     _unmount_under(state_dir)
+    for veth in _bridge_ports():  # normally gone with the pods' netns; leftovers of a failed CNI DEL
+        _sh("ip", "link", "del", veth)
     _sh("ip", "link", "del", BRIDGE)
     cluster.pids = {k: v for k, v in cluster.pids.items() if k in ("etcd", "kube-apiserver")}
     cluster.save()
     devcluster.down(state_dir, log=lambda *_: None, keep_logs=keep_logs)
     log(f"node cluster at {cluster.server} stopped and removed")
     return True
+
+
+def _bridge_ports() -> list[str]:
+    out = _sh("ip", "-o", "link", "show", "master", BRIDGE).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
 
 
 def _alive(cluster: devcluster.DevCluster, name: str) -> bool:
@@ -627,11 +634,39 @@ def _remove_cni_masquerade() -> None:
     """The bridge plugin's ipMasq chains of network kg-node (CNI DEL removes them; this catches leftovers)."""
     rules = _sh("iptables", "-t", "nat", "-S", "POSTROUTING").stdout.splitlines()
     for rule in rules:
-        if f'name: "{CNI_NETWORK}"' in rule and rule.startswith("-A "):
-            chain = rule.split(" -j ")[-1].split()[0]
-            _sh("iptables", "-t", "nat", *(["-D", *_split_rule(rule)[1:]]))
+        parts = _split_rule(rule)
+        if parts[:1] == ["-A"] and f'name: "{CNI_NETWORK}"' in " ".join(parts) and "-j" in parts:
+            chain = parts[parts.index("-j") + 1]
+            _sh("iptables", "-t", "nat", "-D", *parts[1:])
             _sh("iptables", "-t", "nat", "-F", chain)
             _sh("iptables", "-t", "nat", "-X", chain)
+
+
+# kube-router's firewall chains and ipsets (its --cleanup-config crashes in v2.1.0 and leaves them).
+KUBE_ROUTER_CHAINS = ("KUBE-ROUTER-", "KUBE-NWPLCY-", "KUBE-POD-FW-")
+
+
+def _remove_chains(prefixes: tuple[str, ...], tables: tuple[str, ...] = ("filter",)) -> None:
+    """Every rule jumping to a chain named with one of ``prefixes``, then those chains (IPv4 and IPv6)."""
+    for tool in ("iptables", "ip6tables"):
+        for table in tables:
+            rules = _sh(tool, "-t", table, "-S").stdout.splitlines()
+            ours = [r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(prefixes)]
+            for rule in rules:
+                parts = _split_rule(rule)
+                if parts[:1] == ["-A"] and not parts[1].startswith(prefixes) and "-j" in parts \
+                        and parts[parts.index("-j") + 1].startswith(prefixes):
+                    _sh(tool, "-t", table, "-D", *parts[1:])
+            for chain in ours:
+                _sh(tool, "-t", table, "-F", chain)
+            for chain in ours:
+                _sh(tool, "-t", table, "-X", chain)
+
+
+def _remove_kube_router_ipsets() -> None:
+    for name in _sh("ipset", "list", "-n").stdout.split():
+        if name.startswith(("KUBE-SRC-", "KUBE-DST-", "kube-router-")):
+            _sh("ipset", "destroy", name)
 
 
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
