@@ -86,13 +86,13 @@ def _drain_aiohttp(web_server: web.Server) -> bool:
     an idle keep-alive connection for the whole timeout and then drops it. True while any is busy."""
     busy = False
     for conn in web_server.connections:
-        request = conn._current_request  # noqa: SLF001 - aiohttp has no public drain
-        if request is None and not conn._request_in_progress:  # noqa: SLF001
+        request = conn._current_request
+        if request is None and not conn._request_in_progress:
             conn.force_close()
             continue
         busy = True
-        if request is not None and not request._message.should_close:  # noqa: SLF001
-            request._message = request._message._replace(should_close=True)  # noqa: SLF001
+        if request is not None and not request._message.should_close:
+            request._message = request._message._replace(should_close=True)
         conn.close()
     return busy
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})

@@ -15,6 +15,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +23,9 @@ from pathlib import Path
 
 import jwt
 import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
 from conftest import NS, REPO, log, node_kubectl_json, pods_ready, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -64,7 +68,7 @@ def echo_deployment(name: str, namespace: str, labels: dict[str, str], port: int
 
 
 def apply(node, docs: list[dict] | str) -> None:
-    text = docs if isinstance(docs, str) else "\n---\n".join(json.dumps(d) for d in docs)
+    text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
     node.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=text)
 
 
@@ -221,7 +225,7 @@ class Load:
                 else:
                     self.failed.append(outcome)
 
-    def __enter__(self) -> "Load":  # noqa: PYI034
+    def __enter__(self) -> Load:  # noqa: PYI034
         for t in self._threads:
             t.start()
         return self

@@ -17,8 +17,8 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import venv
