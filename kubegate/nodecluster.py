@@ -552,7 +552,7 @@ def down(state_dir: Path | None = None, *, log=print, keep_logs: bool = False) -
     for name in CONTROLLERS:  # no new pods from here on
         if pid := cluster.pids.get(name):
             devcluster._stop(pid, name, timeout=15)
-    if cluster.readyz() and _alive(cluster, "kubelet") and _alive(cluster, "containerd"):
+    if (state_dir / "pki" / "ca.crt").exists() and cluster.readyz() and _alive(cluster, "kubelet") and _alive(cluster, "containerd"):
         # Let the kubelet stop every pod (CNI DEL removes veths, addresses, masquerade rules).
         cluster.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force",
                         "--wait=false", check=False, timeout=60)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from kubegate import images, nodecluster
+from kubegate import devcluster, images, nodecluster
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAY = REPO / "manifests" / "overlays" / "dev"
@@ -60,7 +62,11 @@ def node(tmp_path_factory):
     figures["image_build_s"] = took
     figures["image_size_mb"] = images.image_size(image) / 1e6
     redis = images.ensure_redis_image(log=log)
-    state = tmp_path_factory.mktemp("node-cluster")
+    # Not under pytest's basetemp: other pytest sessions on this machine prune old basetemps
+    # (rename to garbage-*, rmtree) while the node's mounts and sockets live there.
+    root = devcluster.cache_root() / "test-nodes"
+    root.mkdir(parents=True, exist_ok=True)
+    state = Path(tempfile.mkdtemp(prefix="node-", dir=root))
     t = time.monotonic()
     up = nodecluster.up(state, log=log, install_crds=False)
     figures["node_up_s"] = time.monotonic() - t
@@ -80,6 +86,7 @@ def node(tmp_path_factory):
     finally:
         if not os.environ.get("KUBEGATE_KEEP_DEV_CLUSTER"):
             nodecluster.down(state, log=log)
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def node_kubectl_json(node, *args: str) -> dict:

@@ -16,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -368,7 +367,7 @@ metadata: {name: load, namespace: shop}
 spec:
   path: "/load/*rest"
   backends: [{service: catalog, port: 3002}]
-  timeout: 20s
+  timeouts: {request: 20s}
 """)
         wait_for(lambda: route_ready(node, "load", "shop"), 60, "the changed route Ready")
         time.sleep(3)
@@ -388,15 +387,14 @@ def test_programmed_follows_the_real_data_plane_pods(node, shop):
 def test_leader_failover_in_the_ha_overlay(node, shop):
     """overlays/ha with the local image: delete the leader pod; another replica takes the Lease and the
     statuses stay true throughout."""
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "kustomization.yaml").write_text(json.dumps({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [str(REPO / "manifests" / "overlays" / "ha")],
-            "images": [{"name": "ghcr.io/kubegate/kubegate", "newName": "localhost/kubegate", "newTag": "dev"}],
-            "patches": [{"target": {"kind": "Deployment"}, "patch": json.dumps([{
-                "op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "Never"}])}],
-        }))
-        node.kubectl("apply", "--server-side", "--force-conflicts", "-k", tmp)
+    # kustomize refuses an absolute base outside its root: render the overlay, point it at the local image
+    docs = [d for d in yaml.safe_load_all(node.kubectl("kustomize", str(REPO / "manifests" / "overlays" / "ha")).stdout)
+            if d]
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                c["image"], c["imagePullPolicy"] = "localhost/kubegate:dev", "Never"
+    apply(node, docs)
     node.kubectl("rollout", "status", "-n", NS, "deployment/kubegate-operator", "--timeout=240s", timeout=250)
     node.kubectl("rollout", "status", "-n", NS, "deployment/kubegate-dataplane", "--timeout=240s", timeout=250)
     wait_for(lambda: pods_ready(node, NS, "app.kubernetes.io/component=operator"), 120, "both operators Ready")
