@@ -640,6 +640,12 @@ def _remove_cni_masquerade() -> None:
             _sh("iptables", "-t", "nat", "-D", *parts[1:])
             _sh("iptables", "-t", "nat", "-F", chain)
             _sh("iptables", "-t", "nat", "-X", chain)
+    # chains whose jump is already gone (a CNI DEL that stopped halfway)
+    for rule in _sh("iptables", "-t", "nat", "-S").stdout.splitlines():
+        parts = _split_rule(rule)
+        if parts[:1] == ["-A"] and parts[1].startswith("CNI-") and f'name: "{CNI_NETWORK}"' in " ".join(parts):
+            _sh("iptables", "-t", "nat", "-F", parts[1])
+            _sh("iptables", "-t", "nat", "-X", parts[1])
 
 
 # kube-router's firewall chains and ipsets (its --cleanup-config crashes in v2.1.0 and leaves them).
