@@ -1,7 +1,7 @@
 # The two commands of the README. `make run` starts a local gateway on the
 # examples (no cluster, in-memory rate limits); `make test` installs
 # everything (apt, pip, the Go-built control plane) and runs the whole suite.
-.PHONY: run test install lint crds bench
+.PHONY: run test install lint crds bench image
 
 run:
 	./scripts/install.sh --python-only
@@ -18,3 +18,9 @@ lint:
 
 crds:
 	python3 -m kubegate.crdgen
+
+# The image, built from the Dockerfile with podman + runc on a Debian base made
+# locally (no registry), tagged localhost/kubegate:dev; loaded into the node's
+# containerd when `kubegate dev-cluster up --node` is running.
+image:
+	python3 -m kubegate.images --load

@@ -190,6 +190,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         self.idle_since = self._loop.time()
         self.head_since: float | None = None  # when the head being received started (header timeout)
         self._close_after = False
+        self._request: SimpleRequest | None = None  # the one in flight
 
     @property
     def busy(self) -> bool:
@@ -260,6 +261,9 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         method, target, headers, close = parsed
         request = SimpleRequest(method, target, CIMultiDictProxy(CIMultiDict(headers)), self._remote,
                                 self._transport, close)
+        self._request = request
+        if self._close_after:  # draining: this answer is the connection's last
+            request.close = True
         self._task = self._loop.create_task(self._serve(request))
 
     def _refuse(self, status: int, message: str) -> None:
@@ -307,6 +311,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
             return
         finally:
             self._task = None
+            self._request = None
         transport = self._transport
         if transport is None:
             return
@@ -399,6 +404,14 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
     def close_if_idle(self) -> None:
         if self._task is None and self._transport is not None:
             self._transport.close()
+
+    def drain(self) -> None:
+        """Shutting down: an idle connection closes now; a busy one answers its request in flight with
+        ``Connection: close`` (when its head is not out yet) and then closes."""
+        self._close_after = True
+        if self._request is not None:
+            self._request.close = True
+        self.close_if_idle()
 
 
 def _reason(status: int) -> str:

@@ -67,6 +67,23 @@ def _settle_heap() -> None:
 
 
 SHUTDOWN_GRACE = 10.0
+
+
+def _drain_aiohttp(web_server: web.Server) -> bool:
+    """Shutting down aiohttp's connections (bodies, TLS, upgrades): idle ones close at once, busy ones
+    close after their response, which says ``Connection: close``. aiohttp's own shutdown() instead holds
+    an idle keep-alive connection for the whole timeout and then drops it. True while any is busy."""
+    busy = False
+    for conn in web_server.connections:
+        request = conn._current_request
+        if request is None and not conn._request_in_progress:
+            conn.force_close()
+            continue
+        busy = True
+        if request is not None and not request._message.should_close:
+            request._message = request._message._replace(should_close=True)
+        conn.close()
+    return busy
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 # Served only by a route whose `methods` names them (API.md): TRACE reflects a request's
 # credentials back (cross-site tracing), CONNECT would make the gateway an open tunnel.
@@ -165,6 +182,7 @@ class Gateway:
         self._owns_jwks = jwks is None
         self._client_address = ClientAddress(trusted_proxies)
         self._snapshot: Snapshot | None = None
+        self.draining = False  # set by stop(): /readyz fails from then on
         self._session = None
         self._pool: UpstreamPool | None = None
         self._servers: list[asyncio.base_events.Server] = []
@@ -370,19 +388,25 @@ class Gateway:
         return server
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), then close upstream pools."""
+        """Graceful shutdown: fail readiness, stop accepting, close idle keep-alive connections at once,
+        answer what is in flight (``Connection: close`` on busy connections' last response; bounded by
+        SHUTDOWN_GRACE), then close upstream pools."""
+        self.draining = True
         for server in self._servers:
             server.close()
-        for conn in self._fast_connections:
-            conn.close_if_idle()
         deadline = time.monotonic() + SHUTDOWN_GRACE
-        while any(conn.busy for conn in self._fast_connections) and time.monotonic() < deadline:
+        while True:
+            for conn in self._fast_connections:
+                conn.drain()
+            busy = any(conn.busy for conn in self._fast_connections)
+            for web_server in self._web_servers:
+                busy = _drain_aiohttp(web_server) or busy
+            if not busy or time.monotonic() > deadline:
+                break
             await asyncio.sleep(0.05)
-        for conn in self._fast_connections:
-            conn.close_if_idle()
         self._fast_connections.close()
         for web_server in self._web_servers:
-            await web_server.shutdown(SHUTDOWN_GRACE)
+            await web_server.shutdown(max(0.0, deadline - time.monotonic()))
         for server in self._servers:
             await server.wait_closed()
         self._servers = []
@@ -596,6 +620,8 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "shutting down"}, status=503)
         if self._snapshot is None:
             return web.json_response({"status": "no configuration loaded"}, status=503)
         return web.json_response({"status": "ready", "hash": self._snapshot.hash})

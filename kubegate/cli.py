@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev-cluster", help="a real local control plane (kube-apiserver + etcd) for development")
     p.add_argument("action", choices=["up", "down", "env"], help="start, stop, or print the environment")
+    p.add_argument("--node", action="store_true",
+                   help="a whole single-node cluster (kubelet, containerd, CNI, kube-proxy, CoreDNS, "
+                        "NetworkPolicy enforcement) instead of the API server only; needs root")
     return parser
 
 

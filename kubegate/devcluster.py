@@ -237,11 +237,13 @@ def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def write_pki(pki: Path) -> None:
-    """A throwaway CA, the serving cert (127.0.0.1/localhost), an admin client cert and the SA signing key."""
+def write_pki(pki: Path, extra_ips: Sequence[str] = ()) -> None:
+    """A throwaway CA, the serving cert (127.0.0.1/localhost, plus ``extra_ips``: the node's bridge
+    address), an admin client cert and the SA signing key."""
     pki.mkdir(parents=True, exist_ok=True)
     ca = mint_ca("kubegate-dev-cluster-ca", 365, key=_key())
-    serving = mint_cert(ca, "kube-apiserver", ("localhost", "kubernetes", "kubernetes.default.svc", "127.0.0.1"),
+    serving = mint_cert(ca, "kube-apiserver", ("localhost", "kubernetes", "kubernetes.default.svc",
+                                               "kubernetes.default.svc.cluster.local", "127.0.0.1", *extra_ips),
                         days=365, key=_key())
     admin = mint_cert(ca, "kubegate-dev-admin", client=True, days=365, key=_key(), organization="system:masters")
     sa_key = _key()
@@ -276,10 +278,10 @@ def etcd_args(data_dir: Path, client_port: int, peer_port: int) -> list[str]:
     ]
 
 
-def apiserver_args(pki: Path, etcd_port: int, secure_port: int) -> list[str]:
+def apiserver_args(pki: Path, etcd_port: int, secure_port: int, address: str = "127.0.0.1") -> list[str]:
     return [
         f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={secure_port}",
+        f"--bind-address={address}", f"--advertise-address={address}", f"--secure-port={secure_port}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
         "--authorization-mode=RBAC",
@@ -489,8 +491,12 @@ class DevCluster:
             return False
 
 
-def up(state_dir: Path | None = None, *, install_crds: bool = True, log=print) -> DevCluster:
-    """Start etcd + kube-apiserver detached, wait for /readyz, write the kubeconfig, install the CRDs."""
+def up(state_dir: Path | None = None, *, install_crds: bool = True, log=print, address: str = "127.0.0.1",
+       port: int | None = None, extra_sans: Sequence[str] = (), extra_args: Sequence[str] = ()) -> DevCluster:
+    """Start etcd + kube-apiserver detached, wait for /readyz, write the kubeconfig, install the CRDs.
+
+    ``address`` is where the API server listens and what it advertises (the node cluster uses an
+    address its pods can reach); ``extra_sans``/``extra_args`` extend its certificate and flags."""
     state_dir = Path(state_dir or default_state_dir())
     if (existing := DevCluster.load(state_dir)) is not None:
         if existing.alive() and existing.readyz():
@@ -502,14 +508,14 @@ def up(state_dir: Path | None = None, *, install_crds: bool = True, log=print) -
     started = time.monotonic()
     state_dir.mkdir(parents=True, exist_ok=True)
     pki = state_dir / "pki"
-    write_pki(pki)
-    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-    cluster = DevCluster(state_dir, f"https://127.0.0.1:{api_port}")
+    write_pki(pki, extra_ips=[*([address] if address != "127.0.0.1" else []), *extra_sans])
+    etcd_port, peer_port, api_port = free_port(), free_port(), port or free_port()
+    cluster = DevCluster(state_dir, f"https://{address}:{api_port}")
     etcd = _spawn([str(binaries.etcd), *etcd_args(state_dir / "etcd", etcd_port, peer_port)],
                   state_dir / "etcd.log")
     cluster.pids["etcd"] = etcd.pid
     cluster.save()
-    apiserver = _spawn([str(binaries.apiserver), *apiserver_args(pki, etcd_port, api_port)],
+    apiserver = _spawn([str(binaries.apiserver), *apiserver_args(pki, etcd_port, api_port, address), *extra_args],
                        state_dir / "kube-apiserver.log")
     cluster.pids["kube-apiserver"] = apiserver.pid
     cluster.save()

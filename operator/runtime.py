@@ -144,8 +144,10 @@ async def run_operator(namespace: str, *, stop: asyncio.Event | None = None, met
             tasks["leader election"] = asyncio.create_task(elector.run(), name="leader")
             tasks["reconcile loop"] = asyncio.create_task(reconciler.run(), name="reconcile")
             tasks["kopf"] = asyncio.create_task(
+                # identity given: kopf's default calls getpass.getuser(), a KeyError for a uid without a
+                # passwd entry (the image runs as 65532: the pod crashed with "getpwuid(): uid not found")
                 kopf.operator(registry=registry, settings=kopf_settings(), standalone=True, clusterwide=True,
-                              stop_flag=kopf_stop, ready_flag=kopf_ready),
+                              stop_flag=kopf_stop, ready_flag=kopf_ready, identity=identity),
                 name="kopf",
             )
             await _take_back_signals(kopf_ready, stop)

@@ -11,9 +11,16 @@ if [ "${1:-}" = "--python-only" ]; then
 fi
 
 need_apt=()
+# The node cluster and the image (tests/cluster): podman + runc build the image, containerd +
+# runc + the CNI plugins run pods, iptables/ipset/conntrack serve kube-proxy and kube-router,
+# debootstrap makes the base image (no registry is needed).
 for pair in redis-server:redis-server wrk:wrk nginx:nginx haproxy:haproxy lua5.4:lua5.4 promtool:prometheus \
-            openssl:openssl curl:curl; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair##*:}")
+            openssl:openssl curl:curl podman:podman runc:runc containerd:containerd \
+            /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables ipset:ipset \
+            conntrack:conntrack debootstrap:debootstrap unshare:util-linux; do
+  tool="${pair%%:*}"
+  if [ "${tool#/}" != "$tool" ]; then [ -x "$tool" ] && continue; else command -v "$tool" >/dev/null 2>&1 && continue; fi
+  need_apt+=("${pair##*:}")
 done
 if ((${#need_apt[@]})); then
   echo "install: apt-get install ${need_apt[*]}"
@@ -31,3 +38,6 @@ command -v kubectl >/dev/null 2>&1 || { echo "install: kubectl is missing (expec
 ./hack/build-controlplane.sh
 # Build (or reuse) the pinned helm for the chart tests (about 5 min cold).
 ./hack/build-helm.sh >/dev/null
+# The node cluster's binaries (kubelet, kube-proxy, kube-controller-manager, kube-scheduler from
+# the same module; CoreDNS; kube-router, test only) and the images it runs.
+python3 -m kubegate.nodecluster --build

@@ -19,7 +19,7 @@ from kubegate import devcluster
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 SYSTEM = "kubegate-system"
-OVERLAYS = ["overlays/with-redis", "overlays/ha"]
+OVERLAYS = ["overlays/with-redis", "overlays/ha", "overlays/dev"]
 
 
 def render(path: Path) -> list[dict]:
@@ -122,6 +122,13 @@ def test_overlays_render_what_they_promise():
     assert set(by_kind(ha, "PodDisruptionBudget")) == {"kubegate-dataplane", "kubegate-operator"}
     spread = deployments["kubegate-dataplane"]["spec"]["template"]["spec"]["topologySpreadConstraints"]
     assert spread[0]["whenUnsatisfiable"] == "DoNotSchedule"
+    # dev: the whole install on the local node, from the locally built images only (never pulled)
+    dev = by_kind(render(MANIFESTS / "overlays/dev"), "Deployment")
+    containers = {name: d["spec"]["template"]["spec"]["containers"][0] for name, d in dev.items()}
+    assert containers["kubegate-operator"]["image"] == containers["kubegate-dataplane"]["image"] == "localhost/kubegate:dev"
+    assert containers["kubegate-redis"]["image"].startswith("localhost/")
+    assert {c["imagePullPolicy"] for c in containers.values()} == {"Never"}
+    assert "--redis-url" in containers["kubegate-dataplane"]["args"]
 
 
 def test_apply_k_succeeds_on_the_dev_cluster(cluster):

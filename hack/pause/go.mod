@@ -1,0 +1,3 @@
+module kubegate.dev/hack/pause
+
+go 1.24.0
