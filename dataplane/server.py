@@ -28,6 +28,7 @@ from kubegate.config import CompiledConfig, CompiledRoute, SecretBundle, config_
 from . import proxy
 from .audit import AuditLog
 from .bodies import BodyTooLarge, SchemaCheck, is_json
+from .circuit import Breakers
 from .clientip import ClientAddress
 from .http1 import ClientConnections, FastHttpProtocol, SimpleRequest
 from .metrics import Metrics
@@ -176,6 +177,7 @@ class Gateway:
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._miss_latency = self.metrics.request_latency.labels("")
         self._route_metrics: dict[str, RouteMetrics] = {}
+        self._breakers = Breakers(self.metrics)
 
     # --- config ----------------------------------------------------------------
 
@@ -240,7 +242,7 @@ class Gateway:
             # they never travel further (JWTs do: backends may verify them again).
             hide_api_key = bool(route.auth and "apiKey" in route.auth.methods)
             runtime = RouteRuntime(
-                route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
+                route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route, self._breakers), schema=schema,
                 max_body=route.max_body_bytes, needs_admission=has_work,
                 claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
                 hide_api_key=hide_api_key,
