@@ -17,6 +17,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     from kubegate.dataplane.heartbeat import Heartbeat
     from kubegate.dataplane.k8s_source import KubernetesConfigSource
     from kubegate.dataplane.metrics import Metrics
+    from kubegate.dataplane.observe import observer_from_args
     from kubegate.dataplane.ratelimit import build_rate_limiter
     from kubegate.dataplane.server import Gateway
 
@@ -28,7 +29,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     metrics = Metrics()
     gateway = Gateway(host=args.host, http_port=args.http_port, https_port=args.https_port,
                       admin_port=args.admin_port, limiter=build_rate_limiter(args.redis_url, metrics=metrics),
-                      trusted_proxies=tuple(args.trusted_proxies), metrics=metrics)
+                      trusted_proxies=tuple(args.trusted_proxies), metrics=metrics,
+                      observer=observer_from_args(args))
     try:
         await gateway.start()
     except OSError as exc:

@@ -21,6 +21,7 @@ def _configure_logging() -> None:
 async def serve(args: argparse.Namespace) -> int:
     from kubegate.dataplane.devca import DevCa
     from kubegate.dataplane.metrics import Metrics
+    from kubegate.dataplane.observe import observer_from_args
     from kubegate.dataplane.ratelimit import build_rate_limiter
     from kubegate.dataplane.reload import FileConfigSource, LoadFailed, build, report
     from kubegate.dataplane.server import ConfigRejected, Gateway
@@ -41,7 +42,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         gateway = Gateway(host=args.host, http_port=args.http_port, https_port=args.https_port,
                           admin_port=args.admin_port, limiter=limiter, trusted_proxies=args.trusted_proxies,
-                          metrics=metrics)
+                          metrics=metrics, observer=observer_from_args(args))
     except ValueError as exc:
         await limiter.close()
         raise UserError(str(exc)) from None
