@@ -29,3 +29,6 @@ python3 -m pip install -q -e '.[test]'
 command -v kubectl >/dev/null 2>&1 || { echo "install: kubectl is missing (expected in the machine image)" >&2; exit 1; }
 # Build (or reuse) the pinned control plane (about 6 min cold), with visible progress.
 ./hack/build-controlplane.sh
+# Jaeger all-in-one (pinned in hack/jaeger/go.mod; about 5 min cold), the real OTLP receiver the
+# tracing tests query; cached in ~/.cache/kubegate/tools/ by the module's hash, so a warm run is instant.
+python3 -c 'from kubegate.devcluster import go_tool; print("install: jaeger at", go_tool("jaeger", package="github.com/jaegertracing/jaeger/cmd/jaeger"))'

@@ -101,8 +101,8 @@ async def test_no_access_log_without_the_flag(backend, kubegate_run, tmp_path):
     folder.mkdir()
     (folder / "all.yaml").write_text(_manifests(echo.url))
     gateway = await kubegate_run(folder)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{gateway.ports['http']}/open/x") as resp:
-            assert resp.status == 200
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{gateway.ports['http']}/open/x") as resp:
+        assert resp.status == 200
     await gateway.stop()
     assert "".join(gateway.out_lines).strip() == ""
