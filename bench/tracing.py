@@ -157,7 +157,7 @@ def main() -> int:
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
                 proc.wait(15)
-            tracer.terminate()
+            tracer.kill()
             web.terminate()
             tracer.wait(10)
             web.wait(10)

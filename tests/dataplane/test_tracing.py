@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import secrets
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import jwt
 import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
 from jaeger_fixture import jaeger_build, jaeger_process  # noqa: F401 - the jaeger fixtures
 
 HMAC = "tracing-test-hmac-secret-0123456789abcdef012345"
