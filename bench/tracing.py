@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _load(name: str, path: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
