@@ -60,6 +60,17 @@ class Metrics:
             "kubegate_certificate_expiry_timestamp_seconds", "notAfter of each served certificate", ["policy"],
             registry=r, multiprocess_mode="livemin",
         )
+        self.circuit_overflows = Counter(
+            "kubegate_circuit_overflows", "Requests refused with 503 overflow by a route's circuit breaker",
+            ["route"], registry=r,
+        )
+        self.circuit_ejections = Counter(
+            "kubegate_circuit_ejections", "Backend endpoints ejected by outlier detection", ["route"], registry=r
+        )
+        self.circuit_ejected = Gauge(
+            "kubegate_circuit_ejected_endpoints", "Backend endpoints ejected right now (open breakers)", registry=r,
+            multiprocess_mode="livesum",
+        )
 
 
 class _Collected:

@@ -15,6 +15,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +25,7 @@ from yarl import URL
 from kubegate.config import CompiledRoute
 
 from .bodies import BodyTooLarge
+from .circuit import Breakers, Overflow, RouteBreaker
 from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP = frozenset({
@@ -78,13 +80,14 @@ class UpstreamPlan:
     request_timeout: float | None
     connect_timeout: float | None
     retries: int
+    breaker: RouteBreaker | None = None  # spec.circuitBreaker (circuit.py)
 
     @property
     def bases(self) -> tuple[str, ...]:
         return tuple(f"{'https' if o.tls else 'http'}://{o.authority}{o.base_path}" for o in self.origins)
 
     @classmethod
-    def for_route(cls, route: CompiledRoute) -> UpstreamPlan:
+    def for_route(cls, route: CompiledRoute, breakers: Breakers | None = None) -> UpstreamPlan:
         origins, cumulative, total = [], [], 0
         for backend in route.backends:
             if backend.weight <= 0:
@@ -100,6 +103,7 @@ class UpstreamPlan:
             tuple(origins), tuple(cumulative), total, prefix or None,
             aiohttp.ClientTimeout(total=route.request_timeout, sock_connect=route.connect_timeout),
             route.request_timeout or None, route.connect_timeout or None, route.retries,
+            breakers.for_route(route.id, route.circuit_breaker, [o.key for o in origins]) if breakers else None,
         )
 
     def pick(self, avoid: Origin | None = None) -> Origin | None:
@@ -230,6 +234,9 @@ async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPl
     loop = asyncio.get_running_loop()
     origin: Origin | None = None
     failure = ProxyFailure(503, "no_backend", "no backend available")
+    if plan.breaker is not None:
+        return await _forward_guarded(request, pool, plan, plan.breaker, target, headers, body, response_headers,
+                                      on_headers, relay, framing, chunked, attempts)
     for attempt in range(attempts):
         origin = plan.pick(avoid=origin)
         if origin is None:
@@ -264,6 +271,71 @@ async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPl
         finally:
             upstream.release()
     raise failure
+
+
+async def _forward_guarded(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPlan, breaker: RouteBreaker,
+                           target: str, headers: list[tuple[str, str]], body: Any, response_headers: dict[str, str],
+                           on_headers: Any, relay: Any, framing: str, chunked: bool,
+                           attempts: int) -> web.StreamResponse:
+    """:func:`forward` for a route with a circuit breaker: per-endpoint slots and outlier detection."""
+    method = request.method
+    loop = asyncio.get_running_loop()
+    origin: Origin | None = None
+    failure = ProxyFailure(503, "no_backend", "no backend available")
+    for attempt in range(attempts):
+        picked = breaker.pick(plan, origin)
+        if picked is None:
+            raise failure
+        index, origin = picked
+        endpoint = breaker.endpoints[index]
+        try:
+            await endpoint.acquire()
+        except Overflow:
+            breaker.overflowed()
+            raise ProxyFailure(503, "overflow", "too many requests to this backend") from None
+        try:
+            started = loop.time()
+            try:
+                upstream = await pool.request(
+                    origin, method, _head(method, origin, target, headers, framing), body, chunked=chunked,
+                    timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
+                )
+            except UpstreamError as exc:
+                if exc.kind in ("connect", "connect_timeout"):
+                    breaker.failed(endpoint)
+                if exc.kind == "connect_timeout":
+                    failure = ProxyFailure(504, "upstream_connect_timeout", "upstream connect timed out")
+                    continue
+                if exc.kind == "connect":
+                    failure = ProxyFailure(502, "upstream_unreachable", "upstream connection failed")
+                    continue
+                if exc.kind == "timeout":
+                    raise ProxyFailure(504, "upstream_timeout", "upstream timed out") from None
+                failure = ProxyFailure(502, "upstream_error", "upstream connection failed")
+                if replayable(body) and method in IDEMPOTENT:
+                    continue
+                raise failure from None
+            if upstream.status >= 500:
+                breaker.failed(endpoint)
+            else:
+                breaker.succeeded(endpoint)
+            try:
+                if upstream.status in RETRY_STATUSES and attempt + 1 < attempts:
+                    continue
+                if on_headers is not None:
+                    on_headers(loop.time() - started)
+                if relay is not None:
+                    return await relay(request, upstream, _response_headers(upstream, response_headers))
+                return await _relay_response(request, upstream, response_headers)
+            finally:
+                upstream.release()
+        finally:
+            endpoint.release()
+    raise failure
+
+
+def replayable(body: Any) -> bool:
+    return body is None or isinstance(body, bytes)
 
 
 def _response_headers(upstream: UpstreamResponse, extra: dict[str, str]) -> list[tuple[str, str]]:

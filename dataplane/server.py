@@ -30,10 +30,12 @@ from kubegate.config import CompiledConfig, CompiledRoute, SecretBundle, config_
 from . import proxy
 from .audit import AuditLog
 from .bodies import BodyTooLarge, SchemaCheck, is_json
+from .circuit import Breakers
 from .clientip import ClientAddress
 from .http1 import ClientConnections, FastHttpProtocol, SimpleRequest
 from .metrics import Metrics
 from .mtls_auth import client_identity
+from .observe import Note, Observer
 from .problems import SERVER, error_body
 from .router import MethodNotAllowed, RouteTable
 from .target import PathRefused, normalise_request_path, parse_host
@@ -164,7 +166,7 @@ class Gateway:
                  admin_port: int | None = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
                  metrics: Metrics | None = None, audit: AuditLog | None = None, jwks: Any = None,
                  reuse_port: bool = False, fast_http: bool = True,
-                 timeouts: ClientTimeouts | None = None) -> None:
+                 timeouts: ClientTimeouts | None = None, observer: Observer | None = None) -> None:
         """``reuse_port``: bind the HTTP/HTTPS listeners with SO_REUSEPORT so several worker
         processes can share them (the kernel spreads connections; nginx/Envoy do the same).
         ``admin_port`` None: no admin port (a worker: its supervisor serves the aggregated one).
@@ -192,6 +194,10 @@ class Gateway:
         self._miss_latency = self.metrics.request_latency.labels("")
         self._route_metrics: dict[str, RouteMetrics] = {}
         self._reloading = asyncio.Lock()
+        self._breakers = Breakers(self.metrics)
+        self._observer = observer
+        if observer is not None:  # decided once: without access log or tracing the pipeline is untouched
+            self._handle = observer.wrap(self._handle)  # type: ignore[method-assign]
 
     # --- config ----------------------------------------------------------------
 
@@ -303,7 +309,7 @@ class Gateway:
         # they never travel further (JWTs do: backends may verify them again).
         hide_api_key = bool(route.auth and "apiKey" in route.auth.methods)
         runtime = RouteRuntime(
-            route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route), schema=schema,
+            route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route, self._breakers), schema=schema,
             max_body=route.max_body_bytes, needs_admission=has_work,
             claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
             hide_api_key=hide_api_key,
@@ -419,6 +425,8 @@ class Gateway:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._observer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._observer.close)
         if self._owns_jwks and self._jwks is not None:
             await self._jwks.close()
             self._jwks = None
@@ -444,7 +452,8 @@ class Gateway:
     async def _handle_simple(self, request: SimpleRequest, relay: Any) -> Any:
         return await self._handle(request, False, relay)
 
-    async def _handle(self, request: web.BaseRequest, tls: bool, relay: Any = None) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest, tls: bool, relay: Any = None,
+                      note: Note | None = None) -> web.StreamResponse:
         snap = self._snapshot  # this request's config, whatever apply() does meanwhile
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -490,11 +499,15 @@ class Gateway:
             return self._error(405, "method_not_allowed", "method not allowed", extra, found.value.id, request,
                                started)
         rt: RouteRuntime = found.value
+        if note is not None:
+            note.route, note.rid, note.compiled = rt.id, rid, rt.route
         peer = request.remote or ""
         claim_headers: dict[str, str] | None = None
         if rt.needs_admission:
             client_ip = self._client_address.resolve(peer, headers.getall("X-Forwarded-For", []))
             verdict = await snap.admission.admit(rt.route, self._facts(request, path, host, client_ip, tls))
+            if note is not None:
+                note.verdict = verdict
             if verdict.response_headers:
                 extra.update(verdict.response_headers)
             if verdict.status is not None:
@@ -513,6 +526,8 @@ class Gateway:
         )
         if claim_headers:
             upstream_headers.extend(claim_headers.items())
+        if note is not None:
+            note.upstream(upstream_headers)
         try:
             if websocket:
                 response = await proxy.relay_websocket(request, self._session, rt.plan, target, upstream_headers,
@@ -536,7 +551,8 @@ class Gateway:
                 else:
                     body = proxy.stream_body(request.content, rt.max_body)
             response = await proxy.forward(request, self._pool, rt.plan, target, upstream_headers, body, extra,
-                                           rt.metrics.observe_upstream, relay)
+                                           rt.metrics.observe_upstream if note is None else
+                                           note.timed(rt.metrics.observe_upstream), relay)
         except BodyTooLarge:
             return self._error(413, "body_too_large", "request body too large", extra, rt.id, request, started)
         except proxy.ProxyFailure as failure:

@@ -79,7 +79,23 @@ def gateway_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Gateway keyword arguments the data-plane flags give (one place for both commands and workers)."""
     return {"host": args.host, "http_port": args.http_port, "https_port": args.https_port,
             "trusted_proxies": tuple(args.trusted_proxies),
-            "timeouts": ClientTimeouts(args.header_timeout, args.idle_timeout)}
+            "timeouts": ClientTimeouts(args.header_timeout, args.idle_timeout),
+            "observe": {"access_log": getattr(args, "access_log", False),
+                        "otlp_endpoint": getattr(args, "otlp_endpoint", None),
+                        "trace_sample_ratio": getattr(args, "trace_sample_ratio", None)}}
+
+
+def gateway_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """Gateway keyword arguments from ``gateway_options`` (plain, picklable data a worker receives):
+    the access-log / tracing settings become this process's own observer."""
+    from .observe import build_observer
+
+    kwargs = dict(options)
+    observe = kwargs.pop("observe", None) or {}
+    kwargs["observer"] = build_observer(access_log=observe.get("access_log", False),
+                                        otlp_endpoint=observe.get("otlp_endpoint"),
+                                        sample_ratio=observe.get("trace_sample_ratio"))
+    return kwargs
 
 
 def use_multiprocess_metrics() -> str:

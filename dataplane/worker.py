@@ -30,6 +30,7 @@ async def serve(control: str, index: int) -> int:
     from .ratelimit import build_rate_limiter
     from .server import ConfigRejected, Gateway
     from .shared_limits import OwnedRateLimiter
+    from .supervisor import gateway_kwargs
 
     reader, writer = await asyncio.open_unix_connection(control)
     await send(writer, ("hello", index, os.getpid()))
@@ -48,7 +49,7 @@ async def serve(control: str, index: int) -> int:
         jwks = JwksCache()
     except ImportError:  # pragma: no cover - a checkout without the security layer
         jwks = None
-    gateway = Gateway(**settings["gateway"], admin_port=None, limiter=limiter, metrics=metrics, jwks=jwks,
+    gateway = Gateway(**gateway_kwargs(settings["gateway"]), admin_port=None, limiter=limiter, metrics=metrics, jwks=jwks,
                       reuse_port=True)
     listening = False
     prepared: dict[str, object] = {}

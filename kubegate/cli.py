@@ -38,6 +38,12 @@ def _add_listeners(p: argparse.ArgumentParser) -> None:
         "--trusted-proxy", dest="trusted_proxies", action="append", default=[], metavar="CIDR",
         help="honour X-Forwarded-For from these peers; may repeat",
     )
+    p.add_argument("--access-log", action="store_true",
+                   help="one JSON line per request on stdout (never a credential; docs/access-log.md)")
+    p.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                   help="OpenTelemetry traces over OTLP/HTTP to URL (or OTEL_EXPORTER_OTLP_*; docs/tracing.md)")
+    p.add_argument("--trace-sample-ratio", type=float, default=None, metavar="R",
+                   help="share of new traces sampled, 0..1 (default OTEL_TRACES_SAMPLER_ARG, else 1)")
     p.add_argument("--workers", type=_workers, default=None, metavar="N",
                    help="worker processes sharing the listeners (SO_REUSEPORT) under one supervisor; "
                         "default: the CPUs the process may use")

@@ -78,6 +78,13 @@ class CompiledRateLimit(Compiled):
     failure_mode: Literal["open", "closed", "local"] = "open"
 
 
+class CompiledCircuitBreaker(Compiled):
+    max_requests: int = 1024
+    max_pending_requests: int = 256
+    consecutive_errors: int = 5
+    ejection_time: float = 30.0
+
+
 class CompiledRoute(Compiled):
     id: str = Field(description="namespace/name of the GatewayRoute")
     namespace: str
@@ -96,6 +103,7 @@ class CompiledRoute(Compiled):
     ip_allow: tuple[str, ...] = ()
     ip_deny: tuple[str, ...] = ()
     rate_limit: CompiledRateLimit | None = None
+    circuit_breaker: CompiledCircuitBreaker | None = None
 
 
 class CompiledApiKey(Compiled):

@@ -170,8 +170,10 @@ def build_binaries(target: Path, k8s_version: str, etcd_version: str, log=print)
     return took
 
 
-def go_tool(name: str, log=print) -> Path:
-    """Build a small Go helper from hack/<name> (e.g. kstatus), cached by its sources' hash."""
+def go_tool(name: str, log=print, package: str = ".") -> Path:
+    """Build a Go helper from hack/<name> (e.g. kstatus), cached by its sources' hash.
+
+    ``package``: what to build in that module (a tool it pins, e.g. jaeger's cmd), default its own main."""
     src = HACK_DIR / name
     digest = hashlib.sha256()
     for path in sorted(src.glob("*")):
@@ -183,7 +185,7 @@ def go_tool(name: str, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     partial = target.with_suffix(".partial")
-    proc = subprocess.run([_go(), "build", "-trimpath", "-o", str(partial), "."], cwd=src, capture_output=True,
+    proc = subprocess.run([_go(), "build", "-trimpath", "-o", str(partial), package], cwd=src, capture_output=True,
                           text=True, env={**os.environ, "GOFLAGS": "-mod=mod -buildvcs=false"}, check=False)
     if proc.returncode != 0:
         raise UserError(f"go build of hack/{name} failed: {proc.stderr.strip().splitlines()[-1:]}")

@@ -200,6 +200,21 @@ class Retries(SpecModel):
     )
 
 
+class CircuitBreaker(SpecModel):
+    """Per backend endpoint, per data-plane replica: concurrency caps and passive outlier detection."""
+
+    maxRequests: int = Field(1024, ge=1, le=1_000_000, description="Concurrent upstream requests; beyond it 503.")
+    maxPendingRequests: int = Field(
+        256, ge=0, le=1_000_000, description="Requests waiting for a request slot; beyond it 503 (reason overflow)."
+    )
+    consecutiveErrors: int = Field(
+        5, ge=0, le=1000, description="5xx / connect failures in a row eject the endpoint (0 = never)."
+    )
+    ejectionTime: PositiveDuration = Field(
+        "30s", description="First ejection; doubles on repeats up to 5m; the last endpoint is never ejected."
+    )
+
+
 class JwtAuth(SpecModel):
     """JWT verification: issuer, audiences, allowed algorithms and exactly one key source."""
 
@@ -351,6 +366,7 @@ class GatewayRouteSpec(SpecModel):
         description="JSON Schema for JSON request bodies; bodies that fail it get 400.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+    circuitBreaker: CircuitBreaker | None = Field(None, description="Circuit breaking per backend endpoint.")
     auth: RouteAuth | None = Field(None, description="Authentication; absent = anonymous.")
     ipFilter: IpFilter | None = Field(None, description="Client IP allow/deny lists.")
 

@@ -48,6 +48,7 @@ from kubegate.config import (
     CompiledApiKey,
     CompiledAuth,
     CompiledBackend,
+    CompiledCircuitBreaker,
     CompiledClientAuth,
     CompiledConfig,
     CompiledHsts,
@@ -72,6 +73,7 @@ from kubegate.resources import (
 )
 from kubegate.spec import (
     ApiKeySpec,
+    CircuitBreaker,
     GatewayRouteSpec,
     RateLimitPolicySpec,
     SecretKeyRef,
@@ -496,6 +498,16 @@ def _route(scope: _Scope, spec: GatewayRouteSpec) -> CompiledRoute | None:
         auth=auth,
         ip_allow=tuple(spec.ipFilter.allow) if spec.ipFilter else (),
         ip_deny=tuple(spec.ipFilter.deny) if spec.ipFilter else (),
+        circuit_breaker=_circuit_breaker(spec.circuitBreaker),
+    )
+
+
+def _circuit_breaker(spec: CircuitBreaker | None) -> CompiledCircuitBreaker | None:
+    if spec is None:
+        return None
+    return CompiledCircuitBreaker(
+        max_requests=spec.maxRequests, max_pending_requests=spec.maxPendingRequests,
+        consecutive_errors=spec.consecutiveErrors, ejection_time=_seconds(spec.ejectionTime),
     )
 
 

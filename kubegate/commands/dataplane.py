@@ -26,7 +26,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, wor
     from kubegate.dataplane.metrics import Metrics
     from kubegate.dataplane.ratelimit import build_rate_limiter, check_redis_url
     from kubegate.dataplane.server import Gateway
-    from kubegate.dataplane.supervisor import Supervisor, gateway_options
+    from kubegate.dataplane.supervisor import Supervisor, gateway_kwargs, gateway_options
     from kubegate.eventloop import loop_name
 
     credentials = await load_credentials()
@@ -52,7 +52,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, wor
                                          live_replicas=lambda: heartbeat.live_replicas if heartbeat else 1)
         except ValueError as exc:
             raise UserError(f"--redis-url: {exc}") from None
-        gateway = Gateway(**gateway_options(args), admin_port=args.admin_port, limiter=limiter, metrics=metrics)
+        gateway = Gateway(**gateway_kwargs(gateway_options(args)), admin_port=args.admin_port, limiter=limiter, metrics=metrics)
     try:
         await gateway.start()
     except OSError as exc:

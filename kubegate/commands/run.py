@@ -26,7 +26,7 @@ async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | N
     from kubegate.dataplane.ratelimit import build_rate_limiter, check_redis_url
     from kubegate.dataplane.reload import FileConfigSource, LoadFailed, build, report
     from kubegate.dataplane.server import ConfigRejected, Gateway
-    from kubegate.dataplane.supervisor import Supervisor, gateway_options
+    from kubegate.dataplane.supervisor import Supervisor, gateway_kwargs, gateway_options
 
     log = logging.getLogger("kubegate.run")
     ca = DevCa()
@@ -53,7 +53,7 @@ async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | N
                 workers, gateway_options(args), admin_port=args.admin_port, redis_url=args.redis_url,
                 metrics_dir=metrics_dir, metrics=metrics)
         else:
-            gateway = Gateway(**gateway_options(args), admin_port=args.admin_port, limiter=limiter,
+            gateway = Gateway(**gateway_kwargs(gateway_options(args)), admin_port=args.admin_port, limiter=limiter,
                               metrics=metrics)
     except ValueError as exc:
         if limiter is not None:

@@ -200,11 +200,11 @@ async def kubegate_run(tmp_path):
     """Factory: ``gw = await kubegate_run(folder)`` starts ``kubegate run -f folder`` on free ports."""
     started: list[RunningGateway] = []
 
-    async def start(*paths: Path) -> RunningGateway:
-        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    async def start(*paths: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> RunningGateway:
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kubegate.cli", "run", *(a for p in paths for a in ("-f", str(p))),
-            "--host", "127.0.0.1", "--http-port", "0", "--https-port", "0", "--admin-port", "0",
+            "--host", "127.0.0.1", "--http-port", "0", "--https-port", "0", "--admin-port", "0", *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )
         running = RunningGateway(proc)

@@ -1,0 +1,158 @@
+"""Per-request observation: the access log and OpenTelemetry spans, wrapped around the pipeline.
+
+Both are opt-in. With neither configured the Gateway never builds an
+:class:`Observer` and its request handler is the plain pipeline: no span, no
+record, no clock read beyond what metrics already do (the choice is made once,
+when the Gateway is built). With one or both, :meth:`Observer.wrap` puts a
+wrapper around the handler that hands the pipeline a :class:`Note`; the
+pipeline fills in what only it knows (route, request id, admission verdict,
+upstream time) and the wrapper writes the log line and ends the span.
+
+Never a credential: the path is logged without its query string (API keys and
+tokens are sometimes sent as query parameters), no header value is recorded,
+and the auth subject is the verdict's principal (``jwt:<sub>``,
+``apikey:<key id>``, ``mtls:<subject>``), never the token or key itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class Note:
+    """What the pipeline learned about one request (filled in by server.Gateway._handle)."""
+
+    __slots__ = ("bytes", "compiled", "rid", "route", "span", "traceparent", "upstream_seconds",
+                 "verdict")
+
+    def __init__(self) -> None:
+        self.route = ""
+        self.rid = ""
+        self.verdict: Any = None
+        self.compiled: Any = None  # the CompiledRoute
+        self.upstream_seconds: float | None = None
+        self.bytes: int | None = None
+        self.span: Any = None
+        self.traceparent: list[tuple[str, str]] = []
+
+    def timed(self, observe: Any) -> Any:
+        """The proxy's on_headers callback: keep the upstream time, then feed the route's histogram."""
+        def on_headers(seconds: float) -> None:
+            self.upstream_seconds = seconds
+            observe(seconds)
+        return on_headers
+
+    def upstream(self, headers: list[tuple[str, str]]) -> None:
+        """Replace the client's trace context with this request's span (when tracing)."""
+        if self.traceparent:
+            headers[:] = [(n, v) for n, v in headers if n.lower() not in ("traceparent", "tracestate")]
+            headers.extend(self.traceparent)
+
+    def auth_outcome(self, route: Any) -> str:
+        """none (route has no auth) | authenticated | anonymous | refused."""
+        verdict = self.verdict
+        if route is None or route.auth is None:
+            return "none"
+        if verdict is None:
+            return "none"
+        if verdict.status in (401, 403) and verdict.reason != "ip_denied":
+            return "refused"
+        return "authenticated" if verdict.principal else "anonymous"
+
+    def rate_limit_outcome(self, route: Any) -> str:
+        """none (no limit applies) | allowed | limited."""
+        verdict = self.verdict
+        if verdict is not None and verdict.status == 429:
+            return "limited"
+        if route is None or route.rate_limit is None or verdict is None or verdict.status is not None:
+            return "none"
+        return "allowed"
+
+
+class Observer:
+    """The access log and/or tracer, applied around the Gateway's request handler."""
+
+    def __init__(self, *, access_log: Any = None, tracer: Any = None) -> None:
+        self.access_log = access_log
+        self.tracer = tracer
+
+    def wrap(self, handle: Any) -> Any:
+        """``handle(request, tls, relay, note)`` -> ``wrapped(request, tls, relay)``."""
+        access_log, tracer = self.access_log, self.tracer
+
+        async def observed(request: Any, tls: bool, relay: Any = None) -> Any:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            note = Note()
+            if tracer is not None:
+                tracer.begin(request, note)
+            if relay is not None:
+                inner_relay = relay
+
+                async def relay(req: Any, upstream: Any, headers: Any) -> Any:
+                    if req.method == "HEAD":
+                        note.bytes = 0
+                    else:
+                        note.bytes = len(upstream.body) if upstream.body is not None else upstream.content_length
+                    return await inner_relay(req, upstream, headers)
+            response = None
+            try:
+                response = await handle(request, tls, relay, note)
+                return response
+            finally:
+                elapsed = loop.time() - started
+                status = getattr(response, "status", 0) if response is not None else 0
+                route = note.compiled
+                if note.bytes is None and response is not None:
+                    note.bytes = _body_bytes(request, response)
+                if not note.rid and response is not None and hasattr(response, "headers"):
+                    note.rid = response.headers.get("X-Request-Id", "")
+                if tracer is not None:
+                    tracer.end(note, status, route)
+                if access_log is not None:
+                    access_log.write(request, note, status, elapsed, route)
+
+        return observed
+
+    def close(self) -> None:
+        if self.tracer is not None:
+            self.tracer.close()
+
+
+def _body_bytes(request: Any, response: Any) -> int | None:
+    if request.method == "HEAD":
+        return 0
+    body = getattr(response, "body", None)
+    if isinstance(body, (bytes, bytearray)):
+        return len(body)
+    length = getattr(response, "body_length", None)
+    return length if length else getattr(response, "content_length", None)
+
+
+def build_observer(*, access_log: bool, otlp_endpoint: str | None, sample_ratio: float | None,
+                   environ: dict[str, str] | None = None) -> Observer | None:
+    """None when neither the access log nor tracing is on (the request path then does no work for them)."""
+    from .tracing import tracing_settings
+
+    settings = tracing_settings(otlp_endpoint, sample_ratio, environ)
+    tracer = None
+    if settings is not None:
+        from .tracing import Tracer
+
+        tracer = Tracer(settings)
+    log = None
+    if access_log:
+        from .access_log import AccessLog
+
+        log = AccessLog()
+    if tracer is None and log is None:
+        return None
+    return Observer(access_log=log, tracer=tracer)
+
+
+def observer_from_args(args: Any) -> Observer | None:
+    """The observer the data-plane flags ask for (``--access-log``, ``--otlp-endpoint``, ``--trace-sample-ratio``)."""
+    return build_observer(access_log=getattr(args, "access_log", False),
+                          otlp_endpoint=getattr(args, "otlp_endpoint", None),
+                          sample_ratio=getattr(args, "trace_sample_ratio", None))
