@@ -75,11 +75,26 @@ def service_ip(node, name: str, namespace: str) -> str:
     return node_kubectl_json(node, "get", "service", name, "-n", namespace)["spec"]["clusterIP"]
 
 
-def request(ip: str, path: str, headers: dict[str, str] | None = None, port: int = 80, method: str = "GET",
+HOST = "api.example.com"  # examples/: a TLSPolicy covers it, so plain HTTP only redirects (API.md)
+_TRUST: list[ssl.SSLContext] = []  # the node's CA, set by the `shop` fixture
+
+
+class _HttpsTo(http.client.HTTPSConnection):
+    """HTTPS to a Service IP with SNI = the Host header, as a client of api.example.com would."""
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=HOST)
+
+
+def request(ip: str, path: str, headers: dict[str, str] | None = None, port: int = 443, method: str = "GET",
             body: bytes | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
+    """One request through the data plane's Service: HTTPS on 443 (SNI and Host api.example.com),
+    or plain HTTP with ``port=80``."""
+    conn = (_HttpsTo(ip, port, timeout=timeout, context=_TRUST[0]) if port == 443
+            else http.client.HTTPConnection(ip, port, timeout=timeout))
     try:
-        conn.request(method, path, body=body, headers={"Host": "api.example.com", **(headers or {})})
+        conn.request(method, path, body=body, headers={"Host": HOST, **(headers or {})})
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
@@ -163,6 +178,7 @@ spec:
   failureMode: closed
 """)
     issue_certificate(node)
+    _TRUST[:] = [ssl.create_default_context(cadata=node.ca_pem.decode())]
     for deployment in ("admin", "orders", "catalog", "reports"):
         node.kubectl("rollout", "status", "-n", "shop", f"deployment/{deployment}", "--timeout=180s", timeout=190)
     for route in ("admin", "orders", "catalog", "reports", "load", "limited"):
@@ -257,6 +273,9 @@ def test_overlay_rolls_out_in_the_restricted_namespace_and_nothing_restarts(node
 
 def test_requests_through_the_service_reach_backend_pods_with_every_auth_kind(node, shop):
     ip = shop
+    # A hostname a TLSPolicy covers is never proxied in plaintext: 308 to https.
+    status, headers, _ = request(ip, "/api/catalog/items", port=80)
+    assert (status, headers["location"]) == (308, "https://api.example.com/api/catalog/items")
     status, _, body = request(ip, "/api/catalog/items")
     assert status == 200, body
     echoed = json.loads(body)
