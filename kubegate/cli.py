@@ -33,7 +33,8 @@ def _add_listeners(p: argparse.ArgumentParser) -> None:
     p.add_argument("--https-port", type=int, default=8443, help="HTTPS listener port (default 8443)")
     p.add_argument("--admin-port", type=int, default=9090, help="admin port: /metrics /healthz /readyz (default 9090)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind the listeners to (default 0.0.0.0)")
-    p.add_argument("--redis-url", default=None, help="Redis URL for shared rate limits (default: in-memory)")
+    p.add_argument("--redis-url", default=_env_default("--redis-url", None), metavar="URL",
+                   help="Redis URL for shared rate limits (default: in-memory; env KUBEGATE_REDIS_URL)")
     p.add_argument(
         "--trusted-proxy", dest="trusted_proxies", action="append", default=[], metavar="CIDR",
         help="honour X-Forwarded-For from these peers; may repeat",
@@ -53,7 +54,7 @@ def _workers(value: str) -> int:
     return n
 
 
-def _env_default(flag: str, default: str) -> str:
+def _env_default(flag: str, default: str | None) -> str | None:
     """``--header-timeout`` may also come from ``KUBEGATE_HEADER_TIMEOUT`` (API.md, Command line)."""
     return os.environ.get("KUBEGATE_" + flag.lstrip("-").upper().replace("-", "_"), default)
 
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="the kopf operator (in-cluster or from KUBECONFIG)")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")
     p.add_argument("--metrics-port", type=int, default=8081, help="/metrics, /healthz, /readyz (0: any free port)")
+    p.add_argument("--redis-url", default=_env_default("--redis-url", None), metavar="URL",
+                   help="the data plane's --redis-url, only to scope its egress NetworkPolicy to that address "
+                        "('' = the data plane uses no Redis; default: unknown, a rule naming port 6379 only; "
+                        "env KUBEGATE_REDIS_URL)")
 
     p = sub.add_parser("dataplane", help="the in-cluster data plane, reading its config through the API")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")

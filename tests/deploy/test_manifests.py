@@ -107,8 +107,14 @@ def test_network_policies_default_deny_and_open_only_the_listeners(base):
 
 def test_overlays_render_what_they_promise():
     redis = render(MANIFESTS / "overlays/with-redis")
-    args = by_kind(redis, "Deployment")["kubegate-dataplane"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--redis-url") + 1].startswith("redis://kubegate-redis.")
+    # The data plane and the operator take the same Redis URL from the same Secret (never from args).
+    url = {"name": "KUBEGATE_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "kubegate-redis", "key": "url"}}}
+    for name in ("kubegate-dataplane", "kubegate-operator"):
+        container = by_kind(redis, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+        assert url in container["env"], name
+        assert not any("redis" in arg for arg in container["args"]), name
+    secret = by_kind(redis, "Secret")["kubegate-redis"]
+    assert secret["stringData"]["url"].startswith("redis://kubegate-redis.kubegate-system.svc:6379")
     assert "kubegate-redis" in by_kind(redis, "Service")
     ha = render(MANIFESTS / "overlays/ha")
     deployments = by_kind(ha, "Deployment")
