@@ -45,9 +45,16 @@ def test_base_has_the_crds_namespace_and_both_components(base):
     deployments = by_kind(base, "Deployment")
     assert deployments["kubegate-operator"]["spec"]["template"]["spec"]["serviceAccountName"] == "kubegate-operator"
     assert deployments["kubegate-dataplane"]["spec"]["template"]["spec"]["serviceAccountName"] == "kubegate-dataplane"
-    for doc in base:
-        if doc["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
-            assert doc["metadata"]["namespace"] == SYSTEM, doc["metadata"]["name"]
+    # Everything namespaced is in kubegate-system except the operator's read-only Role (and its binding)
+    # for the API server's EndpointSlices, which live in default.
+    elsewhere = {(d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]) for d in base
+                 if d["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding")
+                 and d["metadata"]["namespace"] != SYSTEM}
+    assert elsewhere == {("Role", "kubegate-operator-apiserver-endpoints", "default"),
+                         ("RoleBinding", "kubegate-operator-apiserver-endpoints", "default")}
+    endpoints = by_kind(base, "Role")["kubegate-operator-apiserver-endpoints"]["rules"]
+    assert endpoints == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                          "verbs": ["get", "list", "watch"]}]
 
 
 def test_pod_labels_match_what_generated_network_policies_select(base):
