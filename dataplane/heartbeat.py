@@ -19,6 +19,7 @@ from typing import Any
 
 from kubegate.config import DROPPED_ANNOTATION, HASH_ANNOTATION
 from kubegate.kubeapi import ApiError, KubeApi, micro_time, path_for
+from kubegate.leases import replica_lease
 
 log = logging.getLogger("kubegate.dataplane.heartbeat")
 
@@ -61,6 +62,12 @@ def lease_patch(replica: str, config_hash: str | None, now: float, duration: int
     }
 
 
+def live_replica_count(leases: Any, now: float, own: str) -> int:
+    """Live data-plane Leases, counting this replica's own even if the list did not show it yet (pure)."""
+    names = {lease.name for lease in map(replica_lease, leases) if lease is not None and lease.live(now)}
+    return len(names | {own})
+
+
 class Heartbeat:
     def __init__(self, api: KubeApi, namespace: str, gateway: Any, *, replica: str | None = None,
                  interval: float = 2.0, duration: int = 10) -> None:
@@ -70,6 +77,7 @@ class Heartbeat:
         self.name = lease_name(self.replica)
         self._wake = asyncio.Event()
         self.renewals = 0
+        self.live_replicas = 1  # live data-plane Leases, this one included (failureMode: local divides by it)
 
     def nudge(self, _hash: str | None = None) -> None:
         """Renew now: a freshly loaded config should be acknowledged at once, not in 2 s."""
@@ -88,6 +96,19 @@ class Heartbeat:
             await self.api.create(path_for("coordination.k8s.io/v1", "Lease", self.namespace), body)
         self.renewals += 1
 
+    async def count_replicas(self) -> None:
+        """Live data-plane replicas from their Leases; the last count stays when the list fails."""
+        try:
+            listed = await self.api.list(path_for("coordination.k8s.io/v1", "Lease", self.namespace),
+                                         labelSelector="app.kubernetes.io/component=dataplane")
+        except (TimeoutError, ApiError, OSError) as exc:
+            log.debug("cannot list data-plane leases: %s", exc)
+            return
+        self.live_replicas = live_replica_count(listed.get("items") or (), time.time(), self.name)
+        share = getattr(self.gateway, "set_live_replicas", None)  # a Supervisor passes it to its workers
+        if share is not None:
+            share(self.live_replicas)
+
     async def run(self) -> None:
         failing = False
         try:
@@ -98,6 +119,7 @@ class Heartbeat:
                     if failing:
                         log.info("lease %s/%s renewed again", self.namespace, self.name)
                     failing = False
+                    await self.count_replicas()
                 except (TimeoutError, ApiError, OSError) as exc:
                     if not failing:
                         log.warning("cannot renew lease %s/%s: %s", self.namespace, self.name, exc)

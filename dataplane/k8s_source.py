@@ -70,6 +70,7 @@ class KubernetesConfigSource:
                                 field_selector=f"metadata.name={SECRET_NAME}")
         self.namespace = namespace
         self._last_attempt: str | None = None
+        self._loads: set[asyncio.Task] = set()
 
     def _current(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         return (self.config_maps.objects.get((self.namespace, CONFIG_MAP_NAME)),
@@ -81,18 +82,21 @@ class KubernetesConfigSource:
         if wanted is None or wanted == self._last_attempt or wanted == self.gateway.loaded_hash:
             return
         self._last_attempt = wanted
-        self.load(config_map, secret, wanted)  # type: ignore[arg-type]
+        # Decoded and built off the event loop (seconds at 10,000 routes); Gateway applies them in order.
+        task = asyncio.get_running_loop().create_task(self.load(config_map, secret, wanted))  # type: ignore[arg-type]
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
 
-    def load(self, config_map: Mapping[str, Any], secret: Mapping[str, Any], wanted: str) -> str | None:
+    async def load(self, config_map: Mapping[str, Any], secret: Mapping[str, Any], wanted: str) -> str | None:
         from kubegate.dataplane.server import ConfigRejected
 
         try:
-            config, secrets = decode_pair(config_map, secret)
+            config, secrets = await asyncio.to_thread(decode_pair, config_map, secret)
         except ConfigDecodeError as exc:
             self.gateway.reject(str(exc))
             return None
         try:
-            loaded = self.gateway.apply(config, secrets)
+            loaded = await self.gateway.apply_off_loop(config, secrets)
         except ConfigRejected:
             return None  # the gateway logged and counted it; the last good config stays
         if loaded != wanted:
@@ -102,4 +106,8 @@ class KubernetesConfigSource:
         return loaded
 
     async def run(self) -> None:
-        await asyncio.gather(self.config_maps.run(), self.secrets.run())
+        try:
+            await asyncio.gather(self.config_maps.run(), self.secrets.run())
+        finally:
+            for task in self._loads:
+                task.cancel()

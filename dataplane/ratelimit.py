@@ -16,6 +16,7 @@ bucket is full again, and on refusal seconds until a retry can pass.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -23,18 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
-from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
+from kubegate.dataplane.redis_nodes import RedisNode, RedisNodes, parse_redis_url
 from redis.asyncio.connection import Connection
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, ResponseError
-from redis.retry import Retry
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
 
 if TYPE_CHECKING:
     from kubegate.dataplane.metrics import Metrics
 
-FailureMode = Literal["open", "closed"]
+FailureMode = Literal["open", "closed", "local"]
 log = logging.getLogger("kubegate.ratelimit")
 
 
@@ -198,6 +196,14 @@ class MemoryRateLimiter:
         self._buckets.clear()
 
 
+def local_share(charges: Sequence[Charge], replicas: int) -> tuple[Charge, ...]:
+    """One replica's part of each limit when ``replicas`` share it without the store (pure): requests and
+    burst divided and rounded down (at least 1, so a limit never closes a route), refill divided."""
+    n = max(1, replicas)
+    return tuple(Charge(c.bucket, max(1, c.requests // n), max(1, c.capacity // n), c.per_second / n, c.dimension)
+                 for c in charges)
+
+
 # --- Redis store -------------------------------------------------------------------
 
 LUA_SOURCE = (Path(__file__).with_name("ratelimit.lua")).read_text()
@@ -327,6 +333,12 @@ class RedisRateLimiter:
     stays dead; redis-py's own retries are off, the breaker decides. A bucket
     Redis cannot use (a foreign key of another type) fails only the requests
     that charge it.
+
+    With failure mode ``local``, a request the store cannot decide is decided
+    in memory against its share of each limit: requests, burst and refill
+    divided by ``live_replicas()`` (the data-plane replicas alive now, from
+    their heartbeat Leases; 1 for ``kubegate run``), so the replicas together
+    admit at most what the shared limit would while Redis is away.
     """
 
     MAX_REQUESTS_PER_CALL = 256  # bounds how long one script call holds Redis
@@ -338,27 +350,17 @@ class RedisRateLimiter:
         metrics: Metrics | None = None,
         timeout: float = 0.1,
         breaker: CircuitBreaker | None = None,
+        live_replicas: Callable[[], int] = lambda: 1,
     ) -> None:
-        check_redis_url(url)
+        self.live_replicas = live_replicas
+        self._local = MemoryRateLimiter()  # failure mode "local": this replica's share while Redis is away
         self._timeout = timeout
         self._metrics = metrics
         self.breaker = breaker or CircuitBreaker()
-        self._client = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout,
-            # No socket timeout: redis-py's would also fire when the event loop,
-            # not Redis, was slow (and costs a task per write); Deadline decides.
-            socket_timeout=None,
-            retry=Retry(NoBackoff(), 0),
-            # RESP2 without CLIENT SETINFO: a fresh connection needs no round
-            # trip of its own (HELLO, SETINFO) before the first batch.
-            protocol=2,
-            driver_info=None,
-        )
-        self._script = self._client.register_script(LUA_SOURCE)
-        self._evalsha = _bulk(b"EVALSHA") + _bulk(self._script.sha.encode())
+        self._nodes = RedisNodes(url, timeout=timeout)
+        sha = hashlib.sha1(LUA_SOURCE.encode()).hexdigest().encode()
+        self._evalsha = _bulk(b"EVALSHA") + _bulk(sha)
         self._eval = _bulk(b"EVAL") + _bulk(LUA_SOURCE.encode())
-        self._conn: Connection | None = None
         self._queue: list[tuple[ChargeSet, asyncio.Future]] = []
         self._sender: asyncio.Task | None = None
         self._args_cache: dict[tuple[int, float], tuple[bytes, bytes, bytes]] = {}
@@ -370,7 +372,7 @@ class RedisRateLimiter:
             return ALLOWED_EMPTY
         breaker = self.breaker
         if breaker._failures and not breaker.allow():  # no failures: allow() is True, skip the call
-            return self._unavailable(failure_mode)
+            return self._unavailable(failure_mode, charges)
         self.calls += 1
         if type(charges) is not ChargeSet:
             charges = ChargeSet(charges)
@@ -385,7 +387,7 @@ class RedisRateLimiter:
             result = _result_from_reply(await future, charges)
         except Exception as exc:  # noqa: BLE001 - any store failure applies the failure mode, never a 500
             self._failed(exc)
-            return self._unavailable(failure_mode)
+            return self._unavailable(failure_mode, charges)
         if breaker._failures or breaker._probing:
             breaker.success()
         return result
@@ -433,8 +435,8 @@ class RedisRateLimiter:
             return
         finally:
             deadline.cancel()
-        if self._conn is not None:
-            await self._conn.disconnect(nowait=True)  # never reuse a stream with replies unread
+        await self._nodes.disconnect()  # never reuse a stream with replies unread
+        self._nodes.forget_slots()  # a cluster node may have failed over
         _settle(batch, error=error)
 
     def _calls(self, wires: list[_Wire]) -> list[tuple[list[int], int, bytes]]:
@@ -457,22 +459,31 @@ class RedisRateLimiter:
         return calls
 
     async def _round_trip(self, wires: list[_Wire]) -> list[object]:
-        """One reply per request (its five integers, or the error that failed it): EVALSHA calls in
-        one write; calls refused with NOSCRIPT go again as EVAL."""
-        conn = self._conn
-        if conn is None:
-            self._conn = conn = await self._client.connection_pool.get_connection()
-        elif conn.is_connected and await conn.can_read():  # closed by the server while idle
-            await conn.disconnect(nowait=True)  # send_packed_command connects afresh
+        """One reply per request (its five integers, or the error that failed it): the script calls of
+        each node in one write, the nodes in parallel; calls a cluster node refuses with MOVED/ASK (slots
+        moved) go again, once, after the slot map is read again."""
         calls = self._calls(wires)
+        replies: list[object] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _attempt in range(2):
+            by_node: dict[RedisNode, list[int]] = {}
+            for i in pending:
+                by_node.setdefault(await self._nodes.node_for(wires[calls[i][0][0]].group), []).append(i)
+            if len(by_node) == 1:  # the common case: no task per node
+                ((node, indexes),) = by_node.items()
+                answered = [await self._node_round_trip(node, [calls[i] for i in indexes])]
+            else:
+                answered = await asyncio.gather(*(self._node_round_trip(node, [calls[i] for i in indexes])
+                                                  for node, indexes in by_node.items()))
+            for indexes, node_replies in zip(by_node.values(), answered):
+                for i, reply in zip(indexes, node_replies):
+                    replies[i] = reply
+            pending = [i for i in pending if isinstance(replies[i], (MovedError, AskError))]
+            if not pending:
+                break
+            self._nodes.cluster = True  # a plain URL naming one cluster node works too: its slot map decides
+            self._nodes.forget_slots()
         out: list[object] = [None] * len(wires)
-        await conn.send_packed_command(self._packed(calls, self._evalsha), False)
-        replies = [await _read_reply(conn) for _ in calls]
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            await conn.send_packed_command(self._packed([calls[i] for i in missing], self._eval), False)
-            for i in missing:
-                replies[i] = await _read_reply(conn)
         for (indexes, _, _), reply in zip(calls, replies):
             if isinstance(reply, BaseException):
                 for i in indexes:
@@ -483,6 +494,19 @@ class RedisRateLimiter:
                 out[i] = part if part[0] >= 0 else ResponseError("rate-limit bucket unusable (wrong type?)")
         return out
 
+    async def _node_round_trip(self, node: RedisNode, calls: list[tuple[list[int], int, bytes]]) -> list[object]:
+        """EVALSHA calls in one write to one node; calls refused with NOSCRIPT (a restarted, flushed or
+        new node: each caches scripts of its own) go again as EVAL, which caches the script there."""
+        conn = await node.connection()
+        await conn.send_packed_command(self._packed(calls, self._evalsha), False)
+        replies = [await _read_reply(conn) for _ in calls]
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await conn.send_packed_command(self._packed([calls[i] for i in missing], self._eval), False)
+            for i in missing:
+                replies[i] = await _read_reply(conn)
+        return replies
+
     @staticmethod
     def _packed(calls: list[tuple[list[int], int, bytes]], command: bytes) -> bytes:
         """``command`` is the encoded EVALSHA + sha or EVAL + source."""
@@ -490,11 +514,13 @@ class RedisRateLimiter:
 
     def _failed(self, exc: Exception) -> None:
         self.breaker.failure()
-        log.warning("rate-limit store unavailable: %s", type(exc).__name__)
+        log.warning("rate-limit store unavailable: %s: %s", type(exc).__name__, str(exc)[:200])
 
-    def _unavailable(self, failure_mode: FailureMode) -> RateResult:
+    def _unavailable(self, failure_mode: FailureMode, charges: Sequence[Charge]) -> RateResult:
         if self._metrics is not None:
             self._metrics.ratelimit_store_errors.labels(failure_mode).inc()
+        if failure_mode == "local":
+            return self._local.hit_now(local_share(charges, self.live_replicas()))
         return RateResult(allowed=failure_mode == "open", store_unavailable=True)
 
     async def close(self) -> None:
@@ -502,11 +528,7 @@ class RedisRateLimiter:
             self._sender.cancel()
         _settle(self._queue, error=ConnectionError("rate limiter closed"))
         self._queue = []
-        if self._conn is not None:
-            await self._conn.disconnect(nowait=True)
-            await self._client.connection_pool.release(self._conn)
-            self._conn = None
-        await self._client.aclose()
+        await self._nodes.close()
 
 
 async def _read_reply(conn: Connection) -> object:
@@ -531,17 +553,8 @@ def _settle(batch: list[tuple[object, asyncio.Future]], *, replies: list[object]
 
 
 def check_redis_url(url: str) -> None:
-    """Reject what redis-py would misread (a non-numeric database is silently db 0 there)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"redis URL must start with redis:// or rediss://, not {parts.scheme or 'no scheme'!r}")
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise ValueError(f"redis URL database must be a number, not {db!r}")
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise ValueError("redis URL port must be a number") from None
+    """Reject what redis-py would misread (a non-numeric database is silently db 0 there); see redis_nodes."""
+    parse_redis_url(url)
 
 
 def _result_from_reply(reply: Sequence[int], charges: Sequence[Charge]) -> RateResult:
@@ -554,8 +567,9 @@ def _result_from_reply(reply: Sequence[int], charges: Sequence[Charge]) -> RateR
     return RateResult(False, c.requests, 0, -(-reset_ms // 1000), max(1, -(-retry_ms // 1000)), c.dimension)
 
 
-def build_rate_limiter(redis_url: str | None, *, metrics: Metrics | None = None) -> RateLimiter:
+def build_rate_limiter(redis_url: str | None, *, metrics: Metrics | None = None,
+                       live_replicas: Callable[[], int] = lambda: 1) -> RateLimiter:
     """Redis when a URL is given (shared across replicas), otherwise in-memory."""
     if redis_url:
-        return RedisRateLimiter(redis_url, metrics=metrics)
+        return RedisRateLimiter(redis_url, metrics=metrics, live_replicas=live_replicas)
     return MemoryRateLimiter()

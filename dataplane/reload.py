@@ -111,7 +111,20 @@ class FileConfigSource:
         return tuple(stamps)
 
     def load(self) -> str | None:
-        """Translate and apply once; returns the new hash, or None when refused (already logged)."""
+        """Translate and apply once, on the calling thread (the first load, before serving)."""
+        return self._apply(self._translate())
+
+    async def load_off_loop(self) -> str | None:
+        """load(), with loading, translating and building the snapshot in a worker thread."""
+        result = await asyncio.to_thread(self._translate)
+        if result is None:
+            return None
+        try:
+            return await self.gateway.apply_off_loop(result.config, result.secrets)
+        except ConfigRejected:
+            return None
+
+    def _translate(self) -> TranslationResult | None:
         try:
             result = build(self.paths, self.namespace, self.ca)
         except LoadFailed as failed:
@@ -121,6 +134,11 @@ class FileConfigSource:
             return None
         for line in report(result):
             log.warning("%s", line)
+        return result
+
+    def _apply(self, result: TranslationResult | None) -> str | None:
+        if result is None:
+            return None
         try:
             digest = self.gateway.apply(result.config, result.secrets)
         except ConfigRejected:
@@ -137,4 +155,4 @@ class FileConfigSource:
                 last = current
                 await asyncio.sleep(0.05)  # let an editor finish writing
                 last = self._stamp()
-                self.load()
+                await self.load_off_loop()

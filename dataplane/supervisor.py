@@ -168,8 +168,25 @@ class Supervisor:
         self._outcomes: dict[str, asyncio.Future] = {}
         self._loaded: tuple[str, CompiledConfig, float] | None = None
         self._loaded_changed = asyncio.Event()
+        self._dropped: dict[str, dict[str, str]] = {}  # config hash -> objects the workers left out
+        self._replicas = 1  # live data-plane replicas (failureMode: local shares a limit among them)
 
     # --- what the config sources and the heartbeat use ---------------------------------------------
+
+    def set_live_replicas(self, replicas: int) -> None:
+        """Tell every worker how many replicas are alive, so that while Redis is down (failureMode:
+        local) each worker enforces its share: requests / (replicas x workers)."""
+        if replicas == self._replicas:
+            return
+        self._replicas = replicas
+        for worker in list(self._workers.values()):
+            task = asyncio.create_task(self._tell(worker, ("replicas", replicas)))
+            self._keepers.append(task)
+            task.add_done_callback(self._keepers.remove)
+
+    async def _tell(self, worker: _Worker, message: tuple) -> None:
+        with contextlib.suppress(WorkerFailed):
+            await worker.call(message)
 
     @property
     def loaded_hash(self) -> str | None:
@@ -178,6 +195,11 @@ class Supervisor:
     @property
     def ready(self) -> bool:
         return self._loaded is not None
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        """Objects of the served config that the workers could not load (reported on the Lease)."""
+        return self._dropped.get(self.loaded_hash or "", {})
 
     def apply(self, config: CompiledConfig, secrets: SecretBundle) -> str:
         """Start distributing a config to every worker; returns its hash at once. A refusal is logged
@@ -306,6 +328,7 @@ class Supervisor:
             await send(writer, ("settings", {
                 "gateway": {**self.options, "http_port": self.ports["http"], "https_port": self.ports["https"]},
                 "redis_url": self.redis_url, "limits": None if self.redis_url else self._limits_path,
+                "workers": self.count, "replicas": self._replicas,
             }))
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, TypeError):
             writer.close()
@@ -362,6 +385,8 @@ class Supervisor:
                 refusal = refusal or reply[2]
             else:
                 prepared.append(worker)
+                if len(reply) > 2:  # every worker builds the same snapshot: any one's list will do
+                    self._dropped = {digest: reply[2]}
         if refusal is not None:
             await asyncio.gather(*(w.call(("abort", digest)) for w in prepared), return_exceptions=True)
             if self._desired is desired:

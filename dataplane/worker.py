@@ -35,8 +35,11 @@ async def serve(control: str, index: int) -> int:
     await send(writer, ("hello", index, os.getpid()))
     _, settings = await receive(reader)  # type: ignore[misc]
     metrics = worker_metrics()
+    replicas = [settings["replicas"]]  # the supervisor says when it changes
     if settings["redis_url"]:
-        limiter = build_rate_limiter(settings["redis_url"], metrics=metrics)
+        # While Redis is down (failureMode: local) this worker is one of workers x replicas sharing a limit.
+        limiter = build_rate_limiter(settings["redis_url"], metrics=metrics,
+                                     live_replicas=lambda: replicas[0] * settings["workers"])
     else:
         limiter = await OwnedRateLimiter(settings["limits"]).connect()
     try:
@@ -61,19 +64,21 @@ async def serve(control: str, index: int) -> int:
         if command == "listen":
             await listen()
             return ("serving", gateway.loaded_hash, listening)
+        if command == "replicas":
+            replicas[0] = max(1, int(message[1]))
+            return ("replicas", replicas[0])
         digest = message[1]
         if command in ("prepare", "load"):
             config, secrets = pickle.loads(message[2])
             try:
-                snapshot = gateway.prepare(config, secrets)
+                snapshot = await asyncio.to_thread(gateway.prepare, config, secrets)  # off the loop
             except ConfigRejected as exc:
                 return ("rejected", digest, exc.reason)
             if command == "prepare":
                 prepared.clear()
                 prepared[digest] = snapshot
-                return ("prepared", digest)
-            if snapshot is not None:
-                gateway.commit(snapshot)
+                return ("prepared", digest, dict(snapshot.dropped))
+            gateway.commit(snapshot)
         elif command == "commit":
             snapshot = prepared.pop(digest, None)
             if snapshot is not None:

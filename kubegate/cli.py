@@ -13,7 +13,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kubegate import __version__
 from kubegate.durations import parse_duration
@@ -33,8 +33,7 @@ def _add_listeners(p: argparse.ArgumentParser) -> None:
     p.add_argument("--https-port", type=int, default=8443, help="HTTPS listener port (default 8443)")
     p.add_argument("--admin-port", type=int, default=9090, help="admin port: /metrics /healthz /readyz (default 9090)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind the listeners to (default 0.0.0.0)")
-    p.add_argument("--redis-url", default=_env_default("--redis-url", None), metavar="URL",
-                   help="Redis URL for shared rate limits (default: in-memory; env KUBEGATE_REDIS_URL)")
+    p.add_argument("--redis-url", default=None, help="Redis URL for shared rate limits (default: in-memory)")
     p.add_argument(
         "--trusted-proxy", dest="trusted_proxies", action="append", default=[], metavar="CIDR",
         help="honour X-Forwarded-For from these peers; may repeat",
@@ -54,7 +53,7 @@ def _workers(value: str) -> int:
     return n
 
 
-def _env_default(flag: str, default: str | None) -> str | None:
+def _env_default(flag: str, default: str) -> str:
     """``--header-timeout`` may also come from ``KUBEGATE_HEADER_TIMEOUT`` (API.md, Command line)."""
     return os.environ.get("KUBEGATE_" + flag.lstrip("-").upper().replace("-", "_"), default)
 
@@ -108,10 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="the kopf operator (in-cluster or from KUBECONFIG)")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")
     p.add_argument("--metrics-port", type=int, default=8081, help="/metrics, /healthz, /readyz (0: any free port)")
-    p.add_argument("--redis-url", default=_env_default("--redis-url", None), metavar="URL",
+    p.add_argument("--redis-url", default=None, metavar="URL",
                    help="the data plane's --redis-url, only to scope its egress NetworkPolicy to that address "
-                        "('' = the data plane uses no Redis; default: unknown, a rule naming port 6379 only; "
-                        "env KUBEGATE_REDIS_URL)")
+                        "('' = the data plane uses no Redis; default: unknown, a rule naming port 6379 only)")
 
     p = sub.add_parser("dataplane", help="the in-cluster data plane, reading its config through the API")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")
@@ -123,13 +121,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ENV_PREFIX = "KUBEGATE_"
+TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def env_name(action: argparse.Action) -> str | None:
+    """``--redis-url`` -> ``KUBEGATE_REDIS_URL``; None for --help, --version and positionals."""
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    if not longs or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+        return None
+    return ENV_PREFIX + longs[0][2:].upper().replace("-", "_")
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Every flag of every command may come from ``KUBEGATE_<FLAG>`` (API.md), so a Deployment can take
+    a password from a Secret instead of its args; a flag on the command line still wins. Lists (-f,
+    --trusted-proxy) are comma-separated; switches take 1/true/yes/on or 0/false/no/off."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                apply_env_defaults(sub, environ)
+            continue
+        name = env_name(action)
+        if name is None:
+            continue
+        action.help = f"{action.help or ''} [env {name}]".strip()
+        value = environ.get(name)
+        if value is None:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if value.strip().lower() not in TRUE + FALSE:
+                raise UserError(f"{name}: expected true or false, not {value!r}")
+            on = value.strip().lower() in TRUE
+            action.default = on if isinstance(action, argparse._StoreTrueAction) else not on
+        elif isinstance(action, argparse._AppendAction):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            try:
+                items = [action.type(item) if action.type else item for item in items]
+            except (TypeError, ValueError):
+                raise UserError(f"{name}: invalid value {value!r}") from None
+            action.default = [items] if action.nargs == "+" else items
+            action.required = False
+        else:
+            try:
+                action.default = action.type(value) if action.type else value
+            except (TypeError, ValueError):
+                raise UserError(f"{name}: invalid value {value!r}") from None
+            if action.choices is not None and action.default not in action.choices:
+                raise UserError(f"{name}: must be one of {', '.join(map(str, action.choices))}, not {value!r}")
+            action.required = False
+
+
 def _flatten(args: argparse.Namespace) -> None:
     if getattr(args, "paths", None):
         args.paths = [p for group in args.paths for p in group]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        apply_env_defaults(parser, os.environ)
+    except UserError as exc:
+        print(f"kubegate: {exc}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     _flatten(args)
     module = importlib.import_module(f"kubegate.commands.{args.command.replace('-', '_')}")
     try:

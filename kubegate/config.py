@@ -75,7 +75,7 @@ class CompiledRateLimit(Compiled):
     policy: str = Field(description="namespace/name of the RateLimitPolicy that won precedence")
     scope: Literal["route", "namespace", "gateway"]
     limits: tuple[CompiledLimit, ...]
-    failure_mode: Literal["open", "closed"] = "open"
+    failure_mode: Literal["open", "closed", "local"] = "open"
 
 
 class CompiledRoute(Compiled):

@@ -422,8 +422,9 @@ class RateLimitPolicySpec(SpecModel):
         default_factory=list, max_length=256, description="Targeted routes; empty = every route in this namespace."
     )
     limits: list[Limit] = Field(min_length=1, max_length=16, description="Every limit must pass.")
-    failureMode: Literal["open", "closed"] = Field(
-        "open", description="When the shared store is unreachable: open (allow) or closed (503)."
+    failureMode: Literal["open", "closed", "local"] = Field(
+        "open", description="When the shared store is unreachable: open (allow), closed (503), or local (each "
+        "data-plane replica enforces requests / live replicas in memory until the store is back)."
     )
 
 

@@ -20,6 +20,7 @@ from .programmed import Acknowledgement
 
 CONDITION_ORDER = ("Accepted", "ResolvedRefs", "Programmed", "Ready", "Reconciling", "Stalled")
 NO_DATA_PLANE = "no data-plane replica is running"
+PROGRAMMED = "loaded by a live data-plane replica"
 OPTIONAL_FIELDS = ("keyId", "certificate", "notAfter")  # removed from a status when no longer true
 
 
@@ -49,8 +50,8 @@ def programmed_condition(result: ObjectResult, ack: Acknowledgement) -> Conditio
     if ack.acknowledged_by == 0:
         return Condition(type="Programmed", status="Unknown", reason="Pending",
                          message=f"waiting for a data-plane replica to load generation {result.generation}")
-    return Condition(type="Programmed", status="True", reason="Programmed",
-                     message=f"loaded by {ack.acknowledged_by} of {ack.live_replicas} data-plane replicas")
+    # No replica count in the message: a replica coming or going would rewrite every status it leaves True.
+    return Condition(type="Programmed", status="True", reason="Programmed", message=PROGRAMMED)
 
 
 def ready_condition(conditions: Sequence[Condition]) -> Condition:

@@ -35,6 +35,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, wor
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
+    heartbeat: Heartbeat | None = None  # created with the API client below; its Lease count divides local limits
     if workers > 1:
         assert metrics_dir is not None
         if args.redis_url:
@@ -46,8 +47,12 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, wor
             workers, gateway_options(args), admin_port=args.admin_port, redis_url=args.redis_url,
             metrics_dir=metrics_dir, metrics=metrics)
     else:
-        gateway = Gateway(**gateway_options(args), admin_port=args.admin_port,
-                          limiter=build_rate_limiter(args.redis_url, metrics=metrics), metrics=metrics)
+        try:
+            limiter = build_rate_limiter(args.redis_url, metrics=metrics,
+                                         live_replicas=lambda: heartbeat.live_replicas if heartbeat else 1)
+        except ValueError as exc:
+            raise UserError(f"--redis-url: {exc}") from None
+        gateway = Gateway(**gateway_options(args), admin_port=args.admin_port, limiter=limiter, metrics=metrics)
     try:
         await gateway.start()
     except OSError as exc:

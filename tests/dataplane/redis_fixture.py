@@ -83,3 +83,53 @@ def running_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def free_port_pair() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+class RedisCluster:
+    """Three real redis-server masters (``--cluster-enabled yes``) joined by ``redis-cli --cluster create``."""
+
+    def __init__(self, directory, password: str | None = None, size: int = 3) -> None:
+        self.directory = directory
+        self.password = password
+        self.nodes: list[RedisServer] = []
+        for i in range(size):
+            auth = ("--requirepass", password, "--masterauth", password) if password else ()
+            server = RedisServer("--cluster-enabled", "yes", "--cluster-config-file", f"{directory}/nodes-{i}.conf",
+                                 "--dir", str(directory), "--cluster-node-timeout", "2000", *auth)
+            server.port = free_port_pair()
+            self.nodes.append(server)
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        subprocess.run([shutil.which("redis-cli"), *auth, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if all(b"cluster_state:ok" in n.command("CLUSTER", "INFO", password=self.password) for n in self.nodes):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("redis cluster did not reach cluster_state:ok")
+
+    def keys_per_node(self) -> list[int]:
+        """DBSIZE of every node: which nodes the keys landed on."""
+        return [int(n.command("DBSIZE", password=self.password)[1:].strip()) for n in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

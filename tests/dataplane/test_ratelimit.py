@@ -20,6 +20,7 @@ from kubegate.dataplane.ratelimit import (
     RedisRateLimiter,
     build_rate_limiter,
     decide,
+    local_share,
     refill,
 )
 
@@ -222,6 +223,38 @@ async def test_dead_redis_applies_failure_mode_fast_and_trips_the_breaker(redis_
         recovered = await store.hit([c], mode)
         assert recovered.allowed and not recovered.store_unavailable
         assert not store.breaker.is_open
+    finally:
+        await store.close()
+
+
+def test_local_share_divides_requests_burst_and_refill():
+    share = local_share([charge("a", 10, 10 / 60), charge("b", 2, 1.0)], 3)
+    assert [(c.requests, c.capacity, round(c.per_second * 60, 6)) for c in share] == [(3, 3, 3.333333), (1, 1, 20.0)]
+    assert local_share([charge("a", 10)], 0)[0].capacity == 10  # no count yet: this replica alone
+
+
+async def test_local_failure_mode_admits_exactly_the_replicas_share_while_redis_is_down(redis_server: RedisServer):
+    """Three live replicas share requests=9: while the store is dead this one admits exactly 3 per window,
+    refuses the rest with headers (a real decision, not a store error), and Redis decides again once back."""
+    replicas = 3
+    store = RedisRateLimiter(redis_server.url, timeout=0.05, breaker=CircuitBreaker(threshold=1, cooldown=0.3),
+                             live_replicas=lambda: replicas)
+    shared = ChargeSet([charge("local", 9)])
+    try:
+        assert (await store.hit(shared, "local")).remaining == 8  # Redis decides: 8 of 9 left
+        redis_server.stop()
+        results = [await store.hit(shared, "local") for _ in range(20)]
+        assert [r.allowed for r in results] == [True] * 3 + [False] * 17
+        assert not any(r.store_unavailable for r in results)
+        assert results[-1].headers()["X-RateLimit-Limit"] == "3" and results[-1].retry_after >= 1
+        replicas = 1  # the others went: a bigger share refills faster, but what was spent stays spent
+        assert not (await store.hit(shared, "local")).allowed
+
+        redis_server.start()  # empty: Redis counts afresh, the local bucket (exhausted) no longer decides
+        await asyncio.sleep(0.35)
+        back = [await store.hit(shared, "local") for _ in range(10)]
+        assert [r.allowed for r in back] == [True] * 9 + [False]
+        assert back[0].remaining == 8 and redis_server.command("EXISTS", "kg:{t}:rl:local").startswith(b":1")
     finally:
         await store.close()
 

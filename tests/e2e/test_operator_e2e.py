@@ -331,6 +331,34 @@ def test_operator_restart_writes_nothing(cluster, stack):
     assert _versions(cluster) == before
 
 
+def _status_writes(operator) -> float:
+    return scrape(operator.url("/metrics"))[("kubegate_operator_status_writes_total", ())]
+
+
+def test_a_data_plane_replica_coming_and_going_rewrites_no_status(cluster, stack):
+    """A second replica starts (Lease with no config, then the config's hash), then stops (Lease deleted):
+    every object stays Ready on the first replica throughout, so no status may be written at all."""
+    for name in ROUTES:
+        wait_ready(cluster, "gatewayroute", name)
+    time.sleep(1.5)
+    operator = stack["operator"]
+    before, writes = _versions(cluster), _status_writes(operator)
+    config_hash = get(cluster, "configmap", "kubegate-config")["data"]["hash"]
+    second = start_dataplane(cluster, stack["tmp"], "dp-b")
+    try:
+        wait_until(lambda: ((get(cluster, "lease", "kubegate-dataplane-dp-b") or {}).get("metadata", {})
+                            .get("annotations", {}).get("kubegate.dev/config-hash") == config_hash),
+                   30, "the second replica to announce the config")
+        assert http(second.url("/api/catalog/x"))[0] == 200
+        time.sleep(2.5)  # operator passes on the new Lease
+    finally:
+        second.stop()
+    wait_until(lambda: get(cluster, "lease", "kubegate-dataplane-dp-b") is None, 15, "the second Lease to go")
+    time.sleep(2.5)
+    assert _status_writes(operator) - writes == 0
+    assert _versions(cluster) == before
+
+
 def test_a_silent_data_plane_turns_programmed_false(cluster, stack):
     dp = stack["dataplane"]
     dp.pause()

@@ -1,0 +1,198 @@
+"""Where the rate-limit store lives, from ``--redis-url``: one Redis server or a Redis Cluster.
+
+URL forms (see README):
+
+- ``redis://[user:password@]host:port[/db]``, ``rediss://...`` (TLS): one server;
+- ``redis://host1:port1,host2:port2,...`` (a node list) or ``...?cluster=true``:
+  a Redis Cluster; the nodes named are only seeds, the slot map comes from
+  ``CLUSTER SLOTS`` and is read again whenever a node answers ``MOVED``/``ASK``
+  or cannot be reached;
+- ``rediss://...?ssl_ca_certs=/path/ca.pem``: verify the servers against that CA
+  (default: the system's trust store); hostnames are checked either way.
+
+The password belongs in the URL given as ``KUBEGATE_REDIS_URL`` (from a
+Secret), never in a Pod's args. Every connection is redis-py's own
+``Connection`` (hiredis parser when installed); the rate limiter writes its
+packed script calls on them itself (see kubegate.dataplane.ratelimit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.retry import Retry
+
+OUR_QUERY = ("cluster", "ssl_ca_certs")  # read here; redis-py never sees them
+TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    seeds: tuple[tuple[str, int], ...]  # (host, port) of every node the URL names
+    cluster: bool
+    scheme: str  # redis | rediss
+    userinfo: str  # "user:password@" or ""
+    db: int
+    query: str  # redis-py query parameters, passed to every node
+    ssl_ca_certs: str | None
+
+    def node_url(self, host: str, port: int) -> str:
+        netloc = f"{self.userinfo}[{host}]:{port}" if ":" in host else f"{self.userinfo}{host}:{port}"
+        return urlunsplit((self.scheme, netloc, f"/{self.db}", self.query, ""))
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """``--redis-url`` -> RedisTarget; ValueError names what is wrong (never echoing the password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"redis URL must start with redis:// or rediss://, not {parts.scheme or 'no scheme'!r}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    seeds = []
+    for node in hosts.split(","):
+        try:
+            parsed = urlsplit(f"//{node}")
+            host, port = parsed.hostname, parsed.port or 6379
+        except ValueError:
+            raise ValueError("redis URL port must be a number") from None
+        if not host:
+            raise ValueError("redis URL names a node without a host")
+        seeds.append((host, port))
+    db_text = parts.path.strip("/")
+    if db_text and not db_text.isdigit():
+        raise ValueError(f"redis URL database must be a number, not {db_text!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in OUR_QUERY}
+    cluster = len(seeds) > 1 or ours.get("cluster", "").lower() in TRUE
+    if cluster and int(db_text or 0) != 0:
+        raise ValueError("a Redis Cluster has only database 0")
+    ca = ours.get("ssl_ca_certs") or None
+    if ca is not None:
+        if parts.scheme != "rediss":
+            raise ValueError("ssl_ca_certs needs a rediss:// (TLS) URL")
+        if not Path(ca).is_file():
+            raise ValueError(f"ssl_ca_certs: no such file {ca!r}")
+    return RedisTarget(tuple(seeds), cluster, parts.scheme, f"{userinfo}@" if userinfo else "", int(db_text or 0),
+                       urlencode([(k, v) for k, v in query if k not in OUR_QUERY]), ca)
+
+
+class RedisNode:
+    """One server and the one connection the rate limiter's batches use on it."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.conn: Connection | None = None
+
+    async def connection(self) -> Connection:
+        conn = self.conn
+        if conn is None:
+            self.conn = conn = await self.client.connection_pool.get_connection()
+        elif conn.is_connected and await conn.can_read():  # closed by the server while idle
+            await conn.disconnect(nowait=True)  # send_packed_command connects afresh
+        return conn
+
+    async def disconnect(self) -> None:
+        """Never reuse a stream with replies unread."""
+        if self.conn is not None:
+            await self.conn.disconnect(nowait=True)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.disconnect(nowait=True)
+            await self.client.connection_pool.release(self.conn)
+            self.conn = None
+        await self.client.aclose()
+
+
+class RedisNodes:
+    """Which node serves a request's slot group: the one server, or the cluster's slot owner."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        self.target = parse_redis_url(url)
+        self.cluster = self.target.cluster
+        self._timeout = timeout
+        self._nodes: dict[tuple[str, int], RedisNode] = {}
+        self._slots: list[tuple[str, int]] | None = None  # slot -> (host, port); None: to be read
+        self._refreshing: asyncio.Task | None = None
+
+    def node(self, address: tuple[str, int]) -> RedisNode:
+        node = self._nodes.get(address)
+        if node is None:
+            extra = {"ssl_ca_certs": self.target.ssl_ca_certs} if self.target.ssl_ca_certs else {}
+            client = aioredis.Redis.from_url(
+                self.target.node_url(*address),
+                socket_connect_timeout=self._timeout,
+                # No socket timeout: redis-py's would also fire when the event loop,
+                # not Redis, was slow (and costs a task per write); Deadline decides.
+                socket_timeout=None,
+                retry=Retry(NoBackoff(), 0),
+                # RESP2 without CLIENT SETINFO: a fresh connection needs no round
+                # trip of its own (HELLO, SETINFO) before the first batch.
+                protocol=2,
+                driver_info=None,
+                **extra,
+            )
+            self._nodes[address] = node = RedisNode(client)
+        return node
+
+    async def node_for(self, group: str) -> RedisNode:
+        """The node holding ``group``'s slot (the hash tag's content, see _Wire.group)."""
+        if not self.cluster:
+            return self.node(self.target.seeds[0])
+        if self._slots is None:
+            await self.refresh()
+        assert self._slots is not None
+        return self.node(self._slots[key_slot(group.encode())])
+
+    def forget_slots(self) -> None:
+        """A MOVED/ASK reply or an unreachable node: read the slot map again before the next batch."""
+        if self.cluster:
+            self._slots = None
+
+    async def refresh(self) -> None:
+        """The slot map from the first seed (or known node) that answers CLUSTER SLOTS."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._read_slots())
+        task = self._refreshing
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._refreshing is task:
+                self._refreshing = None
+
+    async def _read_slots(self) -> None:
+        candidates = list(dict.fromkeys([*self.target.seeds, *self._nodes]))
+        error: Exception = ConnectionError("no Redis Cluster node answered")
+        for address in candidates:
+            try:
+                reply = await self.node(address).client.execute_command("CLUSTER", "SLOTS")
+            except Exception as exc:  # noqa: BLE001 - the next seed may answer
+                error = exc
+                continue
+            slots: list[tuple[str, int]] = [address] * 16384
+            for entry in reply:
+                start, end, primary = entry[0], entry[1], entry[2]
+                host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
+                owner = (host or address[0], int(primary[1]))
+                for slot in range(int(start), int(end) + 1):
+                    slots[slot] = owner
+            self._slots = slots
+            return
+        raise error
+
+    async def disconnect(self) -> None:
+        for node in self._nodes.values():
+            await node.disconnect()
+
+    async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        for node in self._nodes.values():
+            await node.close()
+        self._nodes.clear()
