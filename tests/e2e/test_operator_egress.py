@@ -116,8 +116,7 @@ ports: [{{name: https, port: 6443, protocol: TCP}}]
                "both published endpoints")
     rules = egress_rules(cluster)
     assert ip_rule(["127.0.0.1/32"], api_port) not in rules
-    assert not any(p["port"] in (443, 6443) and "to" not in rule for rule in rules for p in rule["ports"]
-                   if p["port"] == 6443)
+    assert not any(p["port"] in (6443, api_port) for rule in rules if "to" not in rule for p in rule["ports"])
     cluster.kubectl("delete", "endpointslice", "kubernetes", "-n", "default")
     wait_until(lambda: ip_rule(["127.0.0.1/32"], api_port) in egress_rules(cluster), 30,
                "the dialled address again once nothing is published")

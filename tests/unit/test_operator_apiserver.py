@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kubegate.generate import EGRESS_POLICY_NAME, EgressTargets
 from kubegate.operator.apiserver import api_server_endpoints, dialled_endpoint, endpoint_addresses
 from kubegate.operator.reconcile import Reconciler, compute
 from kubegate.operator.state import ClusterState
+
+from kubegate.generate import EGRESS_POLICY_NAME, EgressTargets
 
 
 def endpoint_slice(addresses: list[str], *, port: int = 6443, address_type: str = "IPv4",
