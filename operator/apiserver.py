@@ -65,9 +65,12 @@ def dialled_endpoint(host_url: str, service_ip: str | None = None) -> Endpoints:
 
 def api_server_endpoints(slices: Iterable[Mapping[str, Any]] | None, host_url: str,
                          service_ip: str | None = None) -> Endpoints | None:
-    """The published endpoints, else the dialled IP literal; None (unknown: a port-only rule) when neither.
+    """The published endpoints, else (listed, none published) the dialled IP literal; None (unknown: a
+    port-only rule) otherwise.
 
-    ``slices`` None: the EndpointSlices could not be listed (yet).
+    ``slices`` None: the EndpointSlices could not be listed (yet, or no RBAC): unknown, never the dialled
+    address, which outside a cluster may be a load balancer the data plane's traffic never goes to.
     """
-    published = endpoint_addresses(slices) if slices is not None else ()
-    return published or dialled_endpoint(host_url, service_ip) or None
+    if slices is None:
+        return None
+    return endpoint_addresses(slices) or dialled_endpoint(host_url, service_ip) or None

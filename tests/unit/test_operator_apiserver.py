@@ -44,7 +44,8 @@ def test_unready_fqdn_and_malformed_endpoints_are_not_addresses():
 
 def test_without_published_endpoints_the_dialled_ip_literal_is_the_api_server():
     assert api_server_endpoints([], "https://127.0.0.1:34567") == (("127.0.0.1", 34567),)
-    assert api_server_endpoints(None, "https://[::1]:6443") == (("::1", 6443),)
+    assert api_server_endpoints([], "https://[::1]:6443") == (("::1", 6443),)
+    assert api_server_endpoints(None, "https://127.0.0.1:6443") is None  # not listable (yet): unknown
     assert api_server_endpoints([endpoint_slice(["172.18.0.2"])], "https://127.0.0.1:1") == (("172.18.0.2", 6443),)
     # a DNS name, or the in-cluster Service's ClusterIP (matches nothing after kube-proxy): unknown
     assert api_server_endpoints([], "https://api.example.com:6443") is None
@@ -66,10 +67,11 @@ def test_the_reconciler_passes_what_it_read_to_the_generator_and_a_change_is_a_n
     async def main() -> None:
         reconciler = Reconciler(_Api(), ClusterState("kubegate-system"), identity="op",  # type: ignore[arg-type]
                                 redis_url="redis://:hunter2@10.5.5.5:6390/0", api_host="https://127.0.0.1:9")
+        assert reconciler.egress_targets() == EgressTargets(redis_url="redis://:hunter2@10.5.5.5:6390/0")
+        reconciler.api_endpoints.synced.set()  # listed, nothing published (the dev cluster)
         first = reconciler.egress_targets()
         assert first == EgressTargets(api_server=(("127.0.0.1", 9),), redis_url="redis://:hunter2@10.5.5.5:6390/0")
         reconciler.api_endpoints.objects[("default", "kubernetes")] = endpoint_slice(["172.18.0.2"])
-        reconciler.api_endpoints.synced.set()
         second = reconciler.egress_targets()
         assert second.api_server == (("172.18.0.2", 6443),) and second != first
         _, objects = compute(reconciler.state.translation_input(), second)
