@@ -216,6 +216,11 @@ class Supervisor:
             self._reloader = asyncio.create_task(self._reload_until_current(), name="reload workers")
         return digest
 
+    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle) -> str:
+        """What the config sources call: the workers build the snapshot (each off its own loop);
+        here only the config is pickled for them."""
+        return self.apply(config, secrets)
+
     async def outcome(self, digest: str) -> str | None:
         """Wait until every worker serves ``digest`` (None) or it was refused (the reason)."""
         return await asyncio.shield(self._outcomes[digest])

@@ -29,3 +29,5 @@ python3 -m pip install -q -e '.[test,bench]'  # bench: bench/peers.py's Traefik 
 command -v kubectl >/dev/null 2>&1 || { echo "install: kubectl is missing (expected in the machine image)" >&2; exit 1; }
 # Build (or reuse) the pinned control plane (about 6 min cold), with visible progress.
 ./hack/build-controlplane.sh
+# Build (or reuse) the pinned helm for the chart tests (about 5 min cold).
+./hack/build-helm.sh >/dev/null

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
 import sys
@@ -26,6 +25,9 @@ from kubegate.dataplane.server import Gateway
 
 from kubegate.config import CompiledBackend, CompiledConfig, CompiledRoute, SecretBundle
 from kubegate.pki import Minted, mint_ca, mint_cert
+
+sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file (run_process, ...)
+from run_process import _collect, _read_ports
 
 
 def _free_port() -> int:
@@ -191,22 +193,6 @@ class RunningGateway:
         code = await asyncio.wait_for(self.proc.wait(), 20)
         await asyncio.gather(*self.collectors)
         return code
-
-
-async def _read_ports(stream: asyncio.StreamReader, lines: list[str]) -> dict[str, int]:
-    while True:
-        line = (await asyncio.wait_for(stream.readline(), 30)).decode()
-        if not line:
-            raise AssertionError("kubegate run exited early:\n" + "".join(lines))
-        lines.append(line)
-        found = re.search(r"listening: http://[^:]+:(\d+) https://[^:]+:(\d+) admin http://[^:]+:(\d+)", line)
-        if found:
-            return dict(zip(("http", "https", "admin"), map(int, found.groups())))
-
-
-async def _collect(stream: asyncio.StreamReader, lines: list[str]) -> None:
-    async for line in stream:
-        lines.append(line.decode())
 
 
 @pytest.fixture

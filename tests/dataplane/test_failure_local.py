@@ -13,7 +13,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
 from redis_fixture import RedisServer
-from test_run_command import _collect, _read_ports
+from run_process import _collect, _read_ports
 
 
 def _manifests(port: int) -> str:

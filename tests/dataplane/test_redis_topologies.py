@@ -164,8 +164,8 @@ def test_bad_redis_urls_are_one_clear_reason(url, error):
 
 async def test_kubegate_run_takes_a_cluster_node_list_with_password_from_the_environment(cluster, backend, tmp_path):
     """KUBEGATE_REDIS_URL (as a Deployment sets it from a Secret): the password is in no argument and no log."""
+    from run_process import _collect, _read_ports
     from test_failure_local import _load, _manifests
-    from test_run_command import _collect, _read_ports
 
     b = await backend()
     (tmp_path / "gateway.yaml").write_text(_manifests(b.port).replace("failureMode: local", "failureMode: closed"))

@@ -64,3 +64,17 @@ def test_down_never_signals_a_reused_pid():
 
     assert not devcluster._runs(os.getpid(), "kube-apiserver")  # our PID, but not that program
     assert not devcluster._runs(2**22 + 12345, "etcd")  # beyond pid_max: no such process
+
+
+def test_helm_is_pinned_once_and_cached_by_that_version(tmp_path, monkeypatch):
+    go_mod = (devcluster.HACK_DIR / "helm" / "go.mod").read_text()
+    assert "tool helm.sh/helm/v3/cmd/helm" in go_mod
+    version = devcluster.module_version(go_mod, "helm.sh/helm/v3")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tmp_path / "kubegate" / "tools" / f"helm-{version}"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("#!/bin/sh\n")
+    cached.chmod(0o755)
+    built = []
+    assert devcluster.helm_binary(log=built.append) == cached
+    assert not built, "a cached helm of the pinned version is reused, not rebuilt"
