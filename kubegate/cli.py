@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="the kopf operator (in-cluster or from KUBECONFIG)")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")
     p.add_argument("--metrics-port", type=int, default=8081, help="/metrics, /healthz, /readyz (0: any free port)")
+    p.add_argument("--redis-url", default=None, metavar="URL",
+                   help="the data plane's --redis-url, only to scope its egress NetworkPolicy to that address "
+                        "('' = the data plane uses no Redis; default: unknown, a rule naming port 6379 only)")
 
     p = sub.add_parser("dataplane", help="the in-cluster data plane, reading its config through the API")
     p.add_argument("--namespace", default=DEFAULT_GATEWAY_NAMESPACE, help="gateway namespace")

@@ -15,7 +15,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel
 
@@ -227,6 +227,18 @@ def _scoped(urls: set[str], inp: TranslationInput, default_namespace: str, defau
     return [{"to": [peer], "ports": _sorted_ports(ports)} for _, (peer, ports) in sorted(rules.items())], unscoped
 
 
+def _redis_cluster_ports(url: str) -> set[int]:
+    """The seed ports of a Redis Cluster URL (a node list or ``?cluster=true``, see dataplane/redis_nodes.py),
+    else the empty set. A cluster's nodes come from CLUSTER SLOTS at run time, so no policy can name them."""
+    parts = urlsplit(url)
+    nodes = parts.netloc.rpartition("@")[2].split(",")
+    clustered = any(k == "cluster" and v.lower() in ("1", "true", "yes", "on")
+                    for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    if len(nodes) < 2 and not clustered:
+        return set()
+    return {urlsplit(f"//{node}").port or REDIS_PORT for node in nodes}
+
+
 def _backend_urls(result: TranslationResult, inp: TranslationInput) -> set[str]:
     urls: set[str] = set()
     for obj in inp.objects:
@@ -287,7 +299,9 @@ def network_policies(result: TranslationResult, inp: TranslationInput,
     if targets.redis_url is None:
         egress.append({"ports": [{"protocol": "TCP", "port": REDIS_PORT}]})
     elif targets.redis_url:
-        scoped, unscoped = _scoped({targets.redis_url}, inp, gateway_ns, REDIS_PORT)
+        cluster_ports = _redis_cluster_ports(targets.redis_url)
+        scoped, unscoped = ([], cluster_ports) if cluster_ports else _scoped({targets.redis_url}, inp, gateway_ns,
+                                                                            REDIS_PORT)
         egress.extend(scoped)
         if unscoped:
             egress.append({"ports": [{"protocol": "TCP", "port": p} for p in sorted(unscoped)]})

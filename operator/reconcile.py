@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+from kubegate.generate import EgressTargets
 from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
 from kubegate.resources import TranslationInput, TranslationResult
 
-from . import apikey_secrets
+from . import apikey_secrets, apiserver
 from .apply import MANAGED_BY, Applier, Key, garbage, needs_apply, object_key, with_content_hash
 from .debounce import DebounceWindow
 from .events import EventQueue
@@ -40,13 +42,14 @@ from .status_writer import StatusWriter
 log = logging.getLogger("kubegate.operator.reconcile")
 
 
-def compute(inp: TranslationInput) -> tuple[TranslationResult, list[dict[str, Any]]]:
+def compute(inp: TranslationInput, targets: EgressTargets | None = None
+            ) -> tuple[TranslationResult, list[dict[str, Any]]]:
     """Translate and generate (pure, CPU-bound: runs in a worker thread)."""
     from kubegate.generate import generate_objects
     from kubegate.translate import translate
 
     result = translate(inp)
-    return result, [with_content_hash(o) for o in generate_objects(result, inp)]
+    return result, [with_content_hash(o) for o in generate_objects(result, inp, targets)]
 
 
 class Reconciler:
@@ -54,8 +57,11 @@ class Reconciler:
                  is_leader: Callable[[], bool] = lambda: True,
                  debounce: float = 0.03, max_wait: float = 1.0, ack_grace: float = 1.0,
                  burst_events: int = 50, burst_debounce: float = 0.15, burst_max_wait: float = 3.0,
-                 metrics: OperatorMetrics | None = None) -> None:
+                 metrics: OperatorMetrics | None = None, redis_url: str | None = None,
+                 api_host: str = "") -> None:
         self.api, self.state, self.identity, self.is_leader = api, state, identity, is_leader
+        self.redis_url = redis_url  # the data plane's, for its egress policy only: never logged
+        self.api_host = api_host  # the URL this process dials the API server at
         self.metrics = metrics or OperatorMetrics()
         self.ack_grace = ack_grace
         self.window = DebounceWindow(debounce, max_wait, burst_events, burst_debounce, burst_max_wait)
@@ -76,11 +82,15 @@ class Reconciler:
         }
         self.leases = Informer(api, path_for("coordination.k8s.io/v1", "Lease", ns), self._lease_event,
                                label_selector=f"{COMPONENT_LABEL}={DATAPLANE_COMPONENT}")
+        # The API server's published endpoints: a change rewrites the data plane's egress policy.
+        self.api_endpoints = Informer(api, path_for("discovery.k8s.io/v1", "endpointslices", apiserver.NAMESPACE),
+                                      lambda *_: self.mark(config=True), label_selector=apiserver.SERVICE_LABEL,
+                                      retry_seconds=10.0)
         self.replicas: dict[str, ReplicaLease] = {}
         self.history = GenerationHistory()
         self.applier = Applier(api, on_write=lambda kind: self.metrics.config_writes.labels(kind).inc())
         self.result: TranslationResult | None = None
-        self._input: TranslationInput | None = None
+        self._input: tuple[TranslationInput, EgressTargets] | None = None
         self._desired: dict[Key, dict[str, Any]] = {}
         self.config_hash: str | None = None
         self.passes = 0
@@ -144,7 +154,8 @@ class Reconciler:
             and self.leases.synced.is_set()
 
     async def run(self) -> None:
-        informers = {f"{kind}s": i for (_, kind), i in self.generated.items()} | {"data-plane Leases": self.leases}
+        informers = {f"{kind}s": i for (_, kind), i in self.generated.items()} | {
+            "data-plane Leases": self.leases, "API server EndpointSlices": self.api_endpoints}
         self.informer_tasks = {name: asyncio.create_task(i.run(), name=name) for name, i in informers.items()}
         tasks = [*self.informer_tasks.values(), asyncio.create_task(self.events.run(), name="events")]
         try:
@@ -156,6 +167,11 @@ class Reconciler:
             except TimeoutError:
                 log.warning("cert-manager Certificates cannot be listed (%s); TLSPolicies with issuerRef "
                             "will not become Ready", certs.last_error)
+            try:
+                await asyncio.wait_for(self.api_endpoints.synced.wait(), 3)
+            except TimeoutError:
+                log.warning("the API server's EndpointSlices (namespace default) cannot be listed (%s); the data "
+                            "plane's egress rule for the API server names its ports only", self.api_endpoints.last_error)
             while True:
                 await self._next_wake()
                 if not self.is_leader():
@@ -197,9 +213,9 @@ class Reconciler:
             if await apikey_secrets.generate_missing(self.api, self.state, self.identity,
                                                      lambda: self.mark(config=True)):
                 await self._fetch_unknown_secrets()
-            inp = self.state.translation_input()
+            inp = (self.state.translation_input(), self.egress_targets())
             if self.result is None or inp != self._input:
-                result, desired = await asyncio.to_thread(compute, inp)
+                result, desired = await asyncio.to_thread(compute, *inp)
                 self._input, self._desired = inp, {object_key(o): o for o in desired}
                 computed = True
             else:  # nothing the translator reads changed: only check the live objects for drift
@@ -224,6 +240,13 @@ class Reconciler:
         timing.labels("total").observe(finished - started)
         log.debug("pass %d: config %.3fs (computed: %s), %d status writes in %.3fs", self.passes,
                   middle - started, computed, self.status_writes - writes, finished - middle)
+
+    def egress_targets(self) -> EgressTargets:
+        """What the data plane reaches besides backends: the API server's endpoints and its Redis URL."""
+        slices = self.api_endpoints.objects.values() if self.api_endpoints.synced.is_set() else None
+        endpoints = apiserver.api_server_endpoints(slices, self.api_host,
+                                                   os.environ.get("KUBERNETES_SERVICE_HOST"))
+        return EgressTargets(api_server=endpoints, redis_url=self.redis_url)
 
     # --- secrets ---------------------------------------------------------------------------
 

@@ -95,8 +95,12 @@ async def seed_with_retry(api: KubeApi, state: ClusterState, attempts: int = 30)
             await asyncio.sleep(1)
 
 
-async def run_operator(namespace: str, *, stop: asyncio.Event | None = None, metrics_port: int | None = None) -> None:
-    """Run until ``stop``; ``metrics_port`` None serves no health/metrics port (0: any free port)."""
+async def run_operator(namespace: str, *, stop: asyncio.Event | None = None, metrics_port: int | None = None,
+                       redis_url: str | None = None) -> None:
+    """Run until ``stop``; ``metrics_port`` None serves no health/metrics port (0: any free port).
+
+    ``redis_url``: the data plane's ``--redis-url`` ("" none, None unknown), only to scope its egress policy.
+    """
     credentials = await load_credentials()
     identity = replica_identity()
     stop = stop or asyncio.Event()
@@ -139,7 +143,7 @@ async def run_operator(namespace: str, *, stop: asyncio.Event | None = None, met
 
             elector = LeaderElector(api, namespace, identity, on_change=on_leadership)
             reconciler = Reconciler(api, state, identity=identity, is_leader=lambda: elector.is_leader,
-                                    metrics=metrics)
+                                    metrics=metrics, redis_url=redis_url, api_host=credentials.host)
             registry = build_registry(state, reconciler)
             tasks["leader election"] = asyncio.create_task(elector.run(), name="leader")
             tasks["reconcile loop"] = asyncio.create_task(reconciler.run(), name="reconcile")

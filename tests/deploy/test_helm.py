@@ -348,8 +348,12 @@ def test_network_policies_and_service_values(helm):
 
 def test_release_namespace_is_used_everywhere(helm):
     docs = docs_of(run_helm(helm, "template", "kubegate", str(CHART), "-n", "edge-gw").stdout)
+    # ... except the operator's read-only Role (and binding) for the API server's EndpointSlices in default.
+    apiserver = {("Role", "kubegate-operator-apiserver-endpoints"), ("RoleBinding", "kubegate-operator-apiserver-endpoints")}
     for doc in docs:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if (doc["kind"], doc["metadata"]["name"]) in apiserver:
+            assert doc["metadata"]["namespace"] == "default", key(doc)
+        elif doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"]["namespace"] == "edge-gw", key(doc)
     for kind in ("ClusterRoleBinding", "RoleBinding"):
         for doc in (d for d in docs if d["kind"] == kind):

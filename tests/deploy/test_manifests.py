@@ -46,9 +46,16 @@ def test_base_has_the_crds_namespace_and_both_components(base):
     deployments = by_kind(base, "Deployment")
     assert deployments["kubegate-operator"]["spec"]["template"]["spec"]["serviceAccountName"] == "kubegate-operator"
     assert deployments["kubegate-dataplane"]["spec"]["template"]["spec"]["serviceAccountName"] == "kubegate-dataplane"
-    for doc in base:
-        if doc["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
-            assert doc["metadata"]["namespace"] == SYSTEM, doc["metadata"]["name"]
+    # Everything namespaced is in kubegate-system except the operator's read-only Role (and its binding)
+    # for the API server's EndpointSlices, which live in default.
+    elsewhere = {(d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]) for d in base
+                 if d["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding")
+                 and d["metadata"]["namespace"] != SYSTEM}
+    assert elsewhere == {("Role", "kubegate-operator-apiserver-endpoints", "default"),
+                         ("RoleBinding", "kubegate-operator-apiserver-endpoints", "default")}
+    endpoints = by_kind(base, "Role")["kubegate-operator-apiserver-endpoints"]["rules"]
+    assert endpoints == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                          "verbs": ["get", "list", "watch"]}]
 
 
 def test_pod_labels_match_what_generated_network_policies_select(base):
@@ -108,10 +115,13 @@ def test_network_policies_default_deny_and_open_only_the_listeners(base):
 
 def test_overlays_render_what_they_promise():
     redis = render(MANIFESTS / "overlays/with-redis")
-    container = by_kind(redis, "Deployment")["kubegate-dataplane"]["spec"]["template"]["spec"]["containers"][0]
-    assert not [a for a in container["args"] if "redis" in a]  # a password in the URL never sits in the args
-    env = {e["name"]: e for e in container["env"]}
-    assert env["KUBEGATE_REDIS_URL"]["valueFrom"] == {"secretKeyRef": {"name": "kubegate-redis", "key": "url"}}
+    # The data plane and the operator take the same Redis URL from the same Secret (never from args:
+    # a password in the URL never sits in the Pod spec).
+    for name in ("kubegate-dataplane", "kubegate-operator"):
+        container = by_kind(redis, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+        assert not [a for a in container["args"] if "redis" in a], name
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KUBEGATE_REDIS_URL"]["valueFrom"] == {"secretKeyRef": {"name": "kubegate-redis", "key": "url"}}
     secret = by_kind(redis, "Secret")["kubegate-redis"]
     assert base64.b64decode(secret["data"]["url"]).decode().startswith("redis://kubegate-redis.")
     assert "kubegate-redis" in by_kind(redis, "Service")

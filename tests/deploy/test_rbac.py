@@ -48,6 +48,10 @@ OPERATOR_MUST = [
     ("list", "networkpolicies.networking.k8s.io", "-A"),
     ("create", "events", "-n", USER_NS),
     ("create", "events.events.k8s.io", "-n", USER_NS),
+    # The API server's endpoints, to scope the data plane's egress policy (namespace default only).
+    ("get", "endpointslices.discovery.k8s.io", "-n", "default"),
+    ("list", "endpointslices.discovery.k8s.io", "-n", "default"),
+    ("watch", "endpointslices.discovery.k8s.io", "-n", "default"),
 ]
 
 OPERATOR_MUST_NOT = [
@@ -75,6 +79,13 @@ OPERATOR_MUST_NOT = [
     ("delete", "namespaces"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("*", "*", "-A"),
+    ("list", "endpointslices.discovery.k8s.io", "-A"),
+    ("list", "endpointslices.discovery.k8s.io", "-n", USER_NS),
+    ("list", "endpointslices.discovery.k8s.io", "-n", SYSTEM),
+    ("create", "endpointslices.discovery.k8s.io", "-n", "default"),
+    ("update", "endpointslices.discovery.k8s.io", "-n", "default"),
+    ("list", "endpoints", "-n", "default"),
+    ("list", "configmaps", "-n", "default"),
 ]
 
 DATAPLANE_MUST = [

@@ -96,9 +96,10 @@ class Operator(Proc):
         return f"http://127.0.0.1:{self.metrics}{path}"
 
 
-def start_operator(cluster: Any, tmp: Path, name: str = "operator-a") -> Operator:
-    env = service_account_env(cluster, "kubegate-operator", POD_NAME=name)
-    proc = Operator(["operator", "--namespace", GATEWAY_NS, "--metrics-port", "0"], env, tmp / f"{name}.log")
+def start_operator(cluster: Any, tmp: Path, name: str = "operator-a", *args: str, **env_extra: str) -> Operator:
+    env = service_account_env(cluster, "kubegate-operator", POD_NAME=name, **env_extra)
+    proc = Operator(["operator", "--namespace", GATEWAY_NS, "--metrics-port", "0", *args], env,
+                    tmp / f"{name}.log")
     port = wait_until(lambda: re.search(r"metrics=(\d+)", proc.log()), 30, "the operator's metrics port")
     proc.metrics = int(port.group(1))
     return proc

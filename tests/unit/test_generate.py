@@ -133,6 +133,14 @@ def test_egress_is_scoped_to_the_api_server_redis_and_in_cluster_or_ip_backends(
         assert not any(p["port"] in (6379, 6443) for rule in rules for p in rule["ports"])
         if expected:
             assert expected in rules
+    # a Redis Cluster: its nodes come from CLUSTER SLOTS at run time, so only the seeds' ports can be named
+    for url in ("redis://:pw@10.0.0.1:7000,10.0.0.2:7001", "rediss://10.0.0.1:7000/0?cluster=true"):
+        rules = by_kind_name(generate_objects(translate(inp), inp, EgressTargets(api_server=(), redis_url=url)))[
+            ("NetworkPolicy", "kubegate-system", "kubegate-dataplane-egress")]["spec"]["egress"]
+        redis = [rule for rule in rules if any(p["port"] in (7000, 7001) for p in rule["ports"])]
+        assert redis == [{"ports": [{"protocol": "TCP", "port": p} for p in
+                                    ((7000, 7001) if "," in url else (7000,))]}], url
+        assert "pw" not in repr(rules)
 
 
 def test_shared_services_are_listed_once_per_port(build):

@@ -35,3 +35,18 @@ def test_metrics_port_out_of_range_is_one_line():
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == ["kubegate: --metrics-port 70000: not a port number (0-65535)"]
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("http://:hunter2-secret@10.0.0.5:6379/0", "redis URL must start with redis:// or rediss://, not 'http'"),
+    ("redis://:hunter2-secret@10.0.0.5:port/0", "redis URL port must be a number"),
+])
+def test_bad_redis_url_is_one_line_without_its_password(url, reason, tmp_path):
+    """From the flag and from KUBEGATE_REDIS_URL (how the manifests pass it, from a Secret) alike."""
+    for args, extra in ((["--redis-url", url], {}), ([], {"KUBEGATE_REDIS_URL": url})):
+        env = {**os.environ, "KUBECONFIG": str(tmp_path / "nope.yaml"), **extra}
+        out = subprocess.run([sys.executable, "-m", "kubegate.cli", "operator", *args], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 1
+        assert out.stderr.strip().splitlines() == [f"kubegate: --redis-url: {reason}"]
+        assert "hunter2" not in out.stdout + out.stderr
