@@ -82,19 +82,37 @@ def parse_redis_url(url: str) -> RedisTarget:
                        urlencode([(k, v) for k, v in query if k not in OUR_QUERY]), ca)
 
 
+CONNECT_TIMEOUT = 5.0  # seconds to reach a store; each request still waits at most its own deadline
+
+
 class RedisNode:
     """One server and the one connection the rate limiter's batches use on it."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self.conn: Connection | None = None
+        self._connecting: asyncio.Task | None = None
 
     async def connection(self) -> Connection:
+        """The connected connection. Connecting (DNS, TCP, TLS, AUTH) runs in its own task that a
+        request's 100 ms deadline does not cancel: a store that takes longer to reach than one
+        decision allows is still reached, and later requests use the connection."""
+        conn = self.conn
+        if conn is not None and conn.is_connected:
+            if not await conn.can_read():
+                return conn
+            await conn.disconnect(nowait=True)  # closed by the server while idle: connect afresh
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> Connection:
         conn = self.conn
         if conn is None:
-            self.conn = conn = await self.client.connection_pool.get_connection()
-        elif conn.is_connected and await conn.can_read():  # closed by the server while idle
-            await conn.disconnect(nowait=True)  # send_packed_command connects afresh
+            conn = await self.client.connection_pool.get_connection()
+        if not conn.is_connected:
+            await conn.connect()
+        self.conn = conn
         return conn
 
     async def disconnect(self) -> None:
@@ -103,6 +121,8 @@ class RedisNode:
             await self.conn.disconnect(nowait=True)
 
     async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
         if self.conn is not None:
             await self.conn.disconnect(nowait=True)
             await self.client.connection_pool.release(self.conn)
@@ -127,7 +147,9 @@ class RedisNodes:
             extra = {"ssl_ca_certs": self.target.ssl_ca_certs} if self.target.ssl_ca_certs else {}
             client = aioredis.Redis.from_url(
                 self.target.node_url(*address),
-                socket_connect_timeout=self._timeout,
+                # Connecting runs beside the requests (RedisNode.connection), so it may take
+                # longer than one decision's deadline: DNS + TCP + TLS on a busy node often do.
+                socket_connect_timeout=max(self._timeout, CONNECT_TIMEOUT),
                 # No socket timeout: redis-py's would also fire when the event loop,
                 # not Redis, was slow (and costs a task per write); Deadline decides.
                 socket_timeout=None,

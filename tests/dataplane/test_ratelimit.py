@@ -423,3 +423,36 @@ def test_breaker_half_open_lets_one_probe_through():
     assert breaker.allow()
     breaker.success()
     assert breaker.allow() and breaker.allow()
+
+
+async def test_a_store_slower_to_reach_than_one_decision_is_still_reached(redis_server):
+    """Reaching Redis (DNS, TCP, TLS, AUTH) can take longer than the 100 ms a request may wait, as
+    on a busy node. Each request may time out, but the connection attempt must survive it, so
+    the limiter is not stuck in its failure mode forever."""
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.4)  # a slow path to the store: the connect's SELECT waits 400 ms
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", redis_server.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    store = RedisRateLimiter(f"redis://127.0.0.1:{port}/1", timeout=0.1)  # db 1: SELECT is part of connecting
+    try:
+        outcomes = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (outcomes and outcomes[-1] == "redis"):
+            result = await store.hit([charge("slow-connect", 100)], "closed")
+            outcomes.append("redis" if result.allowed else "failed")
+            await asyncio.sleep(0.05)
+        assert outcomes[0] == "failed"  # the first decision could not wait for the connection
+        assert outcomes[-1] == "redis", outcomes  # ... but the connection was made: Redis admits (mode closed)
+    finally:
+        await store.close()
+        proxy.close()

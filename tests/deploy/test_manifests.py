@@ -138,7 +138,8 @@ def test_overlays_render_what_they_promise():
     assert containers["kubegate-operator"]["image"] == containers["kubegate-dataplane"]["image"] == "localhost/kubegate:dev"
     assert containers["kubegate-redis"]["image"].startswith("localhost/")
     assert {c["imagePullPolicy"] for c in containers.values()} == {"Never"}
-    assert "--redis-url" in containers["kubegate-dataplane"]["args"]
+    env = {e["name"]: e for e in containers["kubegate-dataplane"].get("env", ())}
+    assert env["KUBEGATE_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "kubegate-redis"  # never in args
 
 
 def test_apply_k_succeeds_on_the_dev_cluster(cluster):
