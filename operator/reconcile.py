@@ -20,6 +20,7 @@ from typing import Any
 
 from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
 from kubegate.resources import TranslationInput, TranslationResult
+from kubegate.translate import Translator
 
 from . import apikey_secrets
 from .apply import MANAGED_BY, Applier, Key, garbage, needs_apply, object_key, with_content_hash
@@ -40,12 +41,12 @@ from .status_writer import StatusWriter
 log = logging.getLogger("kubegate.operator.reconcile")
 
 
-def compute(inp: TranslationInput) -> tuple[TranslationResult, list[dict[str, Any]]]:
-    """Translate and generate (pure, CPU-bound: runs in a worker thread)."""
+def compute(translator: Translator, inp: TranslationInput) -> tuple[TranslationResult, list[dict[str, Any]]]:
+    """Translate (incrementally: the Reconciler's translator remembers the previous input) and
+    generate; pure but for that memo, CPU-bound: runs in a worker thread."""
     from kubegate.generate import generate_objects
-    from kubegate.translate import translate
 
-    result = translate(inp)
+    result = translator.translate(inp)
     return result, [with_content_hash(o) for o in generate_objects(result, inp)]
 
 
@@ -58,6 +59,7 @@ class Reconciler:
         self.api, self.state, self.identity, self.is_leader = api, state, identity, is_leader
         self.metrics = metrics or OperatorMetrics()
         self.ack_grace = ack_grace
+        self.translator = Translator()  # its memo makes each translation after the first incremental
         self.window = DebounceWindow(debounce, max_wait, burst_events, burst_debounce, burst_max_wait)
         self._ack_deadline = 0.0  # until then, "Pending" is not worth a status write
         ns = state.gateway_namespace
@@ -199,7 +201,7 @@ class Reconciler:
                 await self._fetch_unknown_secrets()
             inp = self.state.translation_input()
             if self.result is None or inp != self._input:
-                result, desired = await asyncio.to_thread(compute, inp)
+                result, desired = await asyncio.to_thread(compute, self.translator, inp)
                 self._input, self._desired = inp, {object_key(o): o for o in desired}
                 computed = True
             else:  # nothing the translator reads changed: only check the live objects for drift

@@ -150,16 +150,18 @@ def test_payloads_are_the_canonical_json_with_or_without_the_memo(build):
             build.route("admin", "/admin", auth={"methods": ["jwt"], "jwt": {
                 "algorithms": ["HS256"], "secretRef": {"name": "hmac", "key": "s"}}})]
     inp = build.make_input(*objs, secrets={("shop", "hmac"): {"s": b"hmac-value"}})
-    translate(inp)
-    memoised = translate(inp)  # second call: every route's JSON comes from the memo
-    fresh = Translator().translate(inp)  # not the module memo: generate falls back to canonical_json
-    for result in (memoised, fresh):
+    translator = Translator()
+    translator.translate(inp)
+    memoised = translator.translate(inp)  # second call: every route's JSON comes from the memo
+    fresh = translate(inp)  # a fresh translator: every item serialised anew
+    unknown = fresh.model_copy(update={"config_json": b"", "secrets_json": b""})  # generate serialises
+    for result in (memoised, fresh, unknown):
         cm, secret = generate_objects(result, inp)[:2]
         config_bytes = gzip.decompress(base64.b64decode(cm["binaryData"]["config.json.gz"]))
         secrets_bytes = gzip.decompress(base64.b64decode(secret["data"]["secrets.json.gz"]))
         assert config_bytes == canonical_json(result.config)
         assert secrets_bytes == canonical_json(result.secrets)
-    assert generate_objects(memoised, inp) == generate_objects(fresh, inp)
+    assert generate_objects(memoised, inp) == generate_objects(fresh, inp) == generate_objects(unknown, inp)
 
 
 def test_object_order_is_deterministic(build):
