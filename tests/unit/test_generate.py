@@ -135,6 +135,31 @@ def test_egress_is_scoped_to_the_api_server_redis_and_in_cluster_or_ip_backends(
             assert expected in rules
 
 
+def test_the_result_carries_what_generate_needs(build):
+    """Certificates, backend Services and URLs come from the translator, not from re-reading specs;
+    a memoised translation after a change carries the same facts as a fresh one."""
+    tls = build.obj("TLSPolicy", "public", {"hostnames": ["www.example.com"],
+                                            "certificate": {"issuerRef": {"name": "le"}}}, "shop")
+    objs = [tls, build.route("a", "/a", backends=[{"service": "web", "port": 80}, {"url": "http://ext:81"}]),
+            build.route("gone", "/g", backends=[{"service": "missing", "port": 80}])]
+    inp = build.make_input(*objs, services=[build.service()])
+    result = translate(inp)
+    (cert,) = result.certificates
+    assert (cert.name, cert.dns_names, cert.issuer_name, cert.issuer_kind) == (
+        "kubegate-shop-public", ("www.example.com",), "le", "Issuer")
+    (web,) = result.backend_services  # "missing" resolves nowhere: nothing to open
+    assert (web.namespace, web.name, web.selector, [p.port for p in web.ports]) == ("shop", "web", {"app": "web"}, [80])
+    assert result.backend_urls == ("http://ext:81",)
+    translator = Translator()
+    translator.translate(inp)
+    changed = build.make_input(*objs[:2], services=[build.service(ports=(80, 81))])
+    again = translator.translate(changed)
+    fresh = translate(changed)
+    assert (again.certificates, again.backend_services, again.backend_urls) == (
+        fresh.certificates, fresh.backend_services, fresh.backend_urls)
+    assert generate_objects(again, changed) == generate_objects(fresh, changed)
+
+
 def test_shared_services_are_listed_once_per_port(build):
     objs = [build.route(f"r{i}", f"/r{i}", backends=[{"service": "web", "port": 80 + i % 2}]) for i in range(6)]
     inp = build.make_input(*objs, services=[build.service(ports=(80, 81))])
