@@ -79,10 +79,6 @@ class UpstreamPlan:
     connect_timeout: float | None
     retries: int
 
-    @property
-    def bases(self) -> tuple[str, ...]:
-        return tuple(f"{'https' if o.tls else 'http'}://{o.authority}{o.base_path}" for o in self.origins)
-
     @classmethod
     def for_route(cls, route: CompiledRoute) -> UpstreamPlan:
         origins, cumulative, total = [], [], 0

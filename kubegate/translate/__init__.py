@@ -43,7 +43,7 @@ from .common import (
     certificate_name,
 )
 from .ratelimits import compile_policy
-from .routes import normalise_path
+from .routes import pattern_key
 from .translator import Translator, translate
 
 __all__ = [
@@ -62,6 +62,6 @@ __all__ = [
     "backend_url",
     "certificate_name",
     "compile_policy",
-    "normalise_path",
+    "pattern_key",
     "translate",
 ]

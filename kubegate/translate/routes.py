@@ -40,8 +40,10 @@ _BRACED = re.compile(r"/\{[A-Za-z_][A-Za-z0-9_]*\}")
 _CATCH_ALL = re.compile(r"/\*[A-Za-z_][A-Za-z0-9_]*")
 
 
-def normalise_path(path: str) -> str:
-    """``/a/:id`` and ``/a/{x}`` claim the same requests; so do ``*rest`` and ``*tail``."""
+def pattern_key(path: str) -> str:
+    """A route path pattern's key in the conflict index, parameter names erased: ``/a/:id`` and
+    ``/a/{x}`` claim the same requests; so do ``*rest`` and ``*tail``. (Request paths are
+    normalised elsewhere: ``dataplane/target.py:normalise_request_path``.)"""
     path = _PARAM.sub("/{}", path)
     path = _BRACED.sub("/{}", path)
     return _CATCH_ALL.sub("/*", path)
@@ -58,16 +60,16 @@ def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> set[str] | None:
 
 
 def claims_of(entry: Entry) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """A route's (normalised path, sorted hosts, sorted methods) for the conflict index."""
+    """A route's (pattern key, sorted hosts, sorted methods) for the conflict index."""
     if entry.route_claims is None:
         spec: GatewayRouteSpec = entry.model  # type: ignore[assignment]
-        entry.route_claims = (normalise_path(spec.path), tuple(sorted(h.lower() for h in spec.hosts)),
+        entry.route_claims = (pattern_key(spec.path), tuple(sorted(h.lower() for h in spec.hosts)),
                               tuple(sorted(spec.methods)))
     return entry.route_claims
 
 
 class _ClaimIndex:
-    """Accepted routes by (normalised path, host, method); ``*`` stands for an empty list.
+    """Accepted routes by (path pattern key, host, method); ``*`` stands for an empty list.
 
     A host claims only itself: ``api.example.com``, ``*.example.com`` and "no hosts"
     (``*``) are three distinct keys that coexist, and the data plane picks among them

@@ -27,7 +27,7 @@ from kubegate.resources import ObjectRef, ServiceInfo, ServicePort, SourceObject
 from kubegate.translate import (
     Translator,
     certificate_name,
-    normalise_path,
+    pattern_key,
     translate,
 )
 
@@ -131,8 +131,8 @@ def test_host_pairs_with_disjoint_methods_coexist_and_overlapping_ones_conflict(
         assert verdict.status == "True"
 
 
-def test_normalise_path():
-    assert normalise_path("/a/:id/b/{x}/*rest") == normalise_path("/a/{y}/b/:z/*all") == "/a/{}/b/{}/*"
+def test_pattern_key():
+    assert pattern_key("/a/:id/b/{x}/*rest") == pattern_key("/a/{y}/b/:z/*all") == "/a/{}/b/{}/*"
 
 
 # --- backends ---------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def pairwise_winners(routes):
     winners, verdict = [], {}
     for obj in sorted(routes, key=lambda o: (o.creation_timestamp, o.namespace, o.name)):
         spec = obj.spec
-        loser_of = next((w for w in winners if normalise_path(w.spec["path"]) == normalise_path(spec["path"])
+        loser_of = next((w for w in winners if pattern_key(w.spec["path"]) == pattern_key(spec["path"])
                          and same_host(w.spec.get("hosts", []), spec.get("hosts", []))
                          and overlap(w.spec.get("methods", []), spec.get("methods", []))), None)
         verdict[obj.name] = None if loser_of is None else loser_of.name
