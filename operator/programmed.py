@@ -12,7 +12,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from kubegate.config import DROPPED_ANNOTATION, HASH_ANNOTATION
@@ -147,3 +147,7 @@ def acknowledgement(key: str, generation: int, hashes: Mapping[str, int], histor
         if generations is not None and generations.get(key) == generation:
             refused = found[1]
     return Acknowledgement(live_replicas=sum(hashes.values()), acknowledged_by=acked, refused=refused)
+
+
+def now_utc() -> float:
+    return datetime.now(UTC).timestamp()
