@@ -82,10 +82,6 @@ class UpstreamPlan:
     retries: int
     breaker: RouteBreaker | None = None  # spec.circuitBreaker (circuit.py)
 
-    @property
-    def bases(self) -> tuple[str, ...]:
-        return tuple(f"{'https' if o.tls else 'http'}://{o.authority}{o.base_path}" for o in self.origins)
-
     @classmethod
     def for_route(cls, route: CompiledRoute, breakers: Breakers | None = None) -> UpstreamPlan:
         origins, cumulative, total = [], [], 0

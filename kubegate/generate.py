@@ -11,7 +11,6 @@ declared backends, DNS, Redis and the API server.
 from __future__ import annotations
 
 import base64
-import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +18,21 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel
 
-from kubegate.config import CONFIG_KEY, HASH_ANNOTATION, HASH_KEY, SECRETS_KEY, compress
-from kubegate.resources import ServiceInfo, SourceObject, TranslationInput, TranslationResult
-from kubegate.spec import GatewayRouteSpec, TLSPolicySpec
-from kubegate.translate import canonical_bytes, spec_of
+from kubegate.config import (
+    CONFIG_KEY,
+    HASH_ANNOTATION,
+    HASH_KEY,
+    SECRETS_KEY,
+    canonical_json,
+    compress,
+)
+from kubegate.resources import (
+    BackendService,
+    ServiceInfo,
+    ServicePort,
+    TranslationInput,
+    TranslationResult,
+)
 
 CONFIG_MAP_NAME = "kubegate-config"
 SECRET_NAME = "kubegate-secrets"
@@ -57,9 +67,9 @@ def _metadata(name: str, namespace: str, annotations: dict[str, str] | None = No
     return meta
 
 
-def _encoded(model: BaseModel) -> str:
-    """base64(gzip(canonical JSON)), as ``encode_config``/``encode_secrets``, reusing translate()'s JSON."""
-    return base64.b64encode(compress(canonical_bytes(model))).decode()
+def _encoded(model: BaseModel, canonical: bytes) -> str:
+    """base64(gzip(canonical JSON)), as ``encode_config``/``encode_secrets``, reusing the translator's JSON."""
+    return base64.b64encode(compress(canonical or canonical_json(model))).decode()
 
 
 def config_map(result: TranslationResult, namespace: str) -> dict[str, Any]:
@@ -68,7 +78,7 @@ def config_map(result: TranslationResult, namespace: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(CONFIG_MAP_NAME, namespace, {HASH_ANNOTATION: result.hash}),
-        "binaryData": {CONFIG_KEY: _encoded(result.config)},
+        "binaryData": {CONFIG_KEY: _encoded(result.config, result.config_json)},
         "data": {HASH_KEY: result.hash},
     }
 
@@ -83,90 +93,56 @@ def secret(result: TranslationResult, namespace: str) -> dict[str, Any]:
         "data": {
             # Secret data is base64 of the stored bytes, like ConfigMap binaryData: the
             # stored bytes are the gzip JSON, so decode_secrets() reads either form.
-            SECRETS_KEY: _encoded(result.secrets),
+            SECRETS_KEY: _encoded(result.secrets, result.secrets_json),
             HASH_KEY: base64.b64encode(result.hash.encode()).decode(),
         },
     }
 
 
-def _accepted(result: TranslationResult, obj: SourceObject) -> bool:
-    verdict = result.results.get(obj.ref)
-    return verdict is not None and verdict.accepted.status == "True"
-
-
 def certificates(result: TranslationResult, inp: TranslationInput) -> list[dict[str, Any]]:
     """One cert-manager Certificate per accepted TLSPolicy with an issuerRef (issued before it is served)."""
     out = []
-    for obj in inp.objects:
-        if obj.kind != "TLSPolicy" or not _accepted(result, obj):
-            continue
-        spec = spec_of(obj)
-        if not isinstance(spec, TLSPolicySpec) or spec.certificate.issuerRef is None:
-            continue
-        name = result.results[obj.ref].certificate
-        issuer = spec.certificate.issuerRef
+    for request in result.certificates:  # sorted by name
         cert_spec: dict[str, Any] = {
-            "secretName": name,
-            "dnsNames": sorted({h.lower() for h in spec.hostnames}),
-            "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+            "secretName": request.name,
+            "dnsNames": list(request.dns_names),
+            "issuerRef": {"name": request.issuer_name, "kind": request.issuer_kind, "group": request.issuer_group},
         }
-        if spec.certificate.duration:
-            cert_spec["duration"] = spec.certificate.duration
-        if spec.certificate.renewBefore:
-            cert_spec["renewBefore"] = spec.certificate.renewBefore
-        meta = _metadata(name, inp.gateway_namespace)
-        meta["labels"]["kubegate.dev/tlspolicy"] = f"{obj.namespace}.{obj.name}"[:63].strip(".-")
+        if request.duration:
+            cert_spec["duration"] = request.duration
+        if request.renew_before:
+            cert_spec["renewBefore"] = request.renew_before
+        meta = _metadata(request.name, inp.gateway_namespace)
+        policy = request.policy
+        meta["labels"]["kubegate.dev/tlspolicy"] = f"{policy.namespace}.{policy.name}"[:63].strip(".-")
         out.append({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": meta, "spec": cert_spec})
-    return sorted(out, key=lambda c: c["metadata"]["name"])
+    return out
+
+
+def _port_rule(declared: ServicePort) -> dict[str, Any]:
+    return {"protocol": declared.protocol or "TCP", "port": declared.target_port or declared.port}
 
 
 def _target_port(service: ServiceInfo, port: int) -> dict[str, Any]:
     for declared in service.ports:
         if declared.port == port:
-            return {"protocol": declared.protocol or "TCP", "port": declared.target_port or declared.port}
+            return _port_rule(declared)
     return {"protocol": "TCP", "port": port}
 
 
-@functools.lru_cache(maxsize=1024)
-def _url_port(url: str) -> int:
-    parts = urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
+def _backend_ports(backend: BackendService) -> list[dict[str, Any]]:
+    """The target ports a backend Service's pods accept from the data plane, each once."""
+    ports: list[dict[str, Any]] = []
+    for declared in backend.ports:
+        port = _port_rule(declared)
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
-def served_backends(
-    result: TranslationResult, inp: TranslationInput
-) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], set[int]]:
-    """((ns, service) -> target ports) of selector-backed Services, and the ports of url: backends and JWKS."""
-    services: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    url_ports: set[int] = set()
-    seen: set[tuple[str, str | None, int | None]] = set()  # thousands of routes share a few Services
-    for obj in inp.objects:
-        if obj.kind != "GatewayRoute":
-            continue
-        verdict = result.results.get(obj.ref)
-        if verdict is None or not verdict.programmable:
-            continue
-        spec = spec_of(obj)
-        if not isinstance(spec, GatewayRouteSpec):
-            continue
-        if spec.auth and spec.auth.jwt and spec.auth.jwt.jwksUri:
-            url_ports.add(_url_port(spec.auth.jwt.jwksUri))
-        for backend in spec.backends:
-            if backend.url is not None:
-                url_ports.add(_url_port(backend.url))
-                continue
-            where = (obj.namespace, backend.service, backend.port)
-            if where in seen:
-                continue
-            seen.add(where)
-            service = inp.services.get((obj.namespace, backend.service))
-            if service is None or not service.selector or backend.port not in {p.port for p in service.ports}:
-                continue  # unresolved, ExternalName or selector-less: no pods to name
-            ports = services.setdefault((obj.namespace, backend.service), [])
-            port = _target_port(service, backend.port)
-            if port not in ports:
-                ports.append(port)
-    return services, url_ports
+def _backend_peer(backend: BackendService) -> dict[str, Any]:
+    return {"namespaceSelector": _namespace_selector(backend.namespace),
+            "podSelector": {"matchLabels": dict(sorted(backend.selector.items()))}}
 
 
 def _namespace_selector(namespace: str) -> dict[str, Any]:
@@ -239,34 +215,21 @@ def _redis_cluster_ports(url: str) -> set[int]:
     return {urlsplit(f"//{node}").port or REDIS_PORT for node in nodes}
 
 
-def _backend_urls(result: TranslationResult, inp: TranslationInput) -> set[str]:
-    urls: set[str] = set()
-    for obj in inp.objects:
-        verdict = result.results.get(obj.ref) if obj.kind == "GatewayRoute" else None
-        spec = spec_of(obj) if verdict is not None and verdict.programmable else None
-        if not isinstance(spec, GatewayRouteSpec):
-            continue
-        urls.update(b.url for b in spec.backends if b.url is not None)
-        if spec.auth and spec.auth.jwt and spec.auth.jwt.jwksUri:
-            urls.add(spec.auth.jwt.jwksUri)
-    return urls
-
-
 def network_policies(result: TranslationResult, inp: TranslationInput,
                      egress_targets: EgressTargets | None = None) -> list[dict[str, Any]]:
     """Backends accept only data-plane pods; the data plane reaches only what it needs."""
     targets = egress_targets or EgressTargets()
-    services, _ = served_backends(result, inp)
     gateway_ns = inp.gateway_namespace
     out = []
-    for (namespace, name), ports in sorted(services.items()):
-        service = inp.services[(namespace, name)]
+    # One rule list per backend, shared (as dicts) by its ingress and the data plane's egress.
+    backends = [(backend, _backend_ports(backend)) for backend in result.backend_services]
+    for backend, ports in backends:  # sorted by (namespace, name)
         out.append({
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
-            "metadata": _metadata(f"{BACKEND_POLICY_PREFIX}{name}"[:253], namespace),
+            "metadata": _metadata(f"{BACKEND_POLICY_PREFIX}{backend.name}"[:253], backend.namespace),
             "spec": {
-                "podSelector": {"matchLabels": dict(sorted(service.selector.items()))},
+                "podSelector": _backend_peer(backend)["podSelector"],
                 "policyTypes": ["Ingress"],
                 "ingress": [{
                     "from": [{
@@ -278,14 +241,7 @@ def network_policies(result: TranslationResult, inp: TranslationInput,
             },
         })
     egress: list[dict[str, Any]] = [
-        {
-            "to": [{
-                "namespaceSelector": _namespace_selector(namespace),
-                "podSelector": {"matchLabels": dict(sorted(inp.services[(namespace, name)].selector.items()))},
-            }],
-            "ports": _sorted_ports(ports),
-        }
-        for (namespace, name), ports in sorted(services.items())
+        {"to": [_backend_peer(backend)], "ports": _sorted_ports(ports)} for backend, ports in backends
     ]
     egress.append({"to": DNS_PEERS, "ports": [{"protocol": "UDP", "port": DNS_PORT},
                                               {"protocol": "TCP", "port": DNS_PORT}]})
@@ -305,7 +261,7 @@ def network_policies(result: TranslationResult, inp: TranslationInput,
         egress.extend(scoped)
         if unscoped:
             egress.append({"ports": [{"protocol": "TCP", "port": p} for p in sorted(unscoped)]})
-    scoped, unscoped = _scoped(_backend_urls(result, inp), inp, gateway_ns)
+    scoped, unscoped = _scoped(set(result.backend_urls), inp, gateway_ns)
     egress.extend(scoped)
     if unscoped:
         egress.append({"ports": [{"protocol": "TCP", "port": p} for p in sorted(unscoped)]})

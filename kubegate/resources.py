@@ -165,7 +165,36 @@ class ObjectResult(BaseModel):
     programmable: bool = False  # included in the compiled config (may be acknowledged)
 
 
+class CertificateRequest(BaseModel):
+    """A cert-manager Certificate to issue for an accepted TLSPolicy with an ``issuerRef``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str  # the Certificate and its Secret, in the gateway namespace
+    policy: ObjectRef  # the TLSPolicy asking for it
+    dns_names: tuple[str, ...]  # sorted, lower-case
+    issuer_name: str
+    issuer_kind: str
+    issuer_group: str
+    duration: str | None = None
+    renew_before: str | None = None
+
+
+class BackendService(BaseModel):
+    """A selector-backed Service that programmed routes send traffic to, and the ports they use."""
+
+    model_config = ConfigDict(frozen=True)
+
+    namespace: str
+    name: str
+    selector: dict[str, str]
+    ports: tuple[ServicePort, ...]  # the declared ports routes name, in first-use order
+
+
 class TranslationResult(BaseModel):
+    """What the translator produced: the config, its secrets and hash, one verdict per object,
+    and the facts the generated objects need (Certificates to issue, backends to open)."""
+
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     config: CompiledConfig
@@ -173,3 +202,9 @@ class TranslationResult(BaseModel):
     hash: str
     results: dict[ObjectRef, ObjectResult]
     warnings: tuple[str, ...] = ()
+    certificates: tuple[CertificateRequest, ...] = ()  # sorted by name
+    backend_services: tuple[BackendService, ...] = ()  # sorted by (namespace, name)
+    backend_urls: tuple[str, ...] = ()  # url: backends and JWKS URIs of programmed routes, sorted
+    # canonical_json(config) / canonical_json(secrets), as the translator assembled them (b"": not known)
+    config_json: bytes = Field(default=b"", repr=False)
+    secrets_json: bytes = Field(default=b"", repr=False)

@@ -22,6 +22,7 @@ from typing import Any
 from kubegate.generate import EgressTargets
 from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
 from kubegate.resources import TranslationInput, TranslationResult
+from kubegate.translate import Translator
 
 from . import apikey_secrets, apiserver
 from .apply import MANAGED_BY, Applier, Key, garbage, needs_apply, object_key, with_content_hash
@@ -42,13 +43,13 @@ from .status_writer import StatusWriter
 log = logging.getLogger("kubegate.operator.reconcile")
 
 
-def compute(inp: TranslationInput, targets: EgressTargets | None = None
+def compute(translator: Translator, inp: TranslationInput, targets: EgressTargets | None = None
             ) -> tuple[TranslationResult, list[dict[str, Any]]]:
-    """Translate and generate (pure, CPU-bound: runs in a worker thread)."""
+    """Translate (incrementally: the Reconciler's translator remembers the previous input) and
+    generate; pure but for that memo, CPU-bound: runs in a worker thread."""
     from kubegate.generate import generate_objects
-    from kubegate.translate import translate
 
-    result = translate(inp)
+    result = translator.translate(inp)
     return result, [with_content_hash(o) for o in generate_objects(result, inp, targets)]
 
 
@@ -64,6 +65,7 @@ class Reconciler:
         self.api_host = api_host  # the URL this process dials the API server at
         self.metrics = metrics or OperatorMetrics()
         self.ack_grace = ack_grace
+        self.translator = Translator()  # its memo makes each translation after the first incremental
         self.window = DebounceWindow(debounce, max_wait, burst_events, burst_debounce, burst_max_wait)
         self._ack_deadline = 0.0  # until then, "Pending" is not worth a status write
         ns = state.gateway_namespace
@@ -215,7 +217,7 @@ class Reconciler:
                 await self._fetch_unknown_secrets()
             inp = (self.state.translation_input(), self.egress_targets())
             if self.result is None or inp != self._input:
-                result, desired = await asyncio.to_thread(compute, *inp)
+                result, desired = await asyncio.to_thread(compute, self.translator, *inp)
                 self._input, self._desired = inp, {object_key(o): o for o in desired}
                 computed = True
             else:  # nothing the translator reads changed: only check the live objects for drift

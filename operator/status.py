@@ -18,7 +18,6 @@ from kubegate.resources import Condition, ObjectResult
 
 from .programmed import Acknowledgement
 
-CONDITION_ORDER = ("Accepted", "ResolvedRefs", "Programmed", "Ready", "Reconciling", "Stalled")
 NO_DATA_PLANE = "no data-plane replica is running"
 PROGRAMMED = "loaded by a live data-plane replica"
 OPTIONAL_FIELDS = ("keyId", "certificate", "notAfter")  # removed from a status when no longer true

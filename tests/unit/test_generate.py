@@ -143,6 +143,31 @@ def test_egress_is_scoped_to_the_api_server_redis_and_in_cluster_or_ip_backends(
         assert "pw" not in repr(rules)
 
 
+def test_the_result_carries_what_generate_needs(build):
+    """Certificates, backend Services and URLs come from the translator, not from re-reading specs;
+    a memoised translation after a change carries the same facts as a fresh one."""
+    tls = build.obj("TLSPolicy", "public", {"hostnames": ["www.example.com"],
+                                            "certificate": {"issuerRef": {"name": "le"}}}, "shop")
+    objs = [tls, build.route("a", "/a", backends=[{"service": "web", "port": 80}, {"url": "http://ext:81"}]),
+            build.route("gone", "/g", backends=[{"service": "missing", "port": 80}])]
+    inp = build.make_input(*objs, services=[build.service()])
+    result = translate(inp)
+    (cert,) = result.certificates
+    assert (cert.name, cert.dns_names, cert.issuer_name, cert.issuer_kind) == (
+        "kubegate-shop-public", ("www.example.com",), "le", "Issuer")
+    (web,) = result.backend_services  # "missing" resolves nowhere: nothing to open
+    assert (web.namespace, web.name, web.selector, [p.port for p in web.ports]) == ("shop", "web", {"app": "web"}, [80])
+    assert result.backend_urls == ("http://ext:81",)
+    translator = Translator()
+    translator.translate(inp)
+    changed = build.make_input(*objs[:2], services=[build.service(ports=(80, 81))])
+    again = translator.translate(changed)
+    fresh = translate(changed)
+    assert (again.certificates, again.backend_services, again.backend_urls) == (
+        fresh.certificates, fresh.backend_services, fresh.backend_urls)
+    assert generate_objects(again, changed) == generate_objects(fresh, changed)
+
+
 def test_shared_services_are_listed_once_per_port(build):
     objs = [build.route(f"r{i}", f"/r{i}", backends=[{"service": "web", "port": 80 + i % 2}]) for i in range(6)]
     inp = build.make_input(*objs, services=[build.service(ports=(80, 81))])
@@ -158,16 +183,18 @@ def test_payloads_are_the_canonical_json_with_or_without_the_memo(build):
             build.route("admin", "/admin", auth={"methods": ["jwt"], "jwt": {
                 "algorithms": ["HS256"], "secretRef": {"name": "hmac", "key": "s"}}})]
     inp = build.make_input(*objs, secrets={("shop", "hmac"): {"s": b"hmac-value"}})
-    translate(inp)
-    memoised = translate(inp)  # second call: every route's JSON comes from the memo
-    fresh = Translator().translate(inp)  # not the module memo: generate falls back to canonical_json
-    for result in (memoised, fresh):
+    translator = Translator()
+    translator.translate(inp)
+    memoised = translator.translate(inp)  # second call: every route's JSON comes from the memo
+    fresh = translate(inp)  # a fresh translator: every item serialised anew
+    unknown = fresh.model_copy(update={"config_json": b"", "secrets_json": b""})  # generate serialises
+    for result in (memoised, fresh, unknown):
         cm, secret = generate_objects(result, inp)[:2]
         config_bytes = gzip.decompress(base64.b64decode(cm["binaryData"]["config.json.gz"]))
         secrets_bytes = gzip.decompress(base64.b64decode(secret["data"]["secrets.json.gz"]))
         assert config_bytes == canonical_json(result.config)
         assert secrets_bytes == canonical_json(result.secrets)
-    assert generate_objects(memoised, inp) == generate_objects(fresh, inp)
+    assert generate_objects(memoised, inp) == generate_objects(fresh, inp) == generate_objects(unknown, inp)
 
 
 def test_object_order_is_deterministic(build):

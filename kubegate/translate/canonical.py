@@ -1,0 +1,50 @@
+"""Canonical JSON of a compiled config, assembled from its items' already-serialised JSON.
+
+``canonical_json(config)`` of a config with thousands of routes costs more than
+translating one changed route; each item's JSON is kept in the memo
+(:meth:`memo.Entry.serve`) and spliced here, so an incremental translation
+re-serialises only what changed. The bytes travel on the
+:class:`~kubegate.resources.TranslationResult` (``config_json``/``secrets_json``):
+no cache keyed by object identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from kubegate.config import CompiledConfig, canonical_json
+
+# Exactly json.dumps(..., sort_keys=True, separators=(",", ":")), i.e. config.canonical_json, built once.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def item_json(model: BaseModel) -> bytes:
+    return _CANONICAL.encode(model.model_dump(mode="json")).encode()
+
+
+def assemble_json(config: CompiledConfig, lists: dict[str, list[bytes]]) -> bytes:
+    """``canonical_json(config)`` with the big lists spliced in from their items' cached JSON."""
+    top: dict[str, Any] = config.model_dump(mode="json", exclude=set(lists))
+    marks = {name: f"\0{name}\0" for name in lists}
+    top.update(marks)
+    text = _CANONICAL.encode(top).encode()
+    for name, items in lists.items():
+        mark = json.dumps(marks[name]).encode()
+        head, found, tail = text.partition(mark)
+        if not found:  # impossible while CompiledConfig has these fields; never guess
+            return canonical_json(config)
+        text = b"".join((head, b"[", b",".join(items), b"]", tail))
+    return text
+
+
+def hash_of(config_json: bytes, secrets_json: bytes) -> str:
+    """``config_hash(config, secrets)`` from the canonical bytes already at hand."""
+    digest = hashlib.sha256()
+    digest.update(config_json)
+    digest.update(b"\0")
+    digest.update(secrets_json)
+    return digest.hexdigest()
