@@ -74,7 +74,7 @@ def test_the_reconciler_passes_what_it_read_to_the_generator_and_a_change_is_a_n
         reconciler.api_endpoints.objects[("default", "kubernetes")] = endpoint_slice(["172.18.0.2"])
         second = reconciler.egress_targets()
         assert second.api_server == (("172.18.0.2", 6443),) and second != first
-        _, objects = compute(reconciler.state.translation_input(), second)
+        _, objects = compute(reconciler.translator, reconciler.state.translation_input(), second)
         rules = _egress(objects)
         assert {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}], "ports": [{"protocol": "TCP", "port": 6443}]} in rules
         assert {"to": [{"ipBlock": {"cidr": "10.5.5.5/32"}}], "ports": [{"protocol": "TCP", "port": 6390}]} in rules
