@@ -472,6 +472,8 @@ class Supervisor:
                                       "listening": sum(w.listening for w in self._workers.values())})
 
         async def readyz(_request: web.Request) -> web.Response:
+            if self._stopping:  # draining: the workers answer what is in flight, take nothing new
+                return web.json_response({"status": "shutting down"}, status=503)
             if self._loaded is None:
                 return web.json_response({"status": "no configuration loaded"}, status=503)
             return web.json_response({"status": "ready", "hash": self._loaded[0]})
