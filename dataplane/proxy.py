@@ -244,16 +244,8 @@ async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPl
                 timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
             )
         except UpstreamError as exc:
-            if exc.kind == "connect_timeout":
-                failure = ProxyFailure(504, "upstream_connect_timeout", "upstream connect timed out")
-                continue
-            if exc.kind == "connect":
-                failure = ProxyFailure(502, "upstream_unreachable", "upstream connection failed")
-                continue
-            if exc.kind == "timeout":
-                raise ProxyFailure(504, "upstream_timeout", "upstream timed out") from None
-            failure = ProxyFailure(502, "upstream_error", "upstream connection failed")
-            if replayable and method in IDEMPOTENT:
+            failure, again = upstream_failure(exc, replayable and method in IDEMPOTENT)
+            if again:
                 continue
             raise failure from None
         try:
@@ -299,16 +291,8 @@ async def _forward_guarded(request: web.BaseRequest, pool: UpstreamPool, plan: U
             except UpstreamError as exc:
                 if exc.kind in ("connect", "connect_timeout"):
                     breaker.failed(endpoint)
-                if exc.kind == "connect_timeout":
-                    failure = ProxyFailure(504, "upstream_connect_timeout", "upstream connect timed out")
-                    continue
-                if exc.kind == "connect":
-                    failure = ProxyFailure(502, "upstream_unreachable", "upstream connection failed")
-                    continue
-                if exc.kind == "timeout":
-                    raise ProxyFailure(504, "upstream_timeout", "upstream timed out") from None
-                failure = ProxyFailure(502, "upstream_error", "upstream connection failed")
-                if replayable(body) and method in IDEMPOTENT:
+                failure, again = upstream_failure(exc, replayable(body) and method in IDEMPOTENT)
+                if again:
                     continue
                 raise failure from None
             if upstream.status >= 500:
@@ -328,6 +312,18 @@ async def _forward_guarded(request: web.BaseRequest, pool: UpstreamPool, plan: U
         finally:
             endpoint.release()
     raise failure
+
+
+def upstream_failure(exc: UpstreamError, retryable: bool) -> tuple[ProxyFailure, bool]:
+    """What the client gets for an upstream error, and whether another attempt may follow: a
+    connect failure always may (nothing was sent); a broken exchange only for a replayable request."""
+    if exc.kind == "connect_timeout":
+        return ProxyFailure(504, "upstream_connect_timeout", "upstream connect timed out"), True
+    if exc.kind == "connect":
+        return ProxyFailure(502, "upstream_unreachable", "upstream connection failed"), True
+    if exc.kind == "timeout":
+        return ProxyFailure(504, "upstream_timeout", "upstream timed out"), False
+    return ProxyFailure(502, "upstream_error", "upstream connection failed"), retryable
 
 
 def replayable(body: Any) -> bool:

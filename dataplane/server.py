@@ -366,21 +366,10 @@ class Gateway:
             raise
 
     async def _start_admin(self) -> None:
-        app = web.Application()
-        app.on_response_prepare.append(server_header)
-        app.router.add_get("/metrics", self._metrics_endpoint)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/config", self._config_endpoint)
-        self._admin_runner = web.AppRunner(app, access_log=None)
-        await self._admin_runner.setup()
-        site = web.TCPSite(self._admin_runner, self.host, self.ports["admin"], reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports['admin']} (admin): "
-                                     f"{exc.strerror}") from None
-        self.ports["admin"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._admin_runner, self.ports["admin"] = await serve_admin(self.host, self.ports["admin"], {
+            "/metrics": self._metrics_endpoint, "/healthz": self._healthz, "/readyz": self._readyz,
+            "/config": self._config_endpoint,
+        })
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, factory: Any, name: str) -> asyncio.base_events.Server:
         try:
@@ -654,6 +643,24 @@ def config_summary(config: CompiledConfig | None, digest: str | None, loaded_at:
         return {"hash": None, "routes": 0, "loaded_at": None}
     return {"hash": digest, "routes": len(config.routes), "api_keys": len(config.api_keys),
             "tls_policies": len(config.tls), "loaded_at": loaded_at, "generations": config.generations}
+
+
+async def serve_admin(host: str, port: int, handlers: dict[str, Any]) -> tuple[web.AppRunner, int]:
+    """The admin listener (a Gateway's or a supervisor's): GET ``handlers`` by path; returns its
+    runner and the port it got (``port`` 0: a free one)."""
+    app = web.Application()
+    app.on_response_prepare.append(server_header)
+    for path, handler in handlers.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} (admin): {exc.strerror}") from None
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 async def server_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -460,7 +460,7 @@ class Supervisor:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         from .metrics import aggregated
-        from .server import config_summary, server_header
+        from .server import config_summary, serve_admin
 
         registry = aggregated(self.metrics_dir, self.metrics)
 
@@ -482,17 +482,6 @@ class Supervisor:
             loaded = self._loaded
             return web.json_response(config_summary(*(loaded[1], loaded[0], loaded[2]) if loaded else (None,) * 3))
 
-        app = web.Application()
-        app.on_response_prepare.append(server_header)
-        for path, handler in (("/metrics", metrics), ("/healthz", healthz), ("/readyz", readyz),
-                              ("/config", config)):
-            app.router.add_get(path, handler)
-        self._admin = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._admin.setup()
-        site = web.TCPSite(self._admin, self.host, self.ports["admin"], reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.ports['admin']} (admin): "
-                                     f"{exc.strerror}") from None
-        self.ports["admin"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._admin, self.ports["admin"] = await serve_admin(self.host, self.ports["admin"], {
+            "/metrics": metrics, "/healthz": healthz, "/readyz": readyz, "/config": config,
+        })
