@@ -1,7 +1,7 @@
 """Run import-linter (.importlinter) on kubegate as a wheel lays it out; exit status as lint-imports'.
 
-The checkout maps the top-level ``operator/`` and ``dataplane/`` folders into the package at import
-time (kubegate/__init__.py); import-linter reads files, so it would not see them. This stages a copy
+pyproject.toml maps the top-level ``operator/`` and ``dataplane/`` folders into the package
+(``package-dir``); import-linter reads files, so it would not see them in the checkout. This stages a copy
 of the three folders as ``kubegate/``, ``kubegate/operator/``, ``kubegate/dataplane/`` (what
 pyproject.toml installs) and lints that. Usage: ``python3 hack/lint_imports.py [lint-imports args]``.
 """

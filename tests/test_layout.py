@@ -1,5 +1,6 @@
 """The repository layout must never shadow the standard library's `operator` module."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,24 @@ def test_subpackages_map_to_top_level_folders():
     assert Path(next(iter(kubegate.dataplane.__path__))) == REPO / "dataplane"
     assert not (REPO / "operator" / "__init__.py").exists()
     assert kubegate.__version__
+
+
+def _checkout_imports(cwd: Path, env: dict[str, str]) -> list[str]:
+    """Where kubegate's mapped subpackages come from, and which other checkout folders import as kubegate.*."""
+    code = ("import importlib, kubegate.operator.runtime as o, kubegate.dataplane.server as d\n"
+            "print(o.__file__); print(d.__file__)\n"
+            "for name in ('tests', 'bench', 'hack', 'scripts', 'examples'):\n"
+            "    try: importlib.import_module('kubegate.' + name); print('imports', name)\n"
+            "    except ModuleNotFoundError: pass\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def test_the_checkout_is_not_part_of_the_package(tmp_path):
+    """From the repository root and with the checkout on PYTHONPATH (from elsewhere), kubegate.operator and
+    kubegate.dataplane are this checkout's folders, as pyproject.toml maps them, whatever editable install
+    the machine has; no other folder of the checkout is a subpackage (no kubegate.tests, kubegate.bench)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    expected = [str(REPO / "operator" / "runtime.py"), str(REPO / "dataplane" / "server.py")]
+    assert _checkout_imports(REPO, env) == expected
+    assert _checkout_imports(tmp_path, {**env, "PYTHONPATH": str(REPO)}) == expected

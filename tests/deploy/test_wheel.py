@@ -71,8 +71,10 @@ def installed(wheel, tmp_path_factory) -> Path:
     """A fresh venv (dependencies from the system site, as the image has them) with only the wheel added."""
     env_dir = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    # As the user runs it: with a checkout on PYTHONPATH pip would find its kubegate.egg-info, call the
+    # requirement satisfied and install nothing.
     subprocess.run([env_dir / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    str(wheel)], check=True, capture_output=True, text=True)
+                    str(wheel)], check=True, capture_output=True, text=True, env=wheel_env())
     return env_dir
 
 
@@ -189,12 +191,28 @@ def test_installed_operator_and_dataplane_connect_to_the_dev_cluster(installed, 
         assert "ModuleNotFoundError" not in log.read_text() and "Traceback" not in log.read_text(), log.read_text()
 
 
+# Prints where each module comes from, then which names of the checkout are not part of the package.
+WHERE_FROM = """
+import importlib, kubegate
+for name in ("kubegate", "kubegate.operator.runtime", "kubegate.dataplane.server", "kubegate.dataplane.ratelimit"):
+    print(importlib.import_module(name).__file__)
+print(*kubegate.__path__)
+for name in ("tests", "bench", "hack"):
+    try:
+        importlib.import_module("kubegate." + name)
+    except ModuleNotFoundError:
+        print("absent", name)
+"""
+
+
 def test_installed_package_imports_from_the_venv(installed, tmp_path):
-    code = ("import kubegate, kubegate.operator.runtime, kubegate.dataplane.server, kubegate.dataplane.ratelimit;"
-            "print(kubegate.__file__)")
-    proc = subprocess.run([installed / "bin" / "python", "-c", code], cwd=tmp_path, capture_output=True,
+    """Every module, the mapped operator/ and dataplane/ included, comes from the venv; nothing else
+    of the checkout (tests, bench, hack) is part of the installed package."""
+    proc = subprocess.run([installed / "bin" / "python", "-c", WHERE_FROM], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, check=True, env=wheel_env())
-    assert proc.stdout.strip().startswith(str(installed))
+    lines = proc.stdout.splitlines()
+    assert all(line.startswith(str(installed)) for line in lines[:5]), proc.stdout
+    assert lines[5:] == ["absent tests", "absent bench", "absent hack"], proc.stdout
 
 
 def test_stdlib_operator_is_not_shadowed_at_the_repo_root(installed):
