@@ -1,7 +1,7 @@
 """Cost of tracing and the access log (prints figures; not a test). Usage: python bench/tracing.py [--seconds 4] [--rounds 3]
 
 In one run, on free loopback ports: an nginx static backend, a real Jaeger
-(hack/jaeger, built by devcluster.go_tool) receiving the spans, and one
+(hack/jaeger, built by gobuild.go_tool) receiving the spans, and one
 kubegate process per case serving one bare route, loaded by wrk:
 
 * ``untraced``  no tracing flags (the baseline)
@@ -97,9 +97,9 @@ def start_case(name: str, config_path: str, otlp: str) -> tuple[subprocess.Popen
 
 
 def jaeger(workdir: str) -> tuple[subprocess.Popen, str]:
-    from kubegate import devcluster
+    from kubegate import gobuild
 
-    binary = devcluster.go_tool("jaeger", package="github.com/jaegertracing/jaeger/cmd/jaeger")
+    binary = gobuild.go_tool("jaeger", package="github.com/jaegertracing/jaeger/cmd/jaeger")
     config = _load("jaeger_fixture", os.path.join(HERE, "..", "tests", "dataplane", "jaeger_fixture.py")).CONFIG
 
     ports = {"query": bench.free_port(), "query_grpc": bench.free_port(), "otlp": bench.free_port()}

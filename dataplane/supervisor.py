@@ -22,11 +22,9 @@ A worker is this package's ``worker`` module, started with the same Python.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import pickle
 import shutil
@@ -43,87 +41,12 @@ from aiohttp import web
 
 from kubegate.config import CompiledConfig, SecretBundle, config_hash
 
-from .webfront import ClientTimeouts
+from .launch import reserve
 
 log = logging.getLogger("kubegate.supervisor")
 
 WORKER_TIMEOUT = 30.0
 STOP_GRACE = 15.0  # a worker's own shutdown grace (server.SHUTDOWN_GRACE) plus a margin
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def cgroup_cpus(cpu_max: str) -> int | None:
-    """CPUs a cgroup v2 ``cpu.max`` line allows ("max 100000": no limit), rounded up (pure)."""
-    parts = cpu_max.split()
-    if len(parts) != 2 or parts[0] == "max":
-        return None
-    try:
-        return max(1, math.ceil(int(parts[0]) / int(parts[1])))
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def default_workers() -> int:
-    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
-    (a container limited to 2 CPUs on a 64-CPU node gets 2 workers, not 64)."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as handle:
-            quota = cgroup_cpus(handle.read())
-    except OSError:
-        quota = None
-    return min(cpus, quota) if quota else cpus
-
-
-def gateway_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The Gateway keyword arguments the data-plane flags give (one place for both commands and workers)."""
-    return {"host": args.host, "http_port": args.http_port, "https_port": args.https_port,
-            "trusted_proxies": tuple(args.trusted_proxies),
-            "timeouts": ClientTimeouts(args.header_timeout, args.idle_timeout),
-            "observe": {"access_log": getattr(args, "access_log", False),
-                        "otlp_endpoint": getattr(args, "otlp_endpoint", None),
-                        "trace_sample_ratio": getattr(args, "trace_sample_ratio", None)}}
-
-
-def gateway_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    """Gateway keyword arguments from ``gateway_options`` (plain, picklable data a worker receives):
-    the access-log / tracing settings become this process's own observer."""
-    from .observe import build_observer
-
-    kwargs = dict(options)
-    observe = kwargs.pop("observe", None) or {}
-    kwargs["observer"] = build_observer(access_log=observe.get("access_log", False),
-                                        otlp_endpoint=observe.get("otlp_endpoint"),
-                                        sample_ratio=observe.get("trace_sample_ratio"))
-    return kwargs
-
-
-def use_multiprocess_metrics() -> str:
-    """Switch this process (and the workers it starts) to prometheus_client's multiprocess mode,
-    in a fresh private directory; returns it. Must run before the supervisor's Metrics exist."""
-    from prometheus_client import values
-
-    path = tempfile.mkdtemp(prefix="kubegate-metrics-")
-    os.environ[MULTIPROC_ENV] = path
-    values.ValueClass = values.MultiProcessValue()  # in case prometheus_client was imported already
-    return path
-
-
-def reserve(host: str, port: int) -> socket.socket:
-    """Bind (not listen) with SO_REUSEPORT: resolves port 0 to one port for every worker and holds it.
-    A socket that does not listen is never handed connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class WorkerFailed(Exception):
     """A worker died or did not answer in time."""
 
@@ -310,10 +233,6 @@ class Supervisor:
             sock.close()
         self._reserved = []
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    @property
-    def worker_pids(self) -> list[int]:
-        return [proc.pid for proc in self._procs.values() if proc.returncode is None]
 
     async def _keep(self, index: int) -> None:
         """Run worker ``index``; restart it whenever it exits (backing off while it keeps crashing)."""

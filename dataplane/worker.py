@@ -18,37 +18,42 @@ import os
 import pickle
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from kubegate import eventloop
 
 log = logging.getLogger("kubegate.worker")
 
 
+def _rate_limiter(settings: dict, metrics: object, replicas: list[int]) -> object:
+    """Redis when configured (while Redis is down, failureMode local, this worker is one of
+    workers x replicas sharing a limit), else a client of the supervisor's in-memory counters."""
+    from .ratelimit import build_rate_limiter
+    from .shared_limits import OwnedRateLimiter
+
+    if settings["redis_url"]:
+        return build_rate_limiter(settings["redis_url"], metrics=metrics,
+                                  live_replicas=lambda: replicas[0] * settings["workers"])
+    return OwnedRateLimiter(settings["limits"])
+
+
 async def serve(control: str, index: int) -> int:
     from .ipc import receive, send
+    from .jwks import JwksCache
+    from .launch import gateway_kwargs
     from .metrics import worker_metrics
-    from .ratelimit import build_rate_limiter
     from .server import ConfigRejected, Gateway
     from .shared_limits import OwnedRateLimiter
-    from .supervisor import gateway_kwargs
 
     reader, writer = await asyncio.open_unix_connection(control)
     await send(writer, ("hello", index, os.getpid()))
     _, settings = await receive(reader)  # type: ignore[misc]
     metrics = worker_metrics()
     replicas = [settings["replicas"]]  # the supervisor says when it changes
-    if settings["redis_url"]:
-        # While Redis is down (failureMode: local) this worker is one of workers x replicas sharing a limit.
-        limiter = build_rate_limiter(settings["redis_url"], metrics=metrics,
-                                     live_replicas=lambda: replicas[0] * settings["workers"])
-    else:
-        limiter = await OwnedRateLimiter(settings["limits"]).connect()
-    try:
-        from .jwks import JwksCache
-
-        jwks = JwksCache()
-    except ImportError:  # pragma: no cover - a checkout without the security layer
-        jwks = None
+    limiter = _rate_limiter(settings, metrics, replicas)
+    if isinstance(limiter, OwnedRateLimiter):
+        limiter = await limiter.connect()
+    jwks = JwksCache()
     gateway = Gateway(**gateway_kwargs(settings["gateway"]), admin_port=None, limiter=limiter, metrics=metrics, jwks=jwks,
                       reuse_port=True)
     listening = False
@@ -90,6 +95,21 @@ async def serve(control: str, index: int) -> int:
         await listen()
         return ("serving", gateway.loaded_hash, listening)
 
+    try:
+        await _answer_until_stopped(reader, writer, handle, index)
+    finally:
+        await gateway.stop()
+        await limiter.close()
+        await jwks.close()
+        writer.close()
+    return 0
+
+
+async def _answer_until_stopped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                handle: Callable[[tuple], Awaitable[tuple]], index: int) -> None:
+    """Answer the supervisor's commands until SIGINT/SIGTERM or until the supervisor goes away."""
+    from .ipc import receive, send
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,12 +133,6 @@ async def serve(control: str, index: int) -> int:
         stopped.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await channel
-        await gateway.stop()
-        await limiter.close()
-        if jwks is not None:
-            await jwks.close()
-        writer.close()
-    return 0
 
 
 def main(argv: list[str]) -> int:

@@ -4,4 +4,4 @@
 # ~/.cache/kubegate/controlplane/<k8s>-etcd<etcd>/. Honours KUBEBUILDER_ASSETS.
 set -eu
 cd "$(dirname "$0")/.."
-exec python3 -m kubegate.devcluster
+exec python3 -m kubegate.gobuild

@@ -4,4 +4,4 @@
 # into ~/.cache/kubegate/tools/helm-<version>; prints the binary's path.
 set -eu
 cd "$(dirname "$0")/.."
-exec python3 -m kubegate.devcluster helm
+exec python3 -m kubegate.gobuild helm

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kubegate.names import KUBEGATE_LABELS
 from kubegate.resources import READY
 from kubegate.spec import GROUP, KINDS, PLURALS, SHORT_NAMES, VERSION
 
@@ -192,7 +193,7 @@ def crd(kind: str) -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{plural}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "kubegate", "app.kubernetes.io/part-of": "kubegate"},
+            "labels": dict(KUBEGATE_LABELS),
         },
         "spec": {
             "group": GROUP,

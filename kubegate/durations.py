@@ -30,18 +30,10 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
 
 
-def _check(text: str) -> str:
-    parse_duration(text)
-    return text
-
-
 def _positive(text: str) -> str:
     if parse_duration(text) <= 0:
         raise ValueError(f"duration {text!r} must be greater than zero")
     return text
 
-
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN), AfterValidator(_check)]
-"""A Go-style duration string, kept as written (the CR round-trips unchanged)."""
 
 PositiveDuration = Annotated[str, Field(pattern=DURATION_PATTERN), AfterValidator(_positive)]

@@ -1,7 +1,7 @@
 """The event loop every long-running command runs on: uvloop (libuv), asyncio's own loop as the fallback.
 
-uvloop is a dependency (measured: the bare route went from 15.1k to 17.0k
-req/s on one core in one A/B run); the fallback exists only for a platform
+uvloop is a dependency (more requests per core: ``KUBEGATE_EVENT_LOOP=asyncio``
+with bench/peers.py measures the difference; figures in git log); the fallback exists only for a platform
 where it does not install, and says so in one log line. ``KUBEGATE_EVENT_LOOP=asyncio``
 picks asyncio's loop on purpose (the A/B of bench/peers.py).
 """

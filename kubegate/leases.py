@@ -15,9 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from kubegate.config import DROPPED_ANNOTATION, HASH_ANNOTATION
-
-DATAPLANE_COMPONENT = "dataplane"
-COMPONENT_LABEL = "app.kubernetes.io/component"
+from kubegate.names import COMPONENT_LABEL, DATAPLANE_COMPONENT
 
 
 @dataclass(frozen=True)

@@ -43,4 +43,4 @@ command -v kubectl >/dev/null 2>&1 || { echo "install: kubectl is missing (expec
 python3 -m kubegate.nodecluster --build
 # Jaeger all-in-one (pinned in hack/jaeger/go.mod; about 5 min cold), the real OTLP receiver the
 # tracing tests query; cached in ~/.cache/kubegate/tools/ by the module's hash, so a warm run is instant.
-python3 -c 'from kubegate.devcluster import go_tool; print("install: jaeger at", go_tool("jaeger", package="github.com/jaegertracing/jaeger/cmd/jaeger"))'
+python3 -c 'from kubegate.gobuild import go_tool; print("install: jaeger at", go_tool("jaeger", package="github.com/jaegertracing/jaeger/cmd/jaeger"))'

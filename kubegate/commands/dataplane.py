@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 
-from kubegate.errors import UserError
 from kubegate.kubeapi import KubeApi, load_credentials
 
 
@@ -23,10 +22,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, wor
                 metrics_dir: str | None = None) -> None:
     from kubegate.dataplane.heartbeat import Heartbeat
     from kubegate.dataplane.k8s_source import KubernetesConfigSource
+    from kubegate.dataplane.launch import start_gateway
     from kubegate.dataplane.metrics import Metrics
-    from kubegate.dataplane.ratelimit import build_rate_limiter, check_redis_url
-    from kubegate.dataplane.server import Gateway
-    from kubegate.dataplane.supervisor import Supervisor, gateway_kwargs, gateway_options
+    from kubegate.dataplane.supervisor import Supervisor
     from kubegate.eventloop import loop_name
 
     credentials = await load_credentials()
@@ -34,29 +32,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, wor
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    metrics = Metrics()
     heartbeat: Heartbeat | None = None  # created with the API client below; its Lease count divides local limits
-    if workers > 1:
-        assert metrics_dir is not None
-        if args.redis_url:
-            try:
-                check_redis_url(args.redis_url)
-            except ValueError as exc:
-                raise UserError(f"--redis-url: {exc}") from None
-        gateway: Gateway | Supervisor = Supervisor(
-            workers, gateway_options(args), admin_port=args.admin_port, redis_url=args.redis_url,
-            metrics_dir=metrics_dir, metrics=metrics)
-    else:
-        try:
-            limiter = build_rate_limiter(args.redis_url, metrics=metrics,
-                                         live_replicas=lambda: heartbeat.live_replicas if heartbeat else 1)
-        except ValueError as exc:
-            raise UserError(f"--redis-url: {exc}") from None
-        gateway = Gateway(**gateway_kwargs(gateway_options(args)), admin_port=args.admin_port, limiter=limiter, metrics=metrics)
-    try:
-        await gateway.start()
-    except OSError as exc:
-        raise UserError(str(exc.strerror or exc)) from None
+    gateway, _limiter = await start_gateway(args, workers, Metrics(), metrics_dir,
+                                            live_replicas=lambda: heartbeat.live_replicas if heartbeat else 1)
     if isinstance(gateway, Supervisor):
         await gateway.wait_listening()
     print(f"kubegate dataplane: http={gateway.ports['http']} https={gateway.ports['https']} "
@@ -79,7 +57,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, wor
 
 def main(args: argparse.Namespace) -> int:
     from kubegate import eventloop
-    from kubegate.dataplane.supervisor import default_workers, use_multiprocess_metrics
+    from kubegate.dataplane.launch import default_workers, use_multiprocess_metrics
 
     asyncio.run(load_credentials())  # one-line error for a missing kubeconfig, before binding any port
     logging.basicConfig(level=os.environ.get("KUBEGATE_LOG_LEVEL", "INFO").upper(),

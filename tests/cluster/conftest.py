@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from kubegate import devcluster, images, nodecluster
+from kubegate import gobuild, images, nodecluster
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAY = REPO / "manifests" / "overlays" / "dev"
@@ -64,7 +64,7 @@ def node(tmp_path_factory):
     redis = images.ensure_redis_image(log=log)
     # Not under pytest's basetemp: other pytest sessions on this machine prune old basetemps
     # (rename to garbage-*, rmtree) while the node's mounts and sockets live there.
-    root = devcluster.cache_root() / "test-nodes"
+    root = gobuild.cache_root() / "test-nodes"
     root.mkdir(parents=True, exist_ok=True)
     state = Path(tempfile.mkdtemp(prefix="node-", dir=root))
     t = time.monotonic()

@@ -1,4 +1,4 @@
-"""A real Jaeger all-in-one (v2, built from hack/jaeger by devcluster.go_tool) on loopback ports, memory storage.
+"""A real Jaeger all-in-one (v2, built from hack/jaeger by gobuild.go_tool) on loopback ports, memory storage.
 
 Fixtures ``jaeger`` (import ``jaeger_process`` and ``jaeger_build`` to use them). ``jaeger.otlp`` is its OTLP/HTTP base URL, ``await jaeger.trace(trace_id)`` polls
 ``/api/traces/<trace id>`` until the trace arrives (None if it never does).
@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kubegate import devcluster
+from kubegate import gobuild
 
 JAEGER_PACKAGE = "github.com/jaegertracing/jaeger/cmd/jaeger"
 
@@ -73,7 +73,7 @@ class Jaeger:
 
 @pytest.fixture(scope="session", name="jaeger_binary")
 def jaeger_build() -> Path:
-    return devcluster.go_tool("jaeger", package=JAEGER_PACKAGE)
+    return gobuild.go_tool("jaeger", package=JAEGER_PACKAGE)
 
 
 @pytest.fixture(name="jaeger")

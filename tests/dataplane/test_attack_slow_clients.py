@@ -10,13 +10,14 @@ limit plus the sweep's slack.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import ssl
 import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from echo_route import echo_route
 
 HEADER, IDLE = 2.0, 3.0
 SLACK = 1.5  # the lean front's sweep runs every header/4 s; scheduling on a shared CI machine
@@ -25,56 +26,25 @@ DRIP = b"GET /slow HTTP/1.1\r\nHost: slow.test\r\nX-Padding: " + b"a" * 200
 
 
 def _manifests(port: int) -> str:
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: shop}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: {port}}}]
----
-apiVersion: kubegate.dev/v1alpha1
-kind: GatewayRoute
-metadata: {{name: open, namespace: shop}}
-spec:
-  path: "/*rest"
-  backends: [{{service: echo, port: {port}}}]
----
+    return echo_route(port) + """---
 apiVersion: kubegate.dev/v1alpha1
 kind: TLSPolicy
-metadata: {{name: tls, namespace: kubegate-system}}
+metadata: {name: tls, namespace: kubegate-system}
 spec:
   hostnames: ["tls.test"]
-  certificate: {{issuerRef: {{name: dev, kind: ClusterIssuer}}}}
+  certificate: {issuerRef: {name: dev, kind: ClusterIssuer}}
 """
 
 
 @pytest.fixture
-async def gateway(backend, tmp_path):
+async def gateway(backend, tmp_path, kubegate_run):
     b = await backend()
     (tmp_path / "gw.yaml").write_text(_manifests(b.port))
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1",
-           "KUBEGATE_HEADER_TIMEOUT": f"{HEADER:g}s"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kubegate.cli", "run", "-f", str(tmp_path / "gw.yaml"), "--host", "127.0.0.1",
-        "--http-port", "0", "--https-port", "0", "--admin-port", "0", "--idle-timeout", f"{IDLE:g}s",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
-    lines = []
-    try:
-        while True:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
-            assert line, "kubegate run exited:\n" + "".join(lines)
-            lines.append(line)
-            found = re.search(r"listening: http://[^:]+:(\d+) https://[^:]+:(\d+)", line)
-            if found:
-                break
-        drain = asyncio.create_task(proc.stderr.read())
-        ca = next(Path(tmp_path / "cache").rglob("ca.crt"))
-        yield {"http": int(found.group(1)), "https": int(found.group(2)), "ca": ca.read_text()}
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 20)
-        drain.cancel()
+    running = await kubegate_run(tmp_path / "gw.yaml", args=("--idle-timeout", f"{IDLE:g}s"),
+                                 env={"KUBEGATE_HEADER_TIMEOUT": f"{HEADER:g}s"})
+    ca = next(Path(tmp_path / "cache").rglob("ca.crt"))
+    yield {"http": running.ports["http"], "https": running.ports["https"], "ca": ca.read_text()}
+    await running.stop()
 
 
 async def _open(gateway, tls: bool):

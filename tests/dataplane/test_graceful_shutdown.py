@@ -11,27 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
-SERVICE = """
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: shop}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: {port}}}]
----
-apiVersion: kubegate.dev/v1alpha1
-kind: GatewayRoute
-metadata: {{name: open, namespace: shop}}
-spec:
-  path: "/*rest"
-  backends: [{{service: echo, port: {port}}}]
-"""
+sys.path.insert(0, str(Path(__file__).parent))
+from echo_route import echo_route
 
 
 def _request(method: str, path: str, body: bytes = b"") -> bytes:
@@ -77,75 +64,59 @@ def _closed_within(sock: socket.socket, timeout: float) -> float | None:
     return time.monotonic() - started
 
 
-async def test_sigterm_closes_idle_keepalive_at_once_answers_in_flight_and_exits(backend, tmp_path):
+async def test_sigterm_closes_idle_keepalive_at_once_answers_in_flight_and_exits(backend, tmp_path, kubegate_run):
     b = await backend()
     folder = tmp_path / "manifests"
     folder.mkdir()
-    (folder / "gateway.yaml").write_text(SERVICE.format(port=b.port))
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kubegate.cli", "run", "-f", str(folder), "--host", "127.0.0.1",
-        "--http-port", "0", "--https-port", "0", "--admin-port", "0",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
-    lines: list[str] = []
-    try:
-        while not (found := re.search(r"listening: http://[^:]+:(\d+) https://[^:]+:(\d+) admin http://[^:]+:(\d+)",
-                                      "".join(lines))):
-            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
-            assert line, "kubegate run exited early:\n" + "".join(lines)
-            lines.append(line)
-        http, admin = int(found.group(1)), int(found.group(3))
-        drain = asyncio.create_task(proc.stderr.read())
+    (folder / "gateway.yaml").write_text(echo_route(b.port))
+    gateway = await kubegate_run(folder)
+    proc = gateway.proc
+    http, admin = gateway.ports["http"], gateway.ports["admin"]
 
-        def run_scenario() -> dict:
-            sent = answered = 0
-            addr = ("127.0.0.1", http)
-            idle_post = socket.create_connection(addr)  # last request went through aiohttp (a body)
-            idle_get = socket.create_connection(addr)  # last request went through the lean front
-            for sock, req in ((idle_post, _request("POST", "/echo", b"x" * 100)), (idle_get, _request("GET", "/a"))):
-                sock.sendall(req)
-                sent += 1
-                status, headers, _ = _read_response(sock, 10)
-                assert status == 200 and headers.get("connection") != "close"
-                answered += 1
-            busy_get = socket.create_connection(addr)
-            busy_post = socket.create_connection(addr)
-            busy_get.sendall(_request("GET", "/slow?s=1.5"))
-            busy_post.sendall(_request("POST", "/slow?s=1.5", b"y" * 100))
-            sent += 2
-            time.sleep(0.3)  # both are in flight at the backend
-            signalled = time.monotonic()
-            os.kill(proc.pid, signal.SIGTERM)
-            result = {"idle_post_closed": _closed_within(idle_post, 5), "idle_get_closed": _closed_within(idle_get, 5)}
-            # readiness fails while the in-flight requests are still being answered
-            ready = socket.create_connection(("127.0.0.1", admin))
-            ready.sendall(b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n")
-            result["readyz"] = _read_response(ready, 5)[0]
-            ready.close()
-            try:
-                socket.create_connection(addr, timeout=2).close()
-                result["new_connection"] = "accepted"
-            except OSError:
-                result["new_connection"] = "refused"
-            for sock in (busy_get, busy_post):
-                status, headers, body = _read_response(sock, 10)
-                assert status == 200 and body == b"slow", (status, body)
-                answered += 1
-                result.setdefault("busy_connection_headers", []).append(headers.get("connection"))
-                result.setdefault("busy_closed_after", []).append(_closed_within(sock, 5))
-            result.update(sent=sent, answered=answered, signalled=signalled)
-            for sock in (idle_post, idle_get, busy_get, busy_post):
-                sock.close()
-            return result
+    def run_scenario() -> dict:
+        sent = answered = 0
+        addr = ("127.0.0.1", http)
+        idle_post = socket.create_connection(addr)  # last request went through aiohttp (a body)
+        idle_get = socket.create_connection(addr)  # last request went through the lean front
+        for sock, req in ((idle_post, _request("POST", "/echo", b"x" * 100)), (idle_get, _request("GET", "/a"))):
+            sock.sendall(req)
+            sent += 1
+            status, headers, _ = _read_response(sock, 10)
+            assert status == 200 and headers.get("connection") != "close"
+            answered += 1
+        busy_get = socket.create_connection(addr)
+        busy_post = socket.create_connection(addr)
+        busy_get.sendall(_request("GET", "/slow?s=1.5"))
+        busy_post.sendall(_request("POST", "/slow?s=1.5", b"y" * 100))
+        sent += 2
+        time.sleep(0.3)  # both are in flight at the backend
+        signalled = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        result = {"idle_post_closed": _closed_within(idle_post, 5), "idle_get_closed": _closed_within(idle_get, 5)}
+        # readiness fails while the in-flight requests are still being answered
+        ready = socket.create_connection(("127.0.0.1", admin))
+        ready.sendall(b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        result["readyz"] = _read_response(ready, 5)[0]
+        ready.close()
+        try:
+            socket.create_connection(addr, timeout=2).close()
+            result["new_connection"] = "accepted"
+        except OSError:
+            result["new_connection"] = "refused"
+        for sock in (busy_get, busy_post):
+            status, headers, body = _read_response(sock, 10)
+            assert status == 200 and body == b"slow", (status, body)
+            answered += 1
+            result.setdefault("busy_connection_headers", []).append(headers.get("connection"))
+            result.setdefault("busy_closed_after", []).append(_closed_within(sock, 5))
+        result.update(sent=sent, answered=answered, signalled=signalled)
+        for sock in (idle_post, idle_get, busy_get, busy_post):
+            sock.close()
+        return result
 
-        result = await asyncio.to_thread(run_scenario)
-        code = await asyncio.wait_for(proc.wait(), 15)
-        exited_after = time.monotonic() - result["signalled"]
-        await drain
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    result = await asyncio.to_thread(run_scenario)
+    code = await asyncio.wait_for(proc.wait(), 15)
+    exited_after = time.monotonic() - result["signalled"]
     assert code == 0
     assert result["answered"] == result["sent"] == 4  # every request answered, none dropped
     assert result["idle_post_closed"] is not None and result["idle_post_closed"] < 1.0, result

@@ -6,32 +6,22 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from echo_route import echo_route
 
 HMAC_SECRET = "s3cr3t-hmac-value-never-logged-0123456789"
 
 
 def _manifests(port: int, path: str) -> str:
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: shop}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: {port}}}]
----
+    return echo_route(port, path) + f"""---
 apiVersion: v1
 kind: Secret
 metadata: {{name: jwt-hmac, namespace: shop}}
 stringData: {{secret: {HMAC_SECRET}}}
----
-apiVersion: kubegate.dev/v1alpha1
-kind: GatewayRoute
-metadata: {{name: open, namespace: shop}}
-spec:
-  path: "{path}"
-  backends: [{{service: echo, port: {port}}}]
 ---
 apiVersion: kubegate.dev/v1alpha1
 kind: GatewayRoute

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from kubegate import devcluster
+from kubegate import gobuild
 
 REPO = Path(__file__).resolve().parents[2]
 HEALTH_LUA = REPO / "manifests" / "argocd" / "health.lua"
@@ -49,7 +49,7 @@ def argo_health(obj: dict) -> tuple[str, str]:
 
 def kstatus_binary() -> Path:
     """hack/kstatus built with go build (cached by source hash)."""
-    return devcluster.go_tool("kstatus")
+    return gobuild.go_tool("kstatus")
 
 
 def flux_status(kstatus: Path, obj: dict) -> dict:

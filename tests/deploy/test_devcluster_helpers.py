@@ -1,4 +1,4 @@
-"""Pure helpers of kubegate.devcluster: versions from go.mod, flags, kubeconfigs."""
+"""Pure helpers of kubegate.devcluster and kubegate.gobuild: versions from go.mod, flags, kubeconfigs."""
 
 from __future__ import annotations
 
@@ -6,28 +6,28 @@ import base64
 
 import pytest
 
-from kubegate import devcluster
+from kubegate import devcluster, gobuild, local_processes
 from kubegate.errors import UserError
 
 
 def test_module_version_reads_require_lines_in_both_forms():
     go_mod = "module x\n\nrequire go.etcd.io/etcd/server/v3 v3.6.16\n\nrequire (\n\tk8s.io/kubernetes v1.34.4\n)\n"
-    assert devcluster.module_version(go_mod, "k8s.io/kubernetes") == "v1.34.4"
-    assert devcluster.module_version(go_mod, "go.etcd.io/etcd/server/v3") == "v3.6.16"
+    assert gobuild.module_version(go_mod, "k8s.io/kubernetes") == "v1.34.4"
+    assert gobuild.module_version(go_mod, "go.etcd.io/etcd/server/v3") == "v3.6.16"
     with pytest.raises(UserError, match="does not require"):
-        devcluster.module_version(go_mod, "k8s.io/api")
+        gobuild.module_version(go_mod, "k8s.io/api")
 
 
 def test_versions_come_from_the_hack_modules():
-    k8s, etcd = devcluster.versions()
+    k8s, etcd = gobuild.versions()
     assert k8s.startswith("v1.") and int(k8s.split(".")[1]) >= 33
     major, minor, patch = (int(x) for x in etcd.lstrip("v").split("."))
     assert (major, minor) >= (3, 6) or (major, minor, patch) >= (3, 5, 24)
-    assert devcluster.binaries_dir(k8s, etcd).name == f"{k8s}-etcd{etcd}"
+    assert gobuild.binaries_dir(k8s, etcd).name == f"{k8s}-etcd{etcd}"
 
 
 def test_ldflags_stamp_the_kubernetes_version():
-    flags = devcluster.ldflags_for("v1.34.4")
+    flags = gobuild.ldflags_for("v1.34.4")
     assert "gitVersion=v1.34.4" in flags and "gitMajor=1" in flags and "gitMinor=34" in flags
 
 
@@ -62,19 +62,19 @@ def test_env_without_a_cluster_is_a_user_error(tmp_path):
 def test_down_never_signals_a_reused_pid():
     import os
 
-    assert not devcluster._runs(os.getpid(), "kube-apiserver")  # our PID, but not that program
-    assert not devcluster._runs(2**22 + 12345, "etcd")  # beyond pid_max: no such process
+    assert not local_processes.runs(os.getpid(), "kube-apiserver")  # our PID, but not that program
+    assert not local_processes.runs(2**22 + 12345, "etcd")  # beyond pid_max: no such process
 
 
 def test_helm_is_pinned_once_and_cached_by_that_version(tmp_path, monkeypatch):
-    go_mod = (devcluster.HACK_DIR / "helm" / "go.mod").read_text()
+    go_mod = (gobuild.HACK_DIR / "helm" / "go.mod").read_text()
     assert "tool helm.sh/helm/v3/cmd/helm" in go_mod
-    version = devcluster.module_version(go_mod, "helm.sh/helm/v3")
+    version = gobuild.module_version(go_mod, "helm.sh/helm/v3")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cached = tmp_path / "kubegate" / "tools" / f"helm-{version}"
     cached.parent.mkdir(parents=True)
     cached.write_text("#!/bin/sh\n")
     cached.chmod(0o755)
     built = []
-    assert devcluster.helm_binary(log=built.append) == cached
+    assert gobuild.helm_binary(log=built.append) == cached
     assert not built, "a cached helm of the pinned version is reused, not rebuilt"

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubegate import devcluster
+from kubegate import devcluster, gobuild
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubegate"
@@ -50,7 +50,7 @@ REDIS_URL = "rediss://:s3cr3t-pa55@redis.example.internal:6380/0"
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    return devcluster.helm_binary()
+    return gobuild.helm_binary()
 
 
 def run_helm(helm: Path, *args: str, kubeconfig: Path | None = None, check: bool = True,
@@ -157,7 +157,7 @@ def crd_sources() -> dict[str, bytes]:
 
 def test_helm_is_the_pinned_real_helm(helm):
     out = run_helm(helm, "version", "--template", "{{ .Version }}").stdout.strip()
-    assert out == devcluster.module_version((REPO / "hack/helm/go.mod").read_text(), "helm.sh/helm/v3") == "v3.22.0"
+    assert out == gobuild.module_version((REPO / "hack/helm/go.mod").read_text(), "helm.sh/helm/v3") == "v3.22.0"
 
 
 @pytest.mark.parametrize("chart,args", [

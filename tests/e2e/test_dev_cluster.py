@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from kubegate.devcluster import DevCluster, versions
+from kubegate.devcluster import DevCluster
+from kubegate.gobuild import versions
 
 
 def test_server_version_is_the_pinned_release(cluster):
