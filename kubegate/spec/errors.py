@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from pydantic import (
@@ -35,6 +36,28 @@ def _show(value: Any) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+# pydantic error type -> the API server's phrase for the same rejection, from (input, ctx).
+_PHRASES: dict[str, Callable[[Any, dict[str, Any]], str]] = {
+    "extra_forbidden": lambda value, ctx: "unknown field",
+    "missing": lambda value, ctx: "Required value",
+    "literal_error": lambda value, ctx: f'Unsupported value: {_show(value)}: supported values: {ctx.get("expected", "")}',
+    "enum": lambda value, ctx: f'Unsupported value: {_show(value)}: supported values: {ctx.get("expected", "")}',
+    "string_pattern_mismatch": lambda value, ctx: f"Invalid value: {_show(value)}: should match '{ctx.get('pattern', '')}'",
+    "greater_than_equal": lambda value, ctx: f"Invalid value: {value}: should be greater than or equal to {ctx['ge']}",
+    "less_than_equal": lambda value, ctx: f"Invalid value: {value}: should be less than or equal to {ctx['le']}",
+    "too_short": lambda value, ctx: (f"Invalid value: {ctx.get('actual_length')}: "
+                                     f"should have at least {ctx.get('min_length')} items"),
+    "too_long": lambda value, ctx: f"Too many: {ctx.get('actual_length')}: must have at most {ctx.get('max_length')} items",
+    "string_too_long": lambda value, ctx: f"Too long: may not be more than {ctx.get('max_length')} bytes",
+    "string_too_short": lambda value, ctx: (f"Invalid value: {_show(value)}: "
+                                            f"should be at least {ctx.get('min_length')} chars long"),
+}
+# pydantic type-error types -> the OpenAPI type the API server names.
+_TYPE_ERRORS = {"int_type": "integer", "int_parsing": "integer", "int_from_float": "integer", "string_type": "string",
+                "bool_type": "boolean", "bool_parsing": "boolean", "list_type": "array", "dict_type": "object",
+                "model_type": "object"}
+
+
 def _reason(error: dict[str, Any]) -> str:
     """Phrase pydantic's errors the way the API server phrases the same CRD rejection.
 
@@ -42,32 +65,11 @@ def _reason(error: dict[str, Any]) -> str:
     expectation (``tests/cases``) hold for both.
     """
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "Required value"
-    if kind in ("literal_error", "enum"):
-        return f'Unsupported value: {_show(value)}: supported values: {ctx.get("expected", "")}'
-    if kind == "string_pattern_mismatch":
-        return f"Invalid value: {_show(value)}: should match '{ctx.get('pattern', '')}'"
-    if kind == "greater_than_equal":
-        return f"Invalid value: {value}: should be greater than or equal to {ctx['ge']}"
-    if kind == "less_than_equal":
-        return f"Invalid value: {value}: should be less than or equal to {ctx['le']}"
+    if phrase := _PHRASES.get(kind):
+        return phrase(value, ctx)
     if kind.startswith(("datetime", "date_")):
         return f"Invalid value: {_show(value)}: must be of type date-time"
-    if kind == "too_short":
-        return f"Invalid value: {ctx.get('actual_length')}: should have at least {ctx.get('min_length')} items"
-    if kind == "too_long":
-        return f"Too many: {ctx.get('actual_length')}: must have at most {ctx.get('max_length')} items"
-    if kind == "string_too_long":
-        return f"Too long: may not be more than {ctx.get('max_length')} bytes"
-    if kind == "string_too_short":
-        return f"Invalid value: {_show(value)}: should be at least {ctx.get('min_length')} chars long"
-    if kind in ("int_type", "int_parsing", "string_type", "bool_type", "bool_parsing", "list_type", "dict_type",
-                "model_type", "int_from_float"):
-        expected = {"int": "integer", "string": "string", "bool": "boolean", "list": "array",
-                    "dict": "object", "model": "object"}[kind.split("_")[0]]
+    if expected := _TYPE_ERRORS.get(kind):
         return f"Invalid value: {_show(value)}: must be of type {expected}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
