@@ -215,6 +215,22 @@ def test_installed_package_imports_from_the_venv(installed, tmp_path):
     assert lines[5:] == ["absent tests", "absent bench", "absent hack"], proc.stdout
 
 
+def test_an_editable_install_maps_the_checkout_as_the_wheel_does(tmp_path):
+    """``pip install -e .`` (what scripts/install.sh runs) in a fresh venv: imported from elsewhere,
+    without PYTHONPATH, kubegate.operator and kubegate.dataplane are this checkout's folders, and
+    tests, bench and hack are not part of the package, exactly as in the wheel."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    subprocess.run([env_dir / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(REPO)],
+                   check=True, capture_output=True, text=True, env=wheel_env(), timeout=600)
+    proc = subprocess.run([env_dir / "bin" / "python", "-c", WHERE_FROM], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=True, env=wheel_env())
+    lines = proc.stdout.splitlines()
+    assert lines[:4] == [str(REPO / "kubegate" / "__init__.py"), str(REPO / "operator" / "runtime.py"),
+                         str(REPO / "dataplane" / "server.py"), str(REPO / "dataplane" / "ratelimit.py")], proc.stdout
+    assert lines[5:] == ["absent tests", "absent bench", "absent hack"], proc.stdout
+
+
 def test_stdlib_operator_is_not_shadowed_at_the_repo_root(installed):
     code = "import operator; import kubegate.operator; assert operator.itemgetter(0)([7]) == 7"
     subprocess.run([installed / "bin" / "python", "-c", code], cwd=REPO, check=True, timeout=60, env=wheel_env())
