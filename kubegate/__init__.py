@@ -45,10 +45,17 @@ def _map_checkout_folders() -> None:
         return  # installed from a wheel: the subpackages sit inside this one
     import tomllib
 
-    package_dir = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-dir"]
+    try:  # a stray pyproject.toml beside an installed package (some wheels ship one) maps nothing
+        config = tomllib.loads(pyproject.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return
+    if config.get("project", {}).get("name") != __name__:
+        return
+    package_dir = config.get("tool", {}).get("setuptools", {}).get("package-dir", {})
     folders = {name: checkout / folder for name, folder in package_dir.items()
                if name.startswith(__name__ + ".") and (checkout / folder).is_dir()}
-    sys.meta_path.insert(0, _MappedFolders(folders))
+    if folders:
+        sys.meta_path.insert(0, _MappedFolders(folders))
 
 
 _map_checkout_folders()

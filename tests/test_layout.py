@@ -1,6 +1,7 @@
 """The repository layout must never shadow the standard library's `operator` module."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,17 @@ def test_the_checkout_is_not_part_of_the_package(tmp_path):
     expected = [str(REPO / "operator" / "runtime.py"), str(REPO / "dataplane" / "server.py")]
     assert _checkout_imports(REPO, env) == expected
     assert _checkout_imports(tmp_path, {**env, "PYTHONPATH": str(REPO)}) == expected
+
+
+def test_an_installed_package_beside_a_stray_pyproject_imports(tmp_path):
+    """Installed as the wheel lays it out, in a site-packages that also holds some other project's
+    pyproject.toml (a wheel shipped one into the image's site-packages): the package imports from there."""
+    site = tmp_path / "site-packages"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "kubegate", site / "kubegate", ignore=ignore)
+    for folder in ("operator", "dataplane"):
+        shutil.copytree(REPO / folder, site / "kubegate" / folder, ignore=ignore)
+    (site / "pyproject.toml").write_text('[project]\nname = "someone-else"\n[tool.poetry]\nname = "x"\n')
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(site)}
+    assert _checkout_imports(tmp_path, env) == [str(site / "kubegate" / "operator" / "runtime.py"),
+                                                str(site / "kubegate" / "dataplane" / "server.py")]
