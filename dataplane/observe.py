@@ -125,21 +125,26 @@ class Observer:
 
 
 def _traced(handle: Any, tracer: Any) -> Any:
-    """Tracing without the access log: no clock, no byte count; an unsampled request ends with one test."""
+    """Tracing without the access log: no clock, no byte count. An unsampled request costs begin() only:
+    the pipeline's own coroutine is returned, with no frame of ours around it."""
     begin, end = tracer.begin, tracer.end
 
-    async def traced(request: Any, tls: bool, relay: Any = None) -> Any:
+    def traced(request: Any, tls: bool, relay: Any = None) -> Any:
         note = _TracedNote()
         begin(request, note)
+        if note.span is None:
+            return handle(request, tls, relay, note)
+        return recorded(request, tls, relay, note)
+
+    async def recorded(request: Any, tls: bool, relay: Any, note: Note) -> Any:
         response = None
         try:
             response = await handle(request, tls, relay, note)
             return response
         finally:
-            if note.span is not None:  # sampled
-                if not note.rid:
-                    note.rid = _request_id(response)
-                end(note, getattr(response, "status", 0) if response is not None else 0, note.compiled)
+            if not note.rid:
+                note.rid = _request_id(response)
+            end(note, getattr(response, "status", 0) if response is not None else 0, note.compiled)
 
     return traced
 

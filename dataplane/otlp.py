@@ -112,10 +112,10 @@ _CHILD_FLAGS = b"\x85\x01" + struct.pack("<I", FLAGS_HAS_IS_REMOTE | FLAGS_IS_RE
 _pack_u64 = struct.Struct("<Q").pack
 
 
-def encode_span(trace_id: str, span_id: int, parent_id: str | None, trace_state: str | None, name: str,
+def encode_span(trace_id: str, span_id: str, parent_id: str | None, trace_state: str | None, name: str,
                 start_ns: int, end_ns: int, attributes: list[bytes], error: bool) -> bytes:
     """One SERVER Span message: ids in hex as in ``traceparent``, ``attributes`` from :func:`span_attribute`."""
-    parts = [b"\x0a\x10", bytes.fromhex(trace_id), b"\x12\x08", span_id.to_bytes(8, "big")]
+    parts = [b"\x0a\x10", bytes.fromhex(trace_id), b"\x12\x08", bytes.fromhex(span_id)]
     if trace_state:
         parts.append(_len_field(F3, _text(trace_state)))
     if parent_id is not None:

@@ -93,6 +93,14 @@ def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
     return trace_id, parent_id, value[54] in "13579bdf"  # flags bit 0: sampled
 
 
+def _random_hex(bits: int) -> str:
+    """A random id of ``bits`` bits in lower-case hex, never all zero."""
+    while True:
+        value = random.getrandbits(bits)
+        if value:
+            return value.to_bytes(bits // 8, "big").hex()
+
+
 def ratio_bound(ratio: float) -> int:
     """New traces whose trace id's lower 64 bits are below this are sampled (the SDK's TraceIdRatioBased rule)."""
     return round(ratio * (1 << 64))
@@ -123,18 +131,22 @@ class Tracer:
         if parsed is not None:
             trace_id, parent_id, sampled = parsed
             tracestate = headers.get("tracestate")
-        else:
-            number = random.getrandbits(128) or 1
-            trace_id, parent_id, tracestate = number.to_bytes(16, "big").hex(), None, None
-            sampled = number & _LOW64 < self._bound
+            span_id = _random_hex(64)
+        else:  # a new trace: its id and this span's from one draw
+            number = random.getrandbits(192)
+            ids = number.to_bytes(24, "big").hex()
+            trace_id, span_id, parent_id, tracestate = ids[:32], ids[32:], None, None
+            if trace_id == _NO_TRACE or span_id == _NO_SPAN:  # 2^-64: draw again
+                self.begin(request, note)
+                return
+            sampled = number >> 64 & _LOW64 < self._bound
         note.strip = incoming is not None or "tracestate" in headers
-        span_id = random.getrandbits(64) or 1
         if sampled:
             note.span = (trace_id, span_id, parent_id, tracestate, request.method, request.rel_url.raw_path,
                          time.time_ns())
-            upstream = [("traceparent", f"00-{trace_id}-{span_id:016x}-01")]
+            upstream = [("traceparent", "00-" + trace_id + "-" + span_id + "-01")]
         else:
-            upstream = [("traceparent", f"00-{trace_id}-{span_id:016x}-00")]
+            upstream = [("traceparent", "00-" + trace_id + "-" + span_id + "-00")]
         if tracestate:
             upstream.append(("tracestate", tracestate))
         note.traceparent = upstream
