@@ -6,7 +6,7 @@ In one run, on free loopback ports: an nginx static backend, a real Jaeger
 (hack/jaeger, built by devcluster.go_tool) receiving the spans, and one
 kubegate process per case serving one bare route, loaded by wrk. As in
 bench/peers.py, the kubegate processes are pinned to one core and wrk, nginx
-and Jaeger to the other (with ``-t1 -c64``), so a case's figures are its own:
+and Jaeger to the other (with ``-t1 -c64``), so the figures are kubegate's own:
 
 * ``untraced``  no tracing flags (the baseline)
 * ``off``       --otlp-endpoint given but OTEL_SDK_DISABLED=true (tracing off: must cost nothing)
@@ -14,10 +14,11 @@ and Jaeger to the other (with ``-t1 -c64``), so a case's figures are its own:
 * ``100%``      every request recorded and exported
 * ``access-log``  --access-log (stdout to /dev/null)
 
-Cases are interleaved over ``--rounds`` rounds and each keeps its best
-req/s and, separately, its lowest CPU per request (the machine is shared;
-interference only makes a round slower and costlier). Ratios are
-against ``untraced`` from the same run. ``cpu us/req`` is the kubegate
+Each round loads every case TOGETHER with ``untraced`` (two wrk at once, the
+two kubegate processes sharing their core): whatever else runs on the machine
+hits both alike, and the req/s ratio of the pair is their CPU cost ratio. The
+ratio printed is the median over ``--rounds`` rounds (with min-max); the CPU
+figures are each case's least-disturbed round. ``cpu us/req`` is the kubegate
 process's CPU time (utime + stime from /proc) per request, the less noisy
 figure; ``bg us/req`` the part of it spent in threads other than the event
 loop's (the span exporter's batch thread, executor threads).
@@ -27,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import importlib.util
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,6 +99,17 @@ def background_cpu_seconds(pid: int) -> float:
         except FileNotFoundError:  # the thread ended meanwhile
             pass
     return total
+
+
+def measure(name: str, proc: subprocess.Popen, port: int, seconds: float, prefix: tuple[str, ...]) -> dict:
+    """One wrk run against one case, with its CPU per request and its background threads' share."""
+    bg_before = background_cpu_seconds(proc.pid)
+    result = bench.wrk(f"http://127.0.0.1:{port}/x", seconds, pids=[proc.pid], threads=peers.THREADS,
+                       connections=peers.CONNECTIONS, prefix=prefix)
+    if result["non2xx"] or result["errors"]:
+        raise SystemExit(f"bench: {name}: {result}")
+    result["bg_us"] = (background_cpu_seconds(proc.pid) - bg_before) / (result["rps"] * seconds) * 1e6
+    return result
 
 
 def start_case(name: str, config_path: str, otlp: str, prefix: tuple[str, ...]) -> tuple[subprocess.Popen, int]:
@@ -172,30 +186,29 @@ def main() -> int:
             for name, (proc, port) in cases.items():  # warm-up: connections, caches, the exporter's session
                 bench.wrk(f"http://127.0.0.1:{port}/x", 1, threads=peers.THREADS, connections=peers.CONNECTIONS,
                           prefix=on_client)
-            best: dict[str, dict] = {}
+            ratios: dict[str, list[float]] = {name: [] for name in cases if name != "untraced"}
+            figures: dict[str, dict] = {}
             for _ in range(args.rounds):
-                for name, (proc, port) in cases.items():
-                    bg_before = background_cpu_seconds(proc.pid)
-                    result = bench.wrk(f"http://127.0.0.1:{port}/x", args.seconds, pids=[proc.pid],
-                                       threads=peers.THREADS, connections=peers.CONNECTIONS, prefix=on_client)
-                    if result["non2xx"] or result["errors"]:
-                        raise SystemExit(f"bench: {name}: {result}")
-                    requests = result["rps"] * args.seconds
-                    result["bg_us"] = (background_cpu_seconds(proc.pid) - bg_before) / requests * 1e6
-                    if name not in best or result["rps"] > best[name]["rps"]:
-                        best[name] = {**result, "cpu_us": best.get(name, result)["cpu_us"],
-                                      "bg_us": best.get(name, result)["bg_us"]}
-                    if result["cpu_us"] <= best[name]["cpu_us"]:  # the least-disturbed round's CPU figures
-                        best[name].update(cpu_us=result["cpu_us"], bg_us=result["bg_us"])
-            base = best["untraced"]
+                for name in ratios:  # the case and the baseline loaded at once: same core, same interference
+                    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                        pair = dict(zip(("untraced", name), pool.map(
+                            lambda n: measure(n, *cases[n], args.seconds, on_client), ("untraced", name))))
+                    ratios[name].append(pair[name]["rps"] / pair["untraced"]["rps"])
+                    for n, result in pair.items():
+                        kept = figures.setdefault(n, result)
+                        if result["cpu_us"] <= kept["cpu_us"]:  # the least-disturbed round's CPU figures
+                            figures[n] = result
+            base = figures["untraced"]
             print(f"kubegate pinned to CPU {proxy_core}; wrk -t{peers.THREADS} -c{peers.CONNECTIONS}, nginx and Jaeger "
-                  f"to CPU {client_core}; best of {args.rounds} rounds of {args.seconds:g}s")
-            print(f"{'case':<12}{'req/s':>10}{'vs untraced':>13}{'cpu us/req':>12}{'vs untraced':>13}"
-                  f"{'bg us/req':>11}{'p99':>10}")
-            for name, result in best.items():
-                print(f"{name:<12}{result['rps']:>10.0f}{result['rps'] / base['rps']:>12.2f}x"
-                      f"{result['cpu_us'] or 0:>12.1f}{(result['cpu_us'] or 0) / base['cpu_us']:>12.2f}x"
-                      f"{result['bg_us']:>11.1f}{result['p99']:>10}")
+                  f"to CPU {client_core}; {args.rounds} rounds of {args.seconds:g}s, each case loaded together "
+                  "with untraced (the two share the core)")
+            print(f"{'case':<12}{'req/s vs untraced':>19}{'cpu us/req':>12}{'vs untraced':>13}{'bg us/req':>11}"
+                  f"{'p99':>10}   (req/s ratio: median of rounds, min-max)")
+            for name, result in figures.items():
+                ratio = sorted(ratios.get(name, [1.0]))
+                print(f"{name:<12}{statistics.median(ratio):>18.2f}x{result['cpu_us']:>12.1f}"
+                      f"{result['cpu_us'] / base['cpu_us']:>12.2f}x{result['bg_us']:>11.1f}{result['p99']:>10}"
+                      f"   {ratio[0]:.2f}-{ratio[-1]:.2f}")
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
