@@ -113,8 +113,8 @@ class Tracer:
     trace id; decide (the caller's sampled flag, else the trace-id ratio); and
     format the ``traceparent`` sent upstream with this request's span id. An
     unsampled request costs only that. A sampled one also keeps its start time,
-    and at the end its span is encoded (otlp.encode_span) and queued for the
-    export thread.
+    and at the end a tuple of its facts is queued; the export thread encodes
+    the batch (a tight loop there costs less than a rare cold call per request).
     """
 
     def __init__(self, settings: TracingSettings, export: Any = None) -> None:
@@ -122,7 +122,7 @@ class Tracer:
 
         self.settings = settings
         self._bound = ratio_bound(settings.ratio)
-        self._export = export if export is not None else SpanExport(settings.endpoint)
+        self._export = export if export is not None else SpanExport(settings.endpoint, encode=encode_request_span)
 
     def begin(self, request: Any, note: Any) -> None:
         headers = request.headers
@@ -152,21 +152,27 @@ class Tracer:
         note.traceparent = upstream
 
     def end(self, note: Any, status: int, route: Any) -> None:
+        """A sampled request's span, as a tuple: the export thread encodes it (encode_request_span)."""
         span = note.span
-        if span is None:
-            return
-        trace_id, span_id, parent_id, tracestate, method, path, start_ns = span
-        attributes = [common_span_attribute("http.request.method", method), span_attribute("url.path", path)]
-        name = method
-        if note.route:
-            name = f"{method} {note.route}"
-            attributes.append(common_span_attribute("http.route", note.route))
-        attributes += (common_span_attribute("http.response.status_code", status),
-                       span_attribute("kubegate.request_id", note.rid),
-                       common_span_attribute("kubegate.auth.outcome", note.auth_outcome(route)),
-                       common_span_attribute("kubegate.ratelimit.outcome", note.rate_limit_outcome(route)))
-        self._export.add(encode_span(trace_id, span_id, parent_id, tracestate, name, start_ns, time.time_ns(),
-                                     attributes, status >= 500 or status == 0))
+        if span is not None:
+            self._export.add((span, time.time_ns(), note.route, status, note.rid, note.auth_outcome(route),
+                              note.rate_limit_outcome(route)))
 
     def close(self) -> None:
         self._export.close()  # exports what is queued
+
+
+def encode_request_span(record: tuple) -> bytes:
+    """The OTLP Span of one sampled request, from what Tracer.end queued (run on the export thread)."""
+    (trace_id, span_id, parent_id, tracestate, method, path, start_ns), end_ns, route, status, rid, auth, limit = record
+    attributes = [common_span_attribute("http.request.method", method), span_attribute("url.path", path)]
+    name = method
+    if route:
+        name = f"{method} {route}"
+        attributes.append(common_span_attribute("http.route", route))
+    attributes += (common_span_attribute("http.response.status_code", status),
+                   span_attribute("kubegate.request_id", rid),
+                   common_span_attribute("kubegate.auth.outcome", auth),
+                   common_span_attribute("kubegate.ratelimit.outcome", limit))
+    return encode_span(trace_id, span_id, parent_id, tracestate, name, start_ns, end_ns, attributes,
+                       status >= 500 or status == 0)

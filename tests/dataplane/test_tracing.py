@@ -196,9 +196,9 @@ class _Request:
 
 class _Spans:
     def __init__(self) -> None:
-        self.spans: list[bytes] = []
+        self.spans: list = []
 
-    def add(self, span: bytes) -> None:
+    def add(self, span) -> None:
         self.spans.append(span)
 
     def close(self) -> None:
@@ -232,7 +232,7 @@ def test_a_span_is_a_valid_otlp_message():
 
     from kubegate.dataplane import otlp
     from kubegate.dataplane.observe import Note
-    from kubegate.dataplane.tracing import Tracer, TracingSettings
+    from kubegate.dataplane.tracing import Tracer, TracingSettings, encode_request_span
 
     spans = _Spans()
     tracer = Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", 0), export=spans)
@@ -243,7 +243,7 @@ def test_a_span_is_a_valid_otlp_message():
         note.route, note.rid = "shop/traced", "rid-1"
         tracer.end(note, status, None)
     body = otlp.encode_request({"service.name": "kubegate", "n": 3, "on": True, "x": 0.5, "list": ["a", "b"]},
-                               "kubegate.dataplane", spans.spans)
+                               "kubegate.dataplane", [encode_request_span(record) for record in spans.spans])
     (resource_spans,) = ExportTraceServiceRequest.FromString(body).resource_spans
     resource = {kv.key: kv.value for kv in resource_spans.resource.attributes}
     assert resource["service.name"].string_value == "kubegate" and resource["n"].int_value == 3
