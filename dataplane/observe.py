@@ -6,7 +6,9 @@ record, no clock read beyond what metrics already do (the choice is made once,
 when the Gateway is built). With one or both, :meth:`Observer.wrap` puts a
 wrapper around the handler that hands the pipeline a :class:`Note`; the
 pipeline fills in what only it knows (route, request id, admission verdict,
-upstream time) and the wrapper writes the log line and ends the span.
+upstream time) and the wrapper writes the log line and ends the span. With
+tracing alone the wrapper is leaner: no clock, no byte count, and for an
+unsampled request it returns the pipeline's own coroutine (nothing runs after).
 
 Never a credential: the path is logged without its query string (API keys and
 tokens are sometimes sent as query parameters), no header value is recorded,

@@ -130,7 +130,7 @@ class Tracer:
         parsed = parse_traceparent(incoming) if incoming is not None else None
         if parsed is not None:
             trace_id, parent_id, sampled = parsed
-            tracestate = headers.get("tracestate")
+            tracestate = ",".join(headers.getall("tracestate", ())) or None  # several headers are one list
             span_id = _random_hex(64)
         else:  # a new trace: its id and this span's from one draw
             number = random.getrandbits(192)

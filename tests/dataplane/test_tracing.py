@@ -185,7 +185,7 @@ async def test_tracing_off_leaves_the_callers_context_and_the_handler_alone(back
 class _Request:
     method = "GET"
 
-    def __init__(self, headers: dict[str, str], path: str = "/x") -> None:
+    def __init__(self, headers: dict[str, str] | list[tuple[str, str]], path: str = "/x") -> None:
         from multidict import CIMultiDict, CIMultiDictProxy
 
         from kubegate.dataplane.http1 import Target
@@ -239,7 +239,9 @@ def test_a_span_is_a_valid_otlp_message():
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
     for status, path in ((502, "/caf\u00e9/\udcff" + "x" * 300), (200, "/ok")):
         note = Note()
-        tracer.begin(_Request({"traceparent": f"00-{trace_id}-{parent}-01", "tracestate": "a=1,b=2"}, path), note)
+        tracer.begin(_Request([("traceparent", f"00-{trace_id}-{parent}-01"), ("tracestate", "a=1"),
+                               ("tracestate", "b=2")], path), note)
+        assert note.traceparent[1] == ("tracestate", "a=1,b=2")  # two tracestate headers are one list
         note.route, note.rid = "shop/traced", "rid-1"
         tracer.end(note, status, None)
     body = otlp.encode_request({"service.name": "kubegate", "n": 3, "on": True, "x": 0.5, "list": ["a", "b"]},
