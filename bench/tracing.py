@@ -1,8 +1,12 @@
-"""Cost of tracing and the access log (prints figures; not a test). Usage: python bench/tracing.py [--seconds 4] [--rounds 3]
+"""Cost of tracing and the access log (prints figures; not a test).
+
+Usage: python bench/tracing.py [--seconds 4] [--rounds 3] [--cases untraced,10%]
 
 In one run, on free loopback ports: an nginx static backend, a real Jaeger
 (hack/jaeger, built by gobuild.go_tool) receiving the spans, and one
-kubegate process per case serving one bare route, loaded by wrk:
+kubegate process per case serving one bare route, loaded by wrk. As in
+bench/peers.py, the kubegate processes are pinned to one core and wrk, nginx
+and Jaeger to the other (with ``-t1 -c64``), so the figures are kubegate's own:
 
 * ``untraced``  no tracing flags (the baseline)
 * ``off``       --otlp-endpoint given but OTEL_SDK_DISABLED=true (tracing off: must cost nothing)
@@ -10,19 +14,26 @@ kubegate process per case serving one bare route, loaded by wrk:
 * ``100%``      every request recorded and exported
 * ``access-log``  --access-log (stdout to /dev/null)
 
-Cases are interleaved over ``--rounds`` rounds and each keeps its best round
-(the machine is shared; interference only makes a round slower). Ratios are
-against ``untraced`` from the same run.
+Each round loads every case TOGETHER with ``untraced`` (two wrk at once, the
+two kubegate processes sharing their core): whatever else runs on the machine
+hits both alike, and the req/s ratio of the pair is their CPU cost ratio. The
+ratio printed is the median over ``--rounds`` rounds (with min-max); the CPU
+figures are each case's least-disturbed round. ``cpu us/req`` is the kubegate
+process's CPU time (utime + stime from /proc) per request, the less noisy
+figure; ``bg us/req`` the part of it spent in threads other than the event
+loop's (the span exporter's batch thread, executor threads).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import importlib.util
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +51,8 @@ def _load(name: str, path: str):
     return module
 
 
-bench = _load("bench_dataplane", os.path.join(HERE, "dataplane.py"))  # nginx, wrk, free ports
+bench = _load("bench_dataplane", os.path.join(HERE, "dataplane.py"))  # nginx, wrk, free ports, cpu_seconds
+peers = _load("bench_peers", os.path.join(HERE, "peers.py"))  # cores(), pinned(), wrk's -t/-c
 
 CASES = {
     "untraced": ([], {}),
@@ -77,10 +89,33 @@ def serve(config_path: str, port: int, otlp: str | None, ratio: float | None, ac
     asyncio.run(main())
 
 
-def start_case(name: str, config_path: str, otlp: str) -> tuple[subprocess.Popen, int]:
+def background_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's threads other than its main (event-loop) thread."""
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    total = 0.0
+    for tid in tids:
+        try:
+            total += bench.cpu_seconds([f"{pid}/task/{tid}"])
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return total
+
+
+def measure(name: str, proc: subprocess.Popen, port: int, seconds: float, prefix: tuple[str, ...]) -> dict:
+    """One wrk run against one case, with its CPU per request and its background threads' share."""
+    bg_before = background_cpu_seconds(proc.pid)
+    result = bench.wrk(f"http://127.0.0.1:{port}/x", seconds, pids=[proc.pid], threads=peers.THREADS,
+                       connections=peers.CONNECTIONS, prefix=prefix)
+    if result["non2xx"] or result["errors"]:
+        raise SystemExit(f"bench: {name}: {result}")
+    result["bg_us"] = (background_cpu_seconds(proc.pid) - bg_before) / (result["rps"] * seconds) * 1e6
+    return result
+
+
+def start_case(name: str, config_path: str, otlp: str, prefix: tuple[str, ...]) -> tuple[subprocess.Popen, int]:
     flags, env = CASES[name]
     port = bench.free_port()
-    cmd = [sys.executable, os.path.abspath(__file__), "--serve", config_path, "--port", str(port)]
+    cmd = [*prefix, sys.executable, os.path.abspath(__file__), "--serve", config_path, "--port", str(port)]
     if "--otlp" in flags:
         cmd += ["--otlp", otlp]
     if "--ratio" in flags:
@@ -96,7 +131,7 @@ def start_case(name: str, config_path: str, otlp: str) -> tuple[subprocess.Popen
     return proc, port
 
 
-def jaeger(workdir: str) -> tuple[subprocess.Popen, str]:
+def jaeger(workdir: str, prefix: tuple[str, ...]) -> tuple[subprocess.Popen, str]:
     from kubegate import gobuild
 
     binary = gobuild.go_tool("jaeger", package="github.com/jaegertracing/jaeger/cmd/jaeger")
@@ -106,7 +141,7 @@ def jaeger(workdir: str) -> tuple[subprocess.Popen, str]:
     path = os.path.join(workdir, "jaeger.yaml")
     with open(path, "w") as handle:
         handle.write(config.format(**ports))
-    proc = subprocess.Popen([str(binary), "--config", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*prefix, str(binary), "--config", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     bench.wait_port(ports["otlp"])
     return proc, f"http://127.0.0.1:{ports['otlp']}"
 
@@ -115,6 +150,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--serve")
     parser.add_argument("--port", type=int)
     parser.add_argument("--otlp")
@@ -124,10 +160,17 @@ def main() -> int:
     if args.serve:
         serve(args.serve, args.port, args.otlp, args.ratio, args.access_log)
         return 0
+    chosen = ["untraced"] + [c for c in args.cases.split(",") if c and c != "untraced"]
+    unknown = set(chosen) - set(CASES)
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    proxy_core, client_core = peers.cores()
+    on_proxy, on_client = peers.pinned(proxy_core), peers.pinned(client_core)
     with tempfile.TemporaryDirectory() as workdir:
         backend_port = bench.free_port()
-        web = bench.nginx(f"server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 'ok'; }} }}", workdir)
-        tracer, otlp = jaeger(workdir)
+        web = bench.nginx(f"server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 'ok'; }} }}", workdir,
+                          prefix=on_client)
+        tracer, otlp = jaeger(workdir, on_client)
         procs = []
         try:
             bench.wait_port(backend_port)
@@ -136,23 +179,36 @@ def main() -> int:
                                   backends=(CompiledBackend(url=f"http://127.0.0.1:{backend_port}"),))
             bench.write_config(config_path, CompiledConfig(routes=(route,)), SecretBundle())
             cases = {}
-            for name in CASES:
-                proc, port = start_case(name, config_path, otlp)
+            for name in chosen:
+                proc, port = start_case(name, config_path, otlp, on_proxy)
                 procs.append(proc)
                 cases[name] = (proc, port)
-            best: dict[str, dict] = {}
+            for name, (proc, port) in cases.items():  # warm-up: connections, caches, the exporter's session
+                bench.wrk(f"http://127.0.0.1:{port}/x", 1, threads=peers.THREADS, connections=peers.CONNECTIONS,
+                          prefix=on_client)
+            ratios: dict[str, list[float]] = {name: [] for name in cases if name != "untraced"}
+            figures: dict[str, dict] = {}
             for _ in range(args.rounds):
-                for name, (proc, port) in cases.items():
-                    result = bench.wrk(f"http://127.0.0.1:{port}/x", args.seconds, pids=[proc.pid])
-                    if result["non2xx"] or result["errors"]:
-                        raise SystemExit(f"bench: {name}: {result}")
-                    if name not in best or result["rps"] > best[name]["rps"]:
-                        best[name] = result
-            base = best["untraced"]["rps"]
-            print(f"{'case':<12}{'req/s':>10}{'vs untraced':>13}{'cpu us/req':>12}{'p99':>10}")
-            for name, result in best.items():
-                print(f"{name:<12}{result['rps']:>10.0f}{result['rps'] / base:>12.2f}x"
-                      f"{result['cpu_us'] or 0:>12.1f}{result['p99']:>10}")
+                for name in ratios:  # the case and the baseline loaded at once: same core, same interference
+                    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                        pair = dict(zip(("untraced", name), pool.map(
+                            lambda n: measure(n, *cases[n], args.seconds, on_client), ("untraced", name))))
+                    ratios[name].append(pair[name]["rps"] / pair["untraced"]["rps"])
+                    for n, result in pair.items():
+                        kept = figures.setdefault(n, result)
+                        if result["cpu_us"] <= kept["cpu_us"]:  # the least-disturbed round's CPU figures
+                            figures[n] = result
+            base = figures["untraced"]
+            print(f"kubegate pinned to CPU {proxy_core}; wrk -t{peers.THREADS} -c{peers.CONNECTIONS}, nginx and Jaeger "
+                  f"to CPU {client_core}; {args.rounds} rounds of {args.seconds:g}s, each case loaded together "
+                  "with untraced (the two share the core)")
+            print(f"{'case':<12}{'req/s vs untraced':>19}{'cpu us/req':>12}{'vs untraced':>13}{'bg us/req':>11}"
+                  f"{'p99':>10}   (req/s ratio: median of rounds, min-max)")
+            for name, result in figures.items():
+                ratio = sorted(ratios.get(name, [1.0]))
+                print(f"{name:<12}{statistics.median(ratio):>18.2f}x{result['cpu_us']:>12.1f}"
+                      f"{result['cpu_us'] / base['cpu_us']:>12.2f}x{result['bg_us']:>11.1f}{result['p99']:>10}"
+                      f"   {ratio[0]:.2f}-{ratio[-1]:.2f}")
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)

@@ -6,7 +6,9 @@ record, no clock read beyond what metrics already do (the choice is made once,
 when the Gateway is built). With one or both, :meth:`Observer.wrap` puts a
 wrapper around the handler that hands the pipeline a :class:`Note`; the
 pipeline fills in what only it knows (route, request id, admission verdict,
-upstream time) and the wrapper writes the log line and ends the span.
+upstream time) and the wrapper writes the log line and ends the span. With
+tracing alone the wrapper is leaner: no clock, no byte count, and for an
+unsampled request it returns the pipeline's own coroutine (nothing runs after).
 
 Never a credential: the path is logged without its query string (API keys and
 tokens are sometimes sent as query parameters), no header value is recorded,
@@ -23,7 +25,7 @@ from typing import Any
 class Note:
     """What the pipeline learned about one request (filled in by server.Gateway._handle)."""
 
-    __slots__ = ("bytes", "compiled", "rid", "route", "span", "traceparent", "upstream_seconds",
+    __slots__ = ("bytes", "compiled", "rid", "route", "span", "strip", "traceparent", "upstream_seconds",
                  "verdict")
 
     def __init__(self) -> None:
@@ -33,8 +35,9 @@ class Note:
         self.compiled: Any = None  # the CompiledRoute
         self.upstream_seconds: float | None = None
         self.bytes: int | None = None
-        self.span: Any = None
-        self.traceparent: list[tuple[str, str]] = []
+        self.span: Any = None  # the SDK span of a sampled request
+        self.traceparent: list[tuple[str, str]] = []  # the trace context sent upstream
+        self.strip = False  # the client sent trace context of its own
 
     def timed(self, observe: Any) -> Any:
         """The proxy's on_headers callback: keep the upstream time, then feed the route's histogram."""
@@ -46,7 +49,8 @@ class Note:
     def upstream(self, headers: list[tuple[str, str]]) -> None:
         """Replace the client's trace context with this request's span (when tracing)."""
         if self.traceparent:
-            headers[:] = [(n, v) for n, v in headers if n.lower() not in ("traceparent", "tracestate")]
+            if self.strip:
+                headers[:] = [(n, v) for n, v in headers if n.lower() not in ("traceparent", "tracestate")]
             headers.extend(self.traceparent)
 
     def auth_outcome(self, route: Any) -> str:
@@ -80,6 +84,8 @@ class Observer:
     def wrap(self, handle: Any) -> Any:
         """``handle(request, tls, relay, note)`` -> ``wrapped(request, tls, relay)``."""
         access_log, tracer = self.access_log, self.tracer
+        if access_log is None and tracer is not None:
+            return _traced(handle, tracer)
 
         async def observed(request: Any, tls: bool, relay: Any = None) -> Any:
             loop = asyncio.get_running_loop()
@@ -106,8 +112,8 @@ class Observer:
                 route = note.compiled
                 if note.bytes is None and response is not None:
                     note.bytes = _body_bytes(request, response)
-                if not note.rid and response is not None and hasattr(response, "headers"):
-                    note.rid = response.headers.get("X-Request-Id", "")
+                if not note.rid:
+                    note.rid = _request_id(response)
                 if tracer is not None:
                     tracer.end(note, status, route)
                 if access_log is not None:
@@ -118,6 +124,46 @@ class Observer:
     def close(self) -> None:
         if self.tracer is not None:
             self.tracer.close()
+
+
+def _traced(handle: Any, tracer: Any) -> Any:
+    """Tracing without the access log: no clock, no byte count. An unsampled request costs begin() only:
+    the pipeline's own coroutine is returned, with no frame of ours around it."""
+    begin, end = tracer.begin, tracer.end
+
+    def traced(request: Any, tls: bool, relay: Any = None) -> Any:
+        note = _TracedNote()
+        begin(request, note)
+        if note.span is None:
+            return handle(request, tls, relay, note)
+        return recorded(request, tls, relay, note)
+
+    async def recorded(request: Any, tls: bool, relay: Any, note: Note) -> Any:
+        response = None
+        try:
+            response = await handle(request, tls, relay, note)
+            return response
+        finally:
+            if not note.rid:
+                note.rid = _request_id(response)
+            end(note, getattr(response, "status", 0) if response is not None else 0, note.compiled)
+
+    return traced
+
+
+class _TracedNote(Note):
+    """A Note for tracing only: spans do not carry the upstream time, so the route's histogram is fed directly."""
+
+    __slots__ = ()
+
+    def timed(self, observe: Any) -> Any:
+        return observe
+
+
+def _request_id(response: Any) -> str:
+    """The X-Request-Id of an answer the pipeline gave before it noted one (e.g. 404 no_route)."""
+    headers = getattr(response, "headers", None) if response is not None else None
+    return headers.get("X-Request-Id", "") if headers is not None else ""
 
 
 def _body_bytes(request: Any, response: Any) -> int | None:

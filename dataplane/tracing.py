@@ -22,15 +22,20 @@ value, query string or credential.
 from __future__ import annotations
 
 import os
+import random
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from kubegate.errors import UserError
 
+from .otlp import common_span_attribute, encode_span, span_attribute
+
 
 @dataclass(frozen=True)
 class TracingSettings:
-    endpoint: str | None  # full traces URL; None = let the exporter read OTEL_* itself
+    endpoint: str  # the full traces URL (.../v1/traces)
     ratio: float
 
 
@@ -41,8 +46,9 @@ def tracing_settings(endpoint: str | None, ratio: float | None,
         return None
     if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return None
-    from_env = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if not endpoint and not from_env:
+    traces_url = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()  # a full URL
+    base_url = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()  # /v1/traces is appended
+    if not endpoint and not traces_url and not base_url:
         return None
     if ratio is None:
         arg = env.get("OTEL_TRACES_SAMPLER_ARG")
@@ -52,62 +58,121 @@ def tracing_settings(endpoint: str | None, ratio: float | None,
             raise UserError(f"OTEL_TRACES_SAMPLER_ARG={arg!r} is not a number between 0 and 1") from None
     if not 0.0 <= ratio <= 1.0:
         raise UserError(f"trace sample ratio {ratio} is not between 0 and 1")
-    url = None
     if endpoint:
-        if not endpoint.startswith(("http://", "https://")):
-            raise UserError(f"--otlp-endpoint {endpoint!r} is not an http(s) URL")
-        url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
+        where, url = "--otlp-endpoint", endpoint if endpoint.rstrip("/").endswith("/v1/traces") \
+            else endpoint.rstrip("/") + "/v1/traces"
+    elif traces_url:
+        where, url = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_url
+    else:
+        where, endpoint, url = "OTEL_EXPORTER_OTLP_ENDPOINT", base_url, base_url.rstrip("/") + "/v1/traces"
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"{where} {endpoint or url!r} is not an http(s) URL")
     return TracingSettings(url, ratio)
 
 
-class Tracer:
-    """Starts and ends the request spans; owns the SDK provider and its batch exporter."""
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # then "-..." or the end
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
+_LOW64 = (1 << 64) - 1
 
-    def __init__(self, settings: TracingSettings) -> None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-        from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
+    """(trace id, parent span id, sampled) of a valid W3C ``traceparent``, else None.
+
+    Version ``00`` is exactly ``00-<32 hex>-<16 hex>-<2 hex>`` (lower case); a
+    later version may carry more ``-`` fields after those, ``ff`` is invalid;
+    an all-zero trace id or parent id is invalid (W3C Trace Context, level 1).
+    """
+    if _TRACEPARENT.match(value) is None:
+        return None
+    version = value[:2]
+    if len(value) != 55 and (version == "00" or value[55] != "-"):
+        return None
+    trace_id, parent_id = value[3:35], value[36:52]
+    if version == "ff" or trace_id == _NO_TRACE or parent_id == _NO_SPAN:
+        return None
+    return trace_id, parent_id, value[54] in "13579bdf"  # flags bit 0: sampled
+
+
+def _random_hex(bits: int) -> str:
+    """A random id of ``bits`` bits in lower-case hex, never all zero."""
+    while True:
+        value = random.getrandbits(bits)
+        if value:
+            return value.to_bytes(bits // 8, "big").hex()
+
+
+def ratio_bound(ratio: float) -> int:
+    """New traces whose trace id's lower 64 bits are below this are sampled (the SDK's TraceIdRatioBased rule)."""
+    return round(ratio * (1 << 64))
+
+
+class Tracer:
+    """Decides sampling and builds the upstream ``traceparent``; records sampled requests as OTLP spans.
+
+    Per request: parse the caller's ``traceparent`` (one regex), or draw a new
+    trace id; decide (the caller's sampled flag, else the trace-id ratio); and
+    format the ``traceparent`` sent upstream with this request's span id. An
+    unsampled request costs only that. A sampled one also keeps its start time,
+    and at the end a tuple of its facts is queued; the export thread encodes
+    the batch (a tight loop there costs less than a rare cold call per request).
+    """
+
+    def __init__(self, settings: TracingSettings, export: Any = None) -> None:
+        from .otlp import SpanExport
 
         self.settings = settings
-        resource = Resource.create({} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "kubegate"})
-        self._provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(settings.ratio)), resource=resource)
-        exporter = OTLPSpanExporter(endpoint=settings.endpoint) if settings.endpoint else OTLPSpanExporter()
-        self._provider.add_span_processor(BatchSpanProcessor(exporter))
-        self._tracer = self._provider.get_tracer("kubegate.dataplane")
-        self._propagator = TraceContextTextMapPropagator()
-        self._kind = SpanKind.SERVER
-        self._set_in_context = set_span_in_context
-        self._error = Status(StatusCode.ERROR)
+        self._bound = ratio_bound(settings.ratio)
+        self._export = export if export is not None else SpanExport(settings.endpoint, encode=encode_request_span)
 
     def begin(self, request: Any, note: Any) -> None:
         headers = request.headers
-        parent = self._propagator.extract(headers) if "traceparent" in headers else None
-        span = self._tracer.start_span(
-            f"{request.method}", context=parent, kind=self._kind,
-            attributes={"http.request.method": request.method, "url.path": request.rel_url.raw_path},
-        )
-        note.span = span
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=self._set_in_context(span))
-        note.traceparent = list(carrier.items())
+        incoming = headers.get("traceparent")
+        parsed = parse_traceparent(incoming) if incoming is not None else None
+        if parsed is not None:
+            trace_id, parent_id, sampled = parsed
+            tracestate = ",".join(headers.getall("tracestate", ())) or None  # several headers are one list
+            span_id = _random_hex(64)
+        else:  # a new trace: its id and this span's from one draw
+            number = random.getrandbits(192)
+            ids = number.to_bytes(24, "big").hex()
+            trace_id, span_id, parent_id, tracestate = ids[:32], ids[32:], None, None
+            if trace_id == _NO_TRACE or span_id == _NO_SPAN:  # 2^-64: draw again
+                self.begin(request, note)
+                return
+            sampled = number >> 64 & _LOW64 < self._bound
+        note.strip = incoming is not None or "tracestate" in headers
+        if sampled:
+            note.span = (trace_id, span_id, parent_id, tracestate, request.method, request.rel_url.raw_path,
+                         time.time_ns())
+            upstream = [("traceparent", "00-" + trace_id + "-" + span_id + "-01")]
+        else:
+            upstream = [("traceparent", "00-" + trace_id + "-" + span_id + "-00")]
+        if tracestate:
+            upstream.append(("tracestate", tracestate))
+        note.traceparent = upstream
 
     def end(self, note: Any, status: int, route: Any) -> None:
+        """A sampled request's span, as a tuple: the export thread encodes it (encode_request_span)."""
         span = note.span
-        if span.is_recording():
-            if note.route:
-                span.update_name(f"{span.name} {note.route}")
-                span.set_attribute("http.route", note.route)
-            span.set_attribute("http.response.status_code", status)
-            span.set_attribute("kubegate.request_id", note.rid)
-            span.set_attribute("kubegate.auth.outcome", note.auth_outcome(route))
-            span.set_attribute("kubegate.ratelimit.outcome", note.rate_limit_outcome(route))
-            if status >= 500 or status == 0:
-                span.set_status(self._error)
-        span.end()
+        if span is not None:
+            self._export.add((span, time.time_ns(), note.route, status, note.rid, note.auth_outcome(route),
+                              note.rate_limit_outcome(route)))
 
     def close(self) -> None:
-        self._provider.shutdown()  # flushes the batch
+        self._export.close()  # exports what is queued
+
+
+def encode_request_span(record: tuple) -> bytes:
+    """The OTLP Span of one sampled request, from what Tracer.end queued (run on the export thread)."""
+    (trace_id, span_id, parent_id, tracestate, method, path, start_ns), end_ns, route, status, rid, auth, limit = record
+    attributes = [common_span_attribute("http.request.method", method), span_attribute("url.path", path)]
+    name = method
+    if route:
+        name = f"{method} {route}"
+        attributes.append(common_span_attribute("http.route", route))
+    attributes += (common_span_attribute("http.response.status_code", status),
+                   span_attribute("kubegate.request_id", rid),
+                   common_span_attribute("kubegate.auth.outcome", auth),
+                   common_span_attribute("kubegate.ratelimit.outcome", limit))
+    return encode_span(trace_id, span_id, parent_id, tracestate, name, start_ns, end_ns, attributes,
+                       status >= 500 or status == 0)

@@ -6,6 +6,7 @@ import secrets
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jwt
@@ -106,3 +107,222 @@ async def test_unsampled_requests_send_context_but_no_span(backend, kubegate_run
     assert tags["http.response.status_code"] == 401 and tags["kubegate.auth.outcome"] == "refused"
     for tid in [unsampled] + [tid for _, tid, _, _ in new_traces]:
         assert await jaeger.trace(tid, timeout=0.5) is None
+
+
+async def test_a_malformed_traceparent_is_never_continued(backend, kubegate_run, tmp_path, jaeger):
+    # ratio 0: a header wrongly taken as a sampled parent would show up in Jaeger and upstream
+    echo, gateway = await _start(backend, kubegate_run, tmp_path, jaeger, "0")
+    token = _token()
+    tid, pid = secrets.token_hex(16), secrets.token_hex(8)
+    malformed = [
+        f"00-{tid.upper()}-{pid}-01",  # upper-case hex
+        f"00-{'0' * 32}-{pid}-01",  # all-zero trace id
+        f"00-{tid}-{'0' * 16}-01",  # all-zero parent id
+        f"ff-{tid}-{pid}-01",  # version ff
+        f"00-{tid}-{pid}-01-extra",  # version 00 has exactly four fields
+        f"00-{tid[:-1]}-{pid}-01",  # short trace id
+        f"00-{tid}-{pid}-1",  # one-digit flags
+        f"00_{tid}_{pid}_01",
+        "",
+    ]
+    url = f"http://127.0.0.1:{gateway.ports['http']}/api/m"
+    async with aiohttp.ClientSession() as session:
+        for value in malformed:
+            async with session.get(url, headers={"Authorization": f"Bearer {token}", "traceparent": value,
+                                                 "tracestate": "vendor=1"}) as resp:
+                assert resp.status == 200
+        # a later version may add fields: its first four are continued (as version 00)
+        future_tid = secrets.token_hex(16)
+        async with session.get(url, headers={"Authorization": f"Bearer {token}",
+                                             "traceparent": f"01-{future_tid}-{pid}-01-what-ever"}) as resp:
+            assert resp.status == 200
+    for seen in echo.received[:len(malformed)]:
+        version, upstream_tid, span_id, flags = seen["headers"]["traceparent"].split("-")
+        assert version == "00" and upstream_tid not in (tid, "0" * 32) and len(upstream_tid) == 32
+        assert flags == "00" and span_id != "0" * 16 and len(span_id) == 16
+        assert "tracestate" not in seen["headers"]  # a tracestate without a valid traceparent is dropped
+    assert len({r["headers"]["traceparent"].split("-")[1] for r in echo.received[:len(malformed)]}) == len(malformed)
+    version, upstream_tid, span_id, flags = echo.received[-1]["headers"]["traceparent"].split("-")
+    assert (version, upstream_tid, flags) == ("00", future_tid, "01")
+    trace = await jaeger.trace(future_tid)
+    assert trace is not None
+    (span,) = trace["spans"]
+    assert span["spanID"] == span_id
+    assert span["references"] == [{"refType": "CHILD_OF", "traceID": future_tid, "spanID": pid}]
+    assert await jaeger.trace(tid, timeout=0.5) is None
+
+
+async def test_tracing_off_leaves_the_callers_context_and_the_handler_alone(backend, kubegate_run, tmp_path):
+    from kubegate.dataplane.observe import build_observer
+    from kubegate.dataplane.ratelimit import build_rate_limiter
+    from kubegate.dataplane.server import Gateway
+
+    for environ in ({"OTEL_SDK_DISABLED": "true"}, {"OTEL_TRACES_EXPORTER": "none"}):
+        assert build_observer(access_log=False, otlp_endpoint="http://127.0.0.1:4318", sample_ratio=0.1,
+                              environ=environ) is None
+    assert build_observer(access_log=False, otlp_endpoint=None, sample_ratio=None, environ={}) is None
+    limiter = build_rate_limiter(None)
+    gateway = Gateway(host="127.0.0.1", http_port=0, https_port=0, admin_port=0, limiter=limiter, observer=None)
+    assert gateway._handle.__func__ is Gateway._handle  # the pipeline itself: no wrapper, no Note
+    await limiter.close()
+    # the real command, tracing configured but disabled: the caller's context reaches the backend untouched
+    echo = await backend("echo")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "all.yaml").write_text(_manifests(echo.url))
+    gateway = await kubegate_run(folder, args=("--otlp-endpoint", "http://127.0.0.1:9", "--trace-sample-ratio", "1"),
+                                 env={"OTEL_SDK_DISABLED": "true"})
+    traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{gateway.ports['http']}/api/off",
+                        headers={"Authorization": f"Bearer {_token()}", "traceparent": traceparent,
+                                 "tracestate": "vendor=1"}) as resp:
+        assert resp.status == 200
+    (seen,) = echo.received
+    assert seen["headers"]["traceparent"] == traceparent and seen["headers"]["tracestate"] == "vendor=1"
+
+
+class _Request:
+    method = "GET"
+
+    def __init__(self, headers: dict[str, str] | list[tuple[str, str]], path: str = "/x") -> None:
+        from multidict import CIMultiDict, CIMultiDictProxy
+
+        from kubegate.dataplane.http1 import Target
+
+        self.headers = CIMultiDictProxy(CIMultiDict(headers))
+        self.rel_url = Target(path, "")
+
+
+class _Spans:
+    def __init__(self) -> None:
+        self.spans: list = []
+
+    def add(self, span) -> None:
+        self.spans.append(span)
+
+    def close(self) -> None:
+        pass
+
+
+def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule():
+    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
+
+    from kubegate.dataplane.observe import Note
+    from kubegate.dataplane.tracing import Tracer, TracingSettings
+
+    for ratio in (0.1, 0.5):
+        tracer = Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", ratio), export=_Spans())
+        reference = TraceIdRatioBased(ratio)
+        decisions = []
+        for _ in range(3000):
+            note = Note()
+            tracer.begin(_Request({}), note)
+            (name, value), = note.traceparent
+            _, trace_id, _, flags = value.split("-")
+            sampled = reference.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
+            assert (flags == "01") == sampled == (note.span is not None), (ratio, trace_id)
+            decisions.append(sampled)
+        assert abs(sum(decisions) / len(decisions) - ratio) < 0.05
+
+
+def test_a_span_is_a_valid_otlp_message():
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    from kubegate.dataplane import otlp
+    from kubegate.dataplane.observe import Note
+    from kubegate.dataplane.tracing import Tracer, TracingSettings, encode_request_span
+
+    spans = _Spans()
+    tracer = Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", 0), export=spans)
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    for status, path in ((502, "/caf\u00e9/\udcff" + "x" * 300), (200, "/ok")):
+        note = Note()
+        tracer.begin(_Request([("traceparent", f"00-{trace_id}-{parent}-01"), ("tracestate", "a=1"),
+                               ("tracestate", "b=2")], path), note)
+        assert note.traceparent[1] == ("tracestate", "a=1,b=2")  # two tracestate headers are one list
+        note.route, note.rid = "shop/traced", "rid-1"
+        tracer.end(note, status, None)
+    body = otlp.encode_request({"service.name": "kubegate", "n": 3, "on": True, "x": 0.5, "list": ["a", "b"]},
+                               "kubegate.dataplane", [encode_request_span(record) for record in spans.spans])
+    (resource_spans,) = ExportTraceServiceRequest.FromString(body).resource_spans
+    resource = {kv.key: kv.value for kv in resource_spans.resource.attributes}
+    assert resource["service.name"].string_value == "kubegate" and resource["n"].int_value == 3
+    assert resource["on"].bool_value is True and resource["x"].double_value == 0.5
+    assert [v.string_value for v in resource["list"].array_value.values] == ["a", "b"]
+    (scope_spans,) = resource_spans.scope_spans
+    assert scope_spans.scope.name == "kubegate.dataplane"
+    failed, ok = scope_spans.spans
+    for span in (failed, ok):
+        assert span.trace_id.hex() == trace_id and span.parent_span_id.hex() == parent
+        assert span.trace_state == "a=1,b=2" and span.kind == Span.SPAN_KIND_SERVER and span.name == "GET shop/traced"
+        assert 0 < span.start_time_unix_nano <= span.end_time_unix_nano
+        assert span.flags == 0x300  # the parent is remote
+    attributes = {kv.key: kv.value for kv in failed.attributes}
+    assert attributes["http.response.status_code"].int_value == 502
+    assert attributes["url.path"].string_value == "/caf\u00e9/?" + "x" * 300  # valid UTF-8, whole
+    assert attributes["kubegate.request_id"].string_value == "rid-1"
+    assert failed.status.code == Status.STATUS_CODE_ERROR and ok.status.code == Status.STATUS_CODE_UNSET
+    assert failed.span_id != ok.span_id
+
+
+async def test_the_exporter_sends_otel_headers_gzip_and_bounds_its_queue(caplog):
+    import asyncio
+    import gzip
+
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from kubegate.dataplane.otlp import SpanExport
+
+    received: list[tuple[Any, bytes]] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append((request.headers.copy(), await request.read()))  # case-insensitive
+        return web.Response(status=200, content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    env = {"OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Basic%20c2VjcmV0,x-tenant=t1",
+           "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip", "OTEL_BSP_SCHEDULE_DELAY": "60000",
+           "OTEL_BSP_MAX_QUEUE_SIZE": "3"}
+    export = SpanExport(f"http://127.0.0.1:{port}/v1/traces", env, resource={"service.name": "t"})
+    for _ in range(5):
+        export.add(b"")  # empty Span messages
+    assert export.dropped == 2
+    await asyncio.get_running_loop().run_in_executor(None, export.close)  # close() exports what is queued
+    ((headers, body),) = received
+    assert headers["Authorization"] == "Basic c2VjcmV0" and headers["x-tenant"] == "t1"
+    assert headers["Content-Encoding"] == "gzip" and headers["Content-Type"] == "application/x-protobuf"
+    # aiohttp inflated the body; what travelled (Content-Length) was the gzip stream of it
+    assert int(headers["Content-Length"]) == len(gzip.compress(body))
+    (resource_spans,) = ExportTraceServiceRequest.FromString(body).resource_spans
+    assert len(resource_spans.scope_spans[0].spans) == 3
+    await runner.cleanup()
+    # a receiver that is gone: the spans are dropped with one warning naming the host, never a header value
+    export = SpanExport(f"http://user:pw@127.0.0.1:{port}/v1/traces", {**env, "OTEL_BSP_MAX_QUEUE_SIZE": "10"},
+                        resource={})
+    export.add(b"")
+    await asyncio.get_running_loop().run_in_executor(None, export.close)
+    assert export.failed == 1
+    logged = caplog.text
+    assert f"127.0.0.1:{port}" in logged and "c2VjcmV0" not in logged and "pw" not in logged
+
+
+def test_bad_exporter_settings_are_one_clear_error():
+    import pytest
+
+    from kubegate.dataplane.otlp import SpanExport
+    from kubegate.errors import UserError
+
+    for env, words in (({"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"}, "gzip, deflate or none"),
+                       ({"OTEL_BSP_SCHEDULE_DELAY": "soon"}, "is not a number"),
+                       ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "must be above 0")):
+        with pytest.raises(UserError, match=words):
+            SpanExport("http://127.0.0.1:9/v1/traces", env, resource={})
