@@ -36,7 +36,8 @@ from kubegate.dataplane.admission import Admission, RequestFacts
 from kubegate.dataplane.audit import AuditLog
 from kubegate.dataplane.jwks import JwksCache
 from kubegate.dataplane.metrics import Metrics
-from kubegate.dataplane.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from kubegate.dataplane.ratelimit import MemoryRateLimiter
+from kubegate.dataplane.redis_limits import RedisRateLimiter
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from kubegate.apikeys import generate_api_key, key_hash, key_id

@@ -3,21 +3,22 @@
 The table maps sha256(key) -> key record and is built once per config
 snapshot from the compiled ApiKeys and the hashes in the SecretBundle; the
 data plane never sees a key itself. Garbage and typos of generated keys are
-refused by the CRC checksum before any hashing; keys users bring are looked up. The outcome of that check and lookup (a
-record or none) is remembered per presented key string, a few thousand
-keys at most, so a client's repeated key costs one dict lookup instead of
-a checksum and a sha256 (~3 us); like the verified-token cache, this holds
-presented credentials in memory only, never in a log or the config.
+refused by the CRC checksum; keys users bring are looked up. The outcome of
+that check and lookup (a record or none) is remembered per sha256 digest of
+the presented key, a few thousand at most, so a client's repeated key costs one
+sha256 and a dict lookup instead of the checksum as well. The memory holds
+digests only, never a presented key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
 from kubegate.dataplane.ipfilter import CidrSet, parse_ip
 
-from kubegate.apikeys import key_hash, worth_a_lookup
+from kubegate.apikeys import worth_a_lookup
 from kubegate.config import CompiledApiKey, CompiledLimit, CompiledRoute, SecretBundle
 
 _HEX = frozenset("0123456789abcdef")
@@ -58,13 +59,13 @@ def extract_api_key(x_api_key: str | None, authorization: str | None) -> str | N
 
 
 class ApiKeyTable:
-    SEEN_KEPT = 4096  # presented keys whose lookup is remembered (then the memory starts afresh)
+    SEEN_KEPT = 4096  # digests of presented keys whose lookup is remembered (then the memory starts afresh)
 
     def __init__(self, keys: tuple[CompiledApiKey, ...], secrets: SecretBundle,
                  dropped: dict[str, str] | None = None) -> None:
         """Unusable keys raise ValueError, or with ``dropped`` are left out and named there."""
-        self._by_hash: dict[str, KeyRecord] = {}
-        self._seen: dict[str, KeyRecord | None] = {}
+        self._by_hash: dict[bytes, KeyRecord] = {}  # sha256 digest -> record
+        self._seen: dict[bytes, KeyRecord | None] = {}  # digest of a presented key -> its lookup
         for key in keys:
             hashed = secrets.values.get(key.hash_ref, "").strip().lower()
             if len(hashed) != 64 or not set(hashed) <= _HEX:
@@ -73,7 +74,7 @@ class ApiKeyTable:
                     raise ValueError(reason)
                 dropped[f"ApiKey/{key.namespace}/{key.name}"] = reason
                 continue
-            self._by_hash[hashed] = KeyRecord(
+            self._by_hash[bytes.fromhex(hashed)] = KeyRecord(
                 id=key.id,
                 namespace=key.namespace,
                 routes=frozenset(key.routes),
@@ -87,12 +88,13 @@ class ApiKeyTable:
         return len(self._by_hash)
 
     def _record(self, key: str) -> KeyRecord | None:
-        record = self._seen.get(key, _UNSEEN)
+        digest = hashlib.sha256(key.encode()).digest()
+        record = self._seen.get(digest, _UNSEEN)
         if record is _UNSEEN:
-            record = self._by_hash.get(key_hash(key)) if worth_a_lookup(key) else None
+            record = self._by_hash.get(digest) if worth_a_lookup(key) else None
             if len(self._seen) >= self.SEEN_KEPT:
                 self._seen.clear()
-            self._seen[key] = record
+            self._seen[digest] = record
         return record  # type: ignore[return-value]
 
     def check(self, key: str, route: CompiledRoute, client_ip: str, now: float | None = None) -> KeyOutcome:

@@ -11,22 +11,27 @@ URL forms (see README):
   (default: the system's trust store); hostnames are checked either way.
 
 The password belongs in the URL given as ``KUBEGATE_REDIS_URL`` (from a
-Secret), never in a Pod's args. Every connection is redis-py's own
-``Connection`` (hiredis parser when installed); the rate limiter writes its
-packed script calls on them itself (see kubegate.dataplane.ratelimit).
+Secret), never in a Pod's args. Every connection is made by redis-py's own
+``Connection`` (TCP or TLS, AUTH, SELECT: all of the URL's options as redis-py
+reads them); then a :class:`Wire` takes its transport over, on which the rate
+limiter writes its packed script calls (see kubegate.dataplane.redis_limits).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
 from redis.retry import Retry
 
 OUR_QUERY = ("cluster", "ssl_ca_certs")  # read here; redis-py never sees them
@@ -85,44 +90,129 @@ def parse_redis_url(url: str) -> RedisTarget:
 CONNECT_TIMEOUT = 5.0  # seconds to reach a store; each request still waits at most its own deadline
 
 
+class Wire(asyncio.Protocol):
+    """One connection as the rate limiter uses it: replies parsed by hiredis as they arrive, each
+    handed to the next waiter in send order, from the event loop's read callback itself. No task,
+    stream or await per reply: that machinery (redis-py's read_response) cost more per request
+    than the script call it read. Connecting, TLS and AUTH/SELECT stay redis-py's (see
+    RedisNode.connect); the transport is taken over afterwards."""
+
+    def __init__(self, transport: asyncio.Transport, on_lost: Callable[[Wire, Exception], object]) -> None:
+        self.transport = transport
+        self._reader = hiredis.Reader()  # error replies come back as hiredis.ReplyError values
+        self._waiters: deque[Callable[[object], object]] = deque()
+        self._on_lost = on_lost
+        self.open = True
+
+    def send(self, data: bytes, waiters: list[Callable[[object], object]]) -> None:
+        """Write requests; ``waiters[i]`` is called with the i-th reply (a value or an exception)."""
+        self._waiters.extend(waiters)
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiters = self._waiters
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.close(ConnectionError(f"redis protocol error: {exc}"))
+                return
+            if reply is False:
+                return
+            if not waiters:  # a reply nobody asked for: this stream cannot be trusted
+                self.close(ConnectionError("redis sent a reply nobody asked for"))
+                return
+            if isinstance(reply, hiredis.ReplyError):
+                reply = reply_error(str(reply))
+            waiters.popleft()(reply)
+
+    def eof_received(self) -> bool:
+        return False  # close: the server is gone
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(ConnectionError(f"redis closed the connection ({exc or 'end of stream'})"))
+
+    def close(self, error: Exception) -> None:
+        """Never reuse a stream with replies unread: the waiters get ``error``."""
+        self.transport.close()
+        self._lost(error)
+
+    def _lost(self, error: Exception) -> None:
+        if not self.open:
+            return
+        self.open = False
+        waiters, self._waiters = self._waiters, deque()
+        self._on_lost(self, error)
+        for waiter in waiters:
+            waiter(error)
+
+
+def reply_error(message: str) -> ResponseError:
+    """An error reply as redis-py's exception class (NoScriptError, MovedError, AskError, ...)."""
+    code, _, rest = message.partition(" ")
+    kind = _ERROR_KINDS.get(code)
+    if kind is not None:
+        try:
+            return kind(rest)
+        except ValueError:  # a MOVED/ASK without "slot host:port": a plain error
+            pass
+    return ResponseError(message)
+
+
+_ERROR_KINDS: dict[str, type[ResponseError]] = {"NOSCRIPT": NoScriptError, "MOVED": MovedError, "ASK": AskError}
+
+
 class RedisNode:
-    """One server and the one connection the rate limiter's batches use on it."""
+    """One server and the one connection (a :class:`Wire`) the rate limiter's batches use on it."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self.conn: Connection | None = None
+        self.conn: Connection | None = None  # redis-py's, for connecting; its transport is the Wire's
+        self.wire: Wire | None = None
         self._connecting: asyncio.Task | None = None
 
-    async def connection(self) -> Connection:
-        """The connected connection. Connecting (DNS, TCP, TLS, AUTH) runs in its own task that a
-        request's 100 ms deadline does not cancel: a store that takes longer to reach than one
-        decision allows is still reached, and later requests use the connection."""
-        conn = self.conn
-        if conn is not None and conn.is_connected:
-            if not await conn.can_read():
-                return conn
-            await conn.disconnect(nowait=True)  # closed by the server while idle: connect afresh
+    async def connection(self) -> Wire:
+        """The open Wire. Connecting (DNS, TCP, TLS, AUTH) runs in its own task that a request's
+        100 ms deadline does not cancel: a store that takes longer to reach than one decision
+        allows is still reached, and later requests use the connection."""
+        wire = self.wire
+        if wire is not None and wire.open:
+            return wire
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
         return await asyncio.shield(self._connecting)
 
-    async def _connect(self) -> Connection:
+    async def _connect(self) -> Wire:
         conn = self.conn
         if conn is None:
-            conn = await self.client.connection_pool.get_connection()
-        if not conn.is_connected:
-            await conn.connect()
-        self.conn = conn
-        return conn
+            conn = self.conn = await self.client.connection_pool.get_connection()
+        if conn.is_connected:  # the stream of a Wire that was closed
+            await conn.disconnect(nowait=True)
+        await conn.connect()  # TCP, TLS, AUTH, SELECT: every option of the URL, as redis-py reads it
+        stream, transport = conn._reader, conn._writer.transport
+        parsed = getattr(conn._parser, "_reader", None)  # hiredis's reader: what it read and did not hand out
+        if stream is None or stream._buffer or (parsed is not None and parsed.has_data()):
+            await conn.disconnect(nowait=True)
+            raise ConnectionError("redis sent data nobody asked for while connecting")
+        self.wire = Wire(transport, self._lost)
+        transport.set_protocol(self.wire)
+        return self.wire
 
-    async def disconnect(self) -> None:
-        """Never reuse a stream with replies unread."""
-        if self.conn is not None:
-            await self.conn.disconnect(nowait=True)
+    def _lost(self, wire: Wire, error: Exception) -> None:
+        if self.wire is wire:
+            self.wire = None
+
+    def disconnect(self, error: Exception) -> None:
+        """Close the connection; whatever waits on it gets ``error``."""
+        if self.wire is not None:
+            self.wire.close(error)
 
     async def close(self) -> None:
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
+        self.disconnect(ConnectionError("rate limiter closed"))
         if self.conn is not None:
             await self.conn.disconnect(nowait=True)
             await self.client.connection_pool.release(self.conn)
@@ -172,6 +262,13 @@ class RedisNodes:
         assert self._slots is not None
         return self.node(self._slots[key_slot(group.encode())])
 
+    def known_node_for(self, group: str) -> RedisNode | None:
+        """node_for without waiting: None while a cluster's slot map is still to be read."""
+        if not self.cluster:
+            return self.node(self.target.seeds[0])
+        slots = self._slots
+        return None if slots is None else self.node(slots[key_slot(group.encode())])
+
     def forget_slots(self) -> None:
         """A MOVED/ASK reply or an unreachable node: read the slot map again before the next batch."""
         if self.cluster:
@@ -208,9 +305,9 @@ class RedisNodes:
             return
         raise error
 
-    async def disconnect(self) -> None:
+    def disconnect(self, error: Exception) -> None:
         for node in self._nodes.values():
-            await node.disconnect()
+            node.disconnect(error)
 
     async def close(self) -> None:
         if self._refreshing is not None:

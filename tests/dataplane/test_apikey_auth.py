@@ -129,23 +129,37 @@ async def test_per_key_limit_is_shared_across_routes(admission):
     assert (await admission.admit(ORDERS, with_key(KEYS["acme"]))).status is None  # other keys unaffected
 
 
-def test_checksum_rejects_garbage_without_hashing(monkeypatch):
+def test_garbage_is_refused_and_repeated_keys_skip_the_checksum(monkeypatch):
+    """Bad-checksum and short keys are refused; a repeated key skips the checksum, and every
+    per-request rule still applies to it. Each presented key is hashed (the memory is keyed by
+    digest): sha256 costs less than the checksum's regex and CRC."""
     table = api_key_auth.ApiKeyTable(CONFIG.api_keys, SECRETS)
-    hashed = []
-    monkeypatch.setattr(api_key_auth, "key_hash", lambda k: hashed.append(k) or key_hash(k))
+    checked = []
+    real = api_key_auth.worth_a_lookup
+    monkeypatch.setattr(api_key_auth, "worth_a_lookup", lambda k: checked.append(k) or real(k))
     assert table.check(flip_last(KEYS["acme"]), ORDERS, "10.0.0.1").reason == "invalid_api_key"
     assert table.check("kg_" + "x" * 43 + "_AAAAAA", ORDERS, "10.0.0.1").reason == "invalid_api_key"
     assert table.check("too-short", ORDERS, "10.0.0.1").reason == "invalid_api_key"  # < 16 bytes: no key
-    assert hashed == []
-    assert table.check(KEYS["acme"], ORDERS, "10.0.0.1").ok and len(hashed) == 1
-    # a repeated key is remembered: no second hash, and every per-request rule still applies
-    assert table.check(KEYS["acme"], ORDERS, "10.0.0.1").ok and len(hashed) == 1
-    assert table.check(KEYS["acme"], FOREIGN, "10.0.0.1").reason == "forbidden_scope" and len(hashed) == 1
+    assert table.check(KEYS["acme"], ORDERS, "10.0.0.1").ok and len(checked) == 4
+    # a repeated key is remembered: no second checksum, and every per-request rule still applies
+    assert table.check(KEYS["acme"], ORDERS, "10.0.0.1").ok and len(checked) == 4
+    assert table.check(KEYS["acme"], FOREIGN, "10.0.0.1").reason == "forbidden_scope" and len(checked) == 4
     unknown = generate_api_key()
     assert [table.check(unknown, ORDERS, "10.0.0.1").reason for _ in range(2)] == ["invalid_api_key"] * 2
-    assert len(hashed) == 2
+    assert len(checked) == 5
     # a key a user brought (any other format, >= 16 bytes) is looked up by its hash
-    assert table.check("kg_" + "x" * 300, ORDERS, "10.0.0.1").reason == "invalid_api_key" and len(hashed) == 3
+    assert table.check("kg_" + "x" * 300, ORDERS, "10.0.0.1").reason == "invalid_api_key"
+
+
+def test_remembered_lookups_hold_digests_never_a_presented_key():
+    table = api_key_auth.ApiKeyTable(CONFIG.api_keys, SECRETS)
+    presented = [KEYS["acme"], flip_last(KEYS["acme"]), generate_api_key(), "kg_" + "x" * 300]
+    for key in presented:
+        table.check(key, ORDERS, "10.0.0.1")
+    assert len(table._seen) == len(presented)
+    for remembered in table._seen:
+        assert isinstance(remembered, bytes) and len(remembered) == 32  # a sha256 digest
+        assert all(key.encode() not in remembered and key not in repr(remembered) for key in presented)
 
 
 def test_remembered_keys_are_bounded(monkeypatch):

@@ -13,16 +13,14 @@ from kubegate.dataplane.metrics import Metrics
 from kubegate.dataplane.ratelimit import (
     Charge,
     ChargeSet,
-    CircuitBreaker,
-    Deadline,
     MemoryRateLimiter,
     RateResult,
-    RedisRateLimiter,
     build_rate_limiter,
     decide,
     local_share,
     refill,
 )
+from kubegate.dataplane.redis_limits import CircuitBreaker, Deadline, RedisRateLimiter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from redis_fixture import RedisServer, running_redis

@@ -16,7 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from kubegate.dataplane.devca import mint_ca, mint_cert
-from kubegate.dataplane.ratelimit import Charge, CircuitBreaker, RedisRateLimiter
+from kubegate.dataplane.ratelimit import Charge
+from kubegate.dataplane.redis_limits import CircuitBreaker, RedisRateLimiter
 from kubegate.dataplane.redis_nodes import parse_redis_url
 
 sys.path.insert(0, str(Path(__file__).parent))

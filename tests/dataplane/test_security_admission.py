@@ -16,7 +16,8 @@ from kubegate.dataplane.admission import Admission, RequestFacts
 from kubegate.dataplane.audit import AuditLog
 from kubegate.dataplane.jwks import JwksCache
 from kubegate.dataplane.metrics import Metrics
-from kubegate.dataplane.ratelimit import CircuitBreaker, MemoryRateLimiter, RedisRateLimiter
+from kubegate.dataplane.ratelimit import MemoryRateLimiter
+from kubegate.dataplane.redis_limits import CircuitBreaker, RedisRateLimiter
 from multidict import CIMultiDict, CIMultiDictProxy
 from redis.crc import key_slot
 

@@ -12,7 +12,7 @@ import aiohttp
 import jwt
 import pytest
 from kubegate.dataplane.audit import AuditLog
-from kubegate.dataplane.ratelimit import RedisRateLimiter
+from kubegate.dataplane.redis_limits import RedisRateLimiter
 
 from kubegate.apikeys import generate_api_key, key_hash, key_id
 from kubegate.config import (
