@@ -21,7 +21,7 @@ from typing import Any
 
 
 class Note:
-    """What the pipeline learned about one request (filled in by server.Gateway._handle)."""
+    """What the pipeline learned about one request (filled in by pipeline.Pipeline.answer)."""
 
     __slots__ = ("bytes", "compiled", "rid", "route", "span", "traceparent", "upstream_seconds",
                  "verdict")
@@ -77,37 +77,26 @@ class Observer:
         self.access_log = access_log
         self.tracer = tracer
 
-    def wrap(self, handle: Any) -> Any:
-        """``handle(request, tls, relay, note)`` -> ``wrapped(request, tls, relay)``."""
+    def wrap(self, serve: Any) -> Any:
+        """``serve(request, front, note)`` (pipeline.Pipeline.serve) -> ``observed(request, front)``."""
         access_log, tracer = self.access_log, self.tracer
 
-        async def observed(request: Any, tls: bool, relay: Any = None) -> Any:
+        async def observed(request: Any, front: Any) -> Any:
             loop = asyncio.get_running_loop()
             started = loop.time()
             note = Note()
             if tracer is not None:
                 tracer.begin(request, note)
-            if relay is not None:
-                inner_relay = relay
-
-                async def relay(req: Any, upstream: Any, headers: Any) -> Any:
-                    if req.method == "HEAD":
-                        note.bytes = 0
-                    else:
-                        note.bytes = len(upstream.body) if upstream.body is not None else upstream.content_length
-                    return await inner_relay(req, upstream, headers)
-            response = None
+            sent = None
             try:
-                response = await handle(request, tls, relay, note)
-                return response
+                sent = await serve(request, front, note)
+                return sent
             finally:
                 elapsed = loop.time() - started
-                status = getattr(response, "status", 0) if response is not None else 0
+                status = sent.status if sent is not None else 0
+                if sent is not None:
+                    note.bytes = sent.bytes
                 route = note.compiled
-                if note.bytes is None and response is not None:
-                    note.bytes = _body_bytes(request, response)
-                if not note.rid and response is not None and hasattr(response, "headers"):
-                    note.rid = response.headers.get("X-Request-Id", "")
                 if tracer is not None:
                     tracer.end(note, status, route)
                 if access_log is not None:
@@ -118,16 +107,6 @@ class Observer:
     def close(self) -> None:
         if self.tracer is not None:
             self.tracer.close()
-
-
-def _body_bytes(request: Any, response: Any) -> int | None:
-    if request.method == "HEAD":
-        return 0
-    body = getattr(response, "body", None)
-    if isinstance(body, (bytes, bytearray)):
-        return len(body)
-    length = getattr(response, "body_length", None)
-    return length if length else getattr(response, "content_length", None)
 
 
 def build_observer(*, access_log: bool, otlp_endpoint: str | None, sample_ratio: float | None,

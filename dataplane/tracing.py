@@ -88,7 +88,7 @@ class Tracer:
         parent = self._propagator.extract(headers) if "traceparent" in headers else None
         span = self._tracer.start_span(
             f"{request.method}", context=parent, kind=self._kind,
-            attributes={"http.request.method": request.method, "url.path": request.rel_url.raw_path},
+            attributes={"http.request.method": request.method, "url.path": request.path},
         )
         note.span = span
         carrier: dict[str, str] = {}
