@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
@@ -35,20 +36,60 @@ HOP_BY_HOP = frozenset({
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
 # The gateway says `Server: kubegate` itself (like Envoy); a backend's would advertise its versions.
-_RESPONSE_SKIP = HOP_BY_HOP | {"content-length", "server"}
+_RESPONSE_SKIP = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server"})
+_REQUEST_ID_ONLY = frozenset({b"x-request-id"})
 EMPTY_STATUSES = frozenset({204, 304})
 _JSON = ("Content-Type", "application/json")
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
+_date: tuple[int, bytes] = (0, b"")
+
+
+def _date_line() -> bytes:
+    """``Date: ...`` for this second (formatted once a second, not per response)."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, f"Date: {rfc822_formatted_time()}\r\n".encode())
+    return _date[1]
+
+
+def _kept(upstream: UpstreamResponse, extra: dict[str, str]) -> tuple[list[bytes], frozenset[bytes]]:
+    """The upstream's header lines a client gets, and the gateway's own header names (lower-case):
+    hop-by-hop ones (and those its Connection names) go, the gateway's values replace the upstream's."""
+    named = upstream.connection
+    ours = _REQUEST_ID_ONLY if len(extra) == 1 and "X-Request-Id" in extra else \
+        frozenset(name.lower().encode("latin-1") for name in extra)
+    return [line for lower, line in upstream.raw
+            if lower not in _RESPONSE_SKIP and lower not in named and lower not in ours], ours
 
 
 def response_headers(upstream: UpstreamResponse, extra: dict[str, str]) -> list[tuple[str, str]]:
-    """Upstream response headers minus hop-by-hop (and those its Connection names), plus ours."""
-    named = upstream.connection
-    ours = {name.lower() for name in extra}  # the gateway's values replace the upstream's
-    out = [(name, value) for name, value in upstream.headers
-           if (lower := name.lower()) not in _RESPONSE_SKIP and lower not in named and lower not in ours]
+    """:func:`_kept` as (name, value) pairs, plus ours: for aiohttp's writer."""
+    lines, _ = _kept(upstream, extra)
+    out = []
+    for line in lines:
+        name, _, value = line[:-2].partition(b": ")
+        out.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
     out.extend(extra.items())
     return out
+
+
+def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes, close: bool) -> bytes:
+    """The head of a relayed response, from the upstream's header lines as received."""
+    lines, ours = _kept(upstream, extra)
+    status = upstream.status
+    parts = [f"HTTP/1.1 {status} {upstream.reason or _PHRASES.get(status, '')}\r\n".encode("utf-8", "surrogateescape")]
+    parts += lines
+    for name, value in extra.items():
+        parts.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+    if b"date" not in ours and (not upstream.dated or b"date" in upstream.connection):
+        parts.append(_date_line())
+    if b"server" not in ours:
+        parts.append(b"Server: kubegate\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(framing)
+    return b"".join(parts)
 
 
 def request_head(method: str, origin: Origin, target: str, headers: list[tuple[str, str]], framing: str) -> bytes:
@@ -111,39 +152,28 @@ class TransportFront:
         self._conn = conn
 
     async def write(self, request: Request, answer: Answer) -> Sent:
-        if isinstance(answer, Relay):
-            return await self._relay(request, answer.upstream, answer.headers)
-        if isinstance(answer, Upgrade):  # llhttp hands every upgrade to aiohttp before the pipeline
-            raise TypeError("a WebSocket answer on the lean front")
-        body = answer.body()
-        headers = list(answer.headers.items())
-        headers.append(_JSON)
-        head = response_head(answer.status, "", headers, f"Content-Length: {len(body)}\r\n\r\n", request.close)
-        transport = self._conn.transport
-        if transport is not None:
-            transport.write(head if request.method == "HEAD" else head + body)
-        return Sent(answer.status, 0 if request.method == "HEAD" else len(body))
-
-    async def _relay(self, request: Request, upstream: UpstreamResponse, headers: list[tuple[str, str]]) -> Sent:
+        if type(answer) is not Relay:
+            return self._refusal(request, answer)
         transport = self._conn.transport
         if transport is None:
             raise ConnectionResetError("client closed the connection")
+        upstream = answer.upstream
         status, body = upstream.status, upstream.body
         head_only = request.method == "HEAD"
         no_body = head_only or status in EMPTY_STATUSES or status < 200
         length = upstream.content_length
         if status in EMPTY_STATUSES:
-            framing = "\r\n"
+            framing = b"\r\n"
         elif body is not None and not no_body:
             length = len(body)
-            framing = f"Content-Length: {length}\r\n\r\n"
+            framing = b"Content-Length: %d\r\n\r\n" % length
         elif length is not None:
-            framing = f"Content-Length: {length}\r\n\r\n"
+            framing = b"Content-Length: %d\r\n\r\n" % length
         elif no_body:
-            framing = "\r\n"
+            framing = b"\r\n"
         else:
-            framing = "Transfer-Encoding: chunked\r\n\r\n"
-        head = response_head(status, upstream.reason, headers, framing, request.close)
+            framing = b"Transfer-Encoding: chunked\r\n\r\n"
+        head = relay_head(upstream, answer.extra, framing, request.close)
         sent = Sent(status, 0 if head_only else len(body) if body is not None else upstream.content_length)
         if body is not None or no_body:
             transport.write(head if no_body else head + body)
@@ -154,6 +184,18 @@ class TransportFront:
         except Exception:  # noqa: BLE001 - headers are out: a cut connection is the only honest signal
             self._conn.cut()
         return sent
+
+    def _refusal(self, request: Request, answer: Refusal | Upgrade) -> Sent:
+        if isinstance(answer, Upgrade):  # llhttp hands every upgrade to aiohttp before the pipeline
+            raise TypeError("a WebSocket answer on the lean front")
+        body = answer.body()
+        headers = list(answer.headers.items())
+        headers.append(_JSON)
+        head = response_head(answer.status, "", headers, f"Content-Length: {len(body)}\r\n\r\n", request.close)
+        transport = self._conn.transport
+        if transport is not None:
+            transport.write(head if request.method == "HEAD" else head + body)
+        return Sent(answer.status, 0 if request.method == "HEAD" else len(body))
 
     async def _copy(self, stream: AsyncIterator[bytes] | None, *, chunked: bool) -> None:
         conn = self._conn
@@ -178,7 +220,7 @@ class AiohttpFront:
 
     async def write(self, request: Request, answer: Answer) -> Sent:
         if isinstance(answer, Relay):
-            response = await self._relay(answer.upstream, answer.headers)
+            response = await self._relay(answer.upstream, response_headers(answer.upstream, answer.extra))
         elif isinstance(answer, Upgrade):
             opened = await answer.open(self._request)
             response = self._refusal(opened) if isinstance(opened, Refusal) else opened

@@ -264,8 +264,8 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
     async def _serve(self, request: Request) -> None:
         try:
             await self._handler(request, self._front)
-            # a client that pipelines without reading waits for its answers
-            await self._wait_writable()
+            if self._write_paused:  # a client that pipelines without reading waits for its answers
+                await self._wait_writable()
         except (asyncio.CancelledError, ConnectionError):
             if self.transport is not None:
                 self.transport.abort()

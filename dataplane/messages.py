@@ -83,12 +83,12 @@ class Relay:
     """An upstream response to relay: its head is in; ``release()`` once written (the connection
     goes back to the pool, a circuit-breaker slot is freed)."""
 
-    __slots__ = ("headers", "release", "route", "upstream")
+    __slots__ = ("extra", "release", "route", "upstream")
 
-    def __init__(self, upstream: UpstreamResponse, headers: list[tuple[str, str]],
-                 release: Callable[[], None], route: Any = None) -> None:
+    def __init__(self, upstream: UpstreamResponse, extra: dict[str, str], release: Callable[[], None],
+                 route: Any = None) -> None:
         self.upstream = upstream
-        self.headers = headers  # filtered upstream headers plus the gateway's (framing.response_headers)
+        self.extra = extra  # the gateway's response headers (they replace the upstream's of that name)
         self.release = release
         self.route = route
 

@@ -25,7 +25,7 @@ from kubegate.config import CompiledRoute
 
 from .bodies import BodyTooLarge
 from .circuit import Breakers, EndpointBreaker, Overflow, RouteBreaker
-from .framing import HOP_BY_HOP, request_head, response_headers
+from .framing import HOP_BY_HOP, request_head
 from .messages import Relay, Request
 from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamResponse
 
@@ -215,11 +215,11 @@ async def forward(request: Request, pool: UpstreamPool, plan: UpstreamPlan, targ
                                       on_headers, framing, chunked, attempts)
     loop = asyncio.get_running_loop()
     origin: Origin | None = None
-    failure = ProxyFailure(503, "no_backend", "no backend available")
+    failure: ProxyFailure | None = None
     for attempt in range(attempts):
         origin = plan.pick(avoid=origin)
         if origin is None:
-            raise failure
+            raise failure or _no_backend()
         started = loop.time()
         try:
             upstream = await pool.request(
@@ -236,8 +236,8 @@ async def forward(request: Request, pool: UpstreamPool, plan: UpstreamPlan, targ
             continue
         if on_headers is not None:
             on_headers(loop.time() - started)
-        return Relay(upstream, response_headers(upstream, extra), upstream.release)
-    raise failure
+        return Relay(upstream, extra, upstream.release)
+    raise failure or _no_backend()
 
 
 async def _forward_guarded(method: str, pool: UpstreamPool, plan: UpstreamPlan, breaker: RouteBreaker,
@@ -247,11 +247,11 @@ async def _forward_guarded(method: str, pool: UpstreamPool, plan: UpstreamPlan, 
     """:func:`forward` for a route with a circuit breaker: per-endpoint slots and outlier detection."""
     loop = asyncio.get_running_loop()
     origin: Origin | None = None
-    failure = ProxyFailure(503, "no_backend", "no backend available")
+    failure: ProxyFailure | None = None
     for attempt in range(attempts):
         picked = breaker.pick(plan, origin)
         if picked is None:
-            raise failure
+            raise failure or _no_backend()
         index, origin = picked
         endpoint = breaker.endpoints[index]
         try:
@@ -286,8 +286,12 @@ async def _forward_guarded(method: str, pool: UpstreamPool, plan: UpstreamPlan, 
             continue
         if on_headers is not None:
             on_headers(loop.time() - started)
-        return Relay(upstream, response_headers(upstream, extra), _releaser(upstream, endpoint))
-    raise failure
+        return Relay(upstream, extra, _releaser(upstream, endpoint))
+    raise failure or _no_backend()
+
+
+def _no_backend() -> ProxyFailure:
+    return ProxyFailure(503, "no_backend", "no backend available")
 
 
 def _releaser(upstream: UpstreamResponse, endpoint: EndpointBreaker) -> Callable[[], None]:

@@ -63,6 +63,19 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
+def _young_collections_rarer() -> None:
+    """Collect the young generation every YOUNG_THRESHOLD allocations instead of Python's 700.
+
+    Each proxied request allocates a few dozen tracked objects (coroutines, futures, lists,
+    the answer), nearly all freed by reference counting when it ends, so a young collection
+    only walks what is in flight: doing it 70 times less often costs a little memory for cyclic
+    garbage and saves the collector's share of every request.
+    """
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+YOUNG_THRESHOLD = 50_000
 SHUTDOWN_GRACE = 10.0
 
 
@@ -325,6 +338,7 @@ class Gateway:
     async def start(self) -> None:
         """Bind all listeners; OSError (e.g. port in use) propagates with the port named."""
         loop = asyncio.get_running_loop()
+        _young_collections_rarer()
         if self._jwks is None:
             self._jwks = JwksCache()
         self._pipeline.session = proxy.build_session()

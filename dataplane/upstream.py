@@ -133,20 +133,30 @@ class _Body:
 
 
 class UpstreamResponse:
-    """Status, raw headers and either ``body`` (whole, small) or ``stream`` (async iterable)."""
+    """Status, headers and either ``body`` (whole, small) or ``stream`` (async iterable).
 
-    __slots__ = ("_conn", "body", "connection", "content_length", "headers", "reason", "status", "stream")
+    ``raw`` holds each header as (lower-case name, ``Name: value\\r\\n`` line) in bytes, as
+    received (trailing whitespace of the value removed), so a relayed head is never decoded and
+    encoded again; ``headers`` decodes them for aiohttp's writer."""
 
-    def __init__(self, conn: _Connection, status: int, reason: str, headers: list[tuple[str, str]],
+    __slots__ = ("_conn", "body", "connection", "content_length", "dated", "raw", "reason", "status", "stream")
+
+    def __init__(self, conn: _Connection, status: int, reason: str, raw: list[tuple[bytes, bytes]],
                  content_length: int | None) -> None:
         self._conn = conn
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self.raw = raw
         self.content_length = content_length
         self.body: bytes | None = None
         self.stream: _Body | None = None
-        self.connection: frozenset[str] = frozenset()  # lower-case tokens of its Connection header
+        self.connection: frozenset[bytes] = frozenset()  # lower-case tokens of its Connection header
+        self.dated = False  # it has a Date header
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(line[:len(lower)].decode("latin-1"), line[len(lower) + 2:-2].decode("utf-8", "surrogateescape"))
+                for lower, line in self.raw]
 
     def release(self) -> None:
         """Give the connection back (when the exchange completed cleanly) or close it."""
@@ -179,11 +189,12 @@ class _Connection(WriteFlowControl, asyncio.Protocol):
         self._head_request = False
         self._head_size = 0  # bytes received while no head was complete
         self._header_bytes = 0  # names and values of the current head
-        self._reason = ""
-        self._headers: list[tuple[str, str]] = []
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
         self._length: int | None = None
         self._chunked = False
-        self._connection: frozenset[str] = frozenset()
+        self._connection: frozenset[bytes] = frozenset()
+        self._dated = False
         self._parts: list[bytes] = []
         self._response: UpstreamResponse | None = None
         self._future: asyncio.Future[UpstreamResponse] | None = None
@@ -231,15 +242,16 @@ class _Connection(WriteFlowControl, asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._state != 1:  # a second response after the complete one: nothing asked for it
             raise BadResponse("unsolicited response")
-        self._reason = ""
+        self._reason = b""
         self._headers = []
         self._header_bytes = 0
         self._length = None
         self._chunked = False
         self._connection = frozenset()
+        self._dated = False
 
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason.decode("utf-8", "surrogateescape")
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._state != 1:
@@ -247,23 +259,27 @@ class _Connection(WriteFlowControl, asyncio.Protocol):
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEAD:  # one that arrived in a single read
             raise BadResponse("response head too large")
-        text = value.rstrip(b" \t").decode("utf-8", "surrogateescape")  # llhttp keeps trailing OWS
+        value = value.rstrip(b" \t")  # llhttp keeps trailing OWS
         lower = name.lower()
         if lower == b"content-length":
             self._length = int(value)  # digits only, never repeated: llhttp checked
         elif lower == b"transfer-encoding":  # llhttp's rule: chunked iff it is the final coding
             self._chunked = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
         elif lower == b"connection":
-            self._connection = frozenset(token.strip() for token in text.lower().split(","))
-        self._headers.append((name.decode("latin-1"), text))
+            self._connection = frozenset(token.strip() for token in value.lower().split(b","))
+        elif lower == b"date":
+            self._dated = True
+        self._headers.append((lower, b"%s: %s\r\n" % (name, value)))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
             return  # interim (100 Continue, 103 Early Hints): the final response follows; 101 fails the feed
         self._keep_alive = self._parser.should_keep_alive()
-        response = self._response = UpstreamResponse(self, status, self._reason, self._headers, self._length)
+        response = self._response = UpstreamResponse(
+            self, status, self._reason.decode("utf-8", "surrogateescape"), self._headers, self._length)
         response.connection = self._connection
+        response.dated = self._dated
         if self._head_request or status in _NO_BODY_STATUSES:  # RFC 9112 6.3: no body, whatever the headers say
             response.body = b""
             self._complete()
