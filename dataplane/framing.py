@@ -94,10 +94,9 @@ def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes
 
 def request_head(method: str, origin: Origin, target: str, headers: list[tuple[str, str]], framing: str) -> bytes:
     """An upstream request's head; ``framing`` is its Content-Length / Transfer-Encoding line and blank line."""
-    lines = [f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    lines.append(framing)
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    return f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n{fields}{framing}".encode(
+        "utf-8", "surrogateescape")
 
 
 def response_head(status: int, reason: str, headers: list[tuple[str, str]], framing: str, close: bool) -> bytes:

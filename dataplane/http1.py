@@ -90,7 +90,7 @@ class RequestHead:
         if self.version != "1.1" or self.hosts != 1 or url[:1] != b"/" or b"#" in url:
             return None
         path, _, query = url.decode("latin-1").partition("?")  # llhttp allows visible ASCII only
-        return self.method, Target(path, query), self.headers, not self.keep_alive
+        return self.method, (path, query), self.headers, not self.keep_alive  # a Target, as a plain tuple
 
 
 Handler = Callable[[Request, Front], Awaitable[Sent]]
@@ -229,7 +229,8 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._buf, self._fed = buf[stop:], 0
         method, target, headers, close = parsed
         view = CIMultiDictProxy(CIMultiDict(headers))
-        request = Request(method, target.raw_path, target.raw_path, target.raw_query_string, view, self._remote,
+        path, query = target
+        request = Request(method, path, path, query, view, self._remote,
                           self.transport, content_length=0 if "Content-Length" in view else None, vetted=True,
                           close=close)
         self._request = request

@@ -12,11 +12,10 @@ fails). :meth:`Pipeline.serve` has the answer written by the request's front
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
-from prometheus_client import Counter
 
 from . import proxy
 from .admission import RequestFacts, Verdict
@@ -25,7 +24,7 @@ from .bodies import BodyTooLarge, is_json
 from .clientip import ClientAddress
 from .framing import Front
 from .messages import Answer, Refusal, Request, Sent, Upgrade
-from .metrics import Metrics
+from .metrics import Metrics, counting, observing
 from .mtls_auth import client_identity
 from .observe import Note
 from .router import MethodNotAllowed
@@ -63,12 +62,29 @@ class Pipeline:
         self._ports = ports  # the Gateway's, filled in when it binds (the HTTPS port for 308 redirects)
         self.pool: UpstreamPool | None = None
         self.session: aiohttp.ClientSession | None = None  # upstream WebSockets
-        self._counters: dict[tuple[str, str, int], Counter] = {}
-        self._miss_latency = metrics.request_latency.labels("")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # metric children by label values, created on first use (an idle route costs no buckets)
+        self._counters: dict[tuple[str, str, int], Callable[[float], None]] = {}
+        self._latency: dict[str, Callable[[float], None]] = {}
+        self._upstream: dict[str, Callable[[float], None]] = {}
+
+    def open(self) -> None:
+        """Start serving: the upstream pool and WebSocket session, on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self.session = proxy.build_session()
+        self.pool = UpstreamPool()
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
 
     async def serve(self, request: Request, front: Front, note: Note | None = None) -> Sent:
         """Answer ``request`` through ``front``; counted once written (latency includes the body)."""
-        started = asyncio.get_running_loop().time()
+        started = self._loop.time()
         answer = await self.answer(request, note)
         try:
             sent = await front.write(request, answer)
@@ -193,7 +209,7 @@ class Pipeline:
                 body = await proxy.read_body(content, rt.max_body)  # one write, replayable
             else:
                 body = proxy.stream_body(content, rt.max_body)
-        observe = rt.metrics.observe_upstream
+        observe = self._upstream.get(rt.id) or self._upstream_observer(rt.id)
         relay = await proxy.forward(request, self.pool, rt.plan, target, upstream_headers, body, extra,
                                     observe if note is None else note.timed(observe))
         relay.route = rt
@@ -246,13 +262,19 @@ class Pipeline:
         if method not in KNOWN_METHODS:
             method = "OTHER"
         key = (route, method, status // 100)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = self.metrics.requests.labels(route, method,
-                                                                       _CLASSES.get(status // 100, "other"))
-        child.inc()
-        latency = rt.metrics.latency if rt is not None else self._miss_latency
-        latency.observe(asyncio.get_running_loop().time() - started)
+        count = self._counters.get(key)
+        if count is None:
+            count = self._counters[key] = counting(
+                self.metrics.requests.labels(route, method, _CLASSES.get(status // 100, "other")))
+        count(1)
+        observe = self._latency.get(route)
+        if observe is None:
+            observe = self._latency[route] = observing(self.metrics.request_latency.labels(route))
+        observe(self._loop.time() - started)
+
+    def _upstream_observer(self, route: str) -> Callable[[float], None]:
+        observe = self._upstream[route] = observing(self.metrics.upstream_latency.labels(route))
+        return observe
 
 
 def _authority_agrees(target: str, host: str) -> bool:

@@ -213,7 +213,7 @@ async def forward(request: Request, pool: UpstreamPool, plan: UpstreamPlan, targ
     if plan.breaker is not None:
         return await _forward_guarded(method, pool, plan, plan.breaker, target, headers, body, extra,
                                       on_headers, framing, chunked, attempts)
-    loop = asyncio.get_running_loop()
+    loop = pool.loop
     origin: Origin | None = None
     failure: ProxyFailure | None = None
     for attempt in range(attempts):

@@ -40,7 +40,6 @@ from .problems import SERVER
 from .ratelimit import RateLimiter
 from .router import RouteTable
 from .tls import EMPTY_TLS, SniPeekProtocol, TlsSet, build_tls_set
-from .upstream import UpstreamPool
 from .webfront import ClientTimeouts, FrontServer
 
 log = logging.getLogger("kubegate.dataplane")
@@ -341,8 +340,7 @@ class Gateway:
         _young_collections_rarer()
         if self._jwks is None:
             self._jwks = JwksCache()
-        self._pipeline.session = proxy.build_session()
-        self._pipeline.pool = UpstreamPool()
+        self._pipeline.open()
         http = FrontServer(self._handle_http, self.timeouts, access_log=None, handler_cancellation=True)
         https = FrontServer(self._handle_https, self.timeouts, access_log=None, handler_cancellation=True)
         self._web_servers = [http, https]
@@ -406,13 +404,7 @@ class Gateway:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
-        pipeline = self._pipeline
-        if pipeline.session is not None:
-            await pipeline.session.close()
-            pipeline.session = None
-        if pipeline.pool is not None:
-            await pipeline.pool.close()
-            pipeline.pool = None
+        await self._pipeline.close()
         if self._observer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._observer.close)
         if self._owns_jwks and self._jwks is not None:

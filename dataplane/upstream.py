@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -266,7 +265,7 @@ class _Connection(WriteFlowControl, asyncio.Protocol):
         elif lower == b"transfer-encoding":  # llhttp's rule: chunked iff it is the final coding
             self._chunked = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
         elif lower == b"connection":
-            self._connection = frozenset(token.strip() for token in value.lower().split(b","))
+            self._connection = frozenset(map(bytes.strip, value.lower().split(b",")))
         elif lower == b"date":
             self._dated = True
         self._headers.append((lower, b"%s: %s\r\n" % (name, value)))
@@ -446,7 +445,7 @@ class UpstreamPool:
             conn.abort()
             return
         conn.reused = True
-        conn.idle_since = time.monotonic()
+        conn.idle_since = self.loop.time()
         idle.append(conn)
 
     def forget(self, conn: _Connection) -> None:
@@ -455,15 +454,19 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+    def _reuse(self, origin: Origin) -> _Connection | None:
+        """An idle keep-alive connection to ``origin`` that is still fresh, if there is one."""
         idle = self._idle.get(origin.key)
         if idle:
-            now = time.monotonic()
+            now = self.loop.time()
             while idle:
                 conn = idle.pop()
                 if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
                     return conn
                 conn.abort()
+        return None
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
         conn = _Connection(self, origin)
         context = None
         if origin.tls:
@@ -488,7 +491,7 @@ class UpstreamPool:
         deadline = self.loop.time() + timeout if timeout else None
         replayable = not (body is not None and not isinstance(body, bytes))
         for _ in range(2):
-            conn = await self._connect(origin, connect_timeout)
+            conn = self._reuse(origin) or await self._connect(origin, connect_timeout)
             future = conn.begin(method == "HEAD", deadline)
             try:
                 if isinstance(body, bytes) and body:
