@@ -154,7 +154,8 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._buf = b""  # received bytes from the current request's first byte on
         self._fed = 0  # how many of them llhttp has seen (all part of the current head)
         self._reader = RequestHead()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # serves this connection's requests, one after another
+        self._waiter: asyncio.Future[None] | None = None  # the task waits here between requests
         self._paused = False
         self.idle_since = self._loop.time()
         self.head_since: float | None = None  # when the head being received started (header timeout)
@@ -163,7 +164,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        return self._task is not None
+        return self._request is not None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -176,7 +177,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf = self._buf + data if self._buf else data
-        if self._task is None:
+        if self._request is None:
             self._next()
         elif len(self._buf) > MAX_BUFFERED and not self._paused and self.transport is not None:
             self._paused = True
@@ -236,7 +237,18 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._request = request
         if self._close_after:  # draining: this answer is the connection's last
             request.close = True
-        self._task = self._loop.create_task(self._serve(request))
+        self._wake()
+
+    def _wake(self) -> None:
+        """Have the connection's task look at ``_request`` (and at ``transport``: None ends it); the
+        first request starts the task. One task per connection, not one per request."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._task is None and self._request is not None:
+            self._task = self._loop.create_task(self._work())
 
     def _refuse(self, status: int, message: str) -> None:
         """A request llhttp refused, or an oversized head: answer, then close (the stream is unusable)."""
@@ -245,6 +257,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         log.info("refused a malformed request from %s: %s", self._remote, message)
         transport.write(refusal_bytes(status, message))
         transport.close()
+        self._wake()
 
     def _hand_off(self) -> None:
         transport = self.transport
@@ -259,10 +272,26 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         self.transport = None
         if self._paused:
             transport.resume_reading()
+        self._wake()
         if data:
             protocol.data_received(data)
 
-    async def _serve(self, request: Request) -> None:
+    async def _work(self) -> None:
+        try:
+            while self.transport is not None:
+                request = self._request
+                if request is None:
+                    self._waiter = self._loop.create_future()
+                    await self._waiter
+                    continue
+                if not await self._serve(request):
+                    return
+                self._next()
+        finally:
+            self._task = None
+
+    async def _serve(self, request: Request) -> bool:
+        """Answer one request; False when the connection is done (closed, cut or cancelled)."""
         try:
             await self._handler(request, self._front)
             if self._write_paused:  # a client that pipelines without reading waits for its answers
@@ -270,26 +299,25 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         except (asyncio.CancelledError, ConnectionError):
             if self.transport is not None:
                 self.transport.abort()
-            return
+            return False
         except Exception:
             log.exception("request failed")
             if self.transport is not None:
                 self.transport.abort()
-            return
+            return False
         finally:
-            self._task = None
             self._request = None
         transport = self.transport
         if transport is None:
-            return
+            return False
         if request.close or self._close_after:
             transport.close()
-            return
+            return False
         if self._paused:
             self._paused = False
             transport.resume_reading()
         self._arm_idle()
-        self._next()
+        return True
 
     def _arm_idle(self) -> None:
         self.idle_since = self._loop.time()
@@ -305,7 +333,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
             self.transport.abort()
 
     def close_if_idle(self) -> None:
-        if self._task is None and self.transport is not None:
+        if self._request is None and self.transport is not None:
             self.transport.close()
 
     def drain(self) -> None:
