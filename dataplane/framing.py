@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Protocol
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.helpers import rfc822_formatted_time
 
+from .exchange import UpstreamError
 from .messages import Answer, Refusal, Relay, Request, Sent, Upgrade
-from .upstream import UpstreamError
 
 if TYPE_CHECKING:
-    from .upstream import Origin, UpstreamResponse
+    from .exchange import UpstreamResponse
+    from .upstream import Origin
 
 log = logging.getLogger("kubegate.dataplane")
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from aiohttp import StreamReader, web
     from aiohttp.abc import AbstractStreamWriter
 
-    from .upstream import UpstreamResponse
+    from .exchange import UpstreamResponse
 
 
 class Request:

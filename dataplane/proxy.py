@@ -25,9 +25,10 @@ from kubegate.config import CompiledRoute
 
 from .bodies import BodyTooLarge
 from .circuit import Breakers, EndpointBreaker, Overflow, RouteBreaker
+from .exchange import UpstreamError, UpstreamResponse
 from .framing import HOP_BY_HOP, request_head
 from .messages import Relay, Request
-from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamResponse
+from .upstream import Origin, UpstreamPool
 
 # Set by the gateway itself; an incoming copy is replaced (X-Forwarded-For is appended to).
 _OWN_HEADERS = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-forwarded-for"})
