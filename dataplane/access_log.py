@@ -28,7 +28,7 @@ class AccessLog:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
             "request_id": note.rid,
             "method": request.method,
-            "path": request.rel_url.raw_path,
+            "path": request.path,
             "route": note.route or None,
             "status": status,
             "bytes": note.bytes,

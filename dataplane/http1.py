@@ -5,7 +5,8 @@ aiohttp's server machinery costs ~30 us of CPU per request (request objects,
 a task per request, writer and response preparation), a quarter of a proxied
 request. Most API traffic is the simplest case: HTTP/1.1, no request body, no
 upgrade. llhttp (through httptools, as uvicorn uses it) parses every request
-head; this protocol answers the bodyless HTTP/1.1 ones itself. A request llhttp
+head; this protocol runs the bodyless HTTP/1.1 ones through the pipeline
+(pipeline.py) and writes their answers with framing.TransportFront. A request llhttp
 refuses (bare CR/LF, obs-fold, controls, Content-Length with Transfer-Encoding,
 duplicate Content-Length, ...) gets a 400 and the connection is closed. Any
 other request (a body, an upgrade, HTTP/1.0, not exactly one Host, a target
@@ -18,16 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import httptools
-from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .flow import WriteFlowControl
-from .problems import error_body, refusal_phrase
+from .framing import Front, TransportFront, refusal_bytes
+from .messages import Request, Sent
+from .problems import refusal_phrase
 from .webfront import ClientTimeouts
 
 log = logging.getLogger("kubegate.dataplane")
@@ -35,35 +36,11 @@ log = logging.getLogger("kubegate.dataplane")
 MAX_HEAD = 8190  # aiohttp's default limit; a larger head is refused with 431
 MAX_BUFFERED = 64 * 1024  # pipelined bytes held while a request is in flight before pausing reads
 SWEEP_SECONDS = 5.0  # slow and idle connections are closed within this much after their timeout
-_EMPTY_STATUSES = frozenset({204, 304})
 
 
 class Target(NamedTuple):
     raw_path: str
     raw_query_string: str
-
-
-class SimpleRequest:
-    """The parts of aiohttp's BaseRequest the gateway pipeline reads, for a bodyless request."""
-
-    __slots__ = ("close", "headers", "method", "rel_url", "remote", "transport")
-
-    body_exists = False
-    content = None
-    writer = None
-
-    def __init__(self, method: str, target: Target, headers: CIMultiDictProxy[str], remote: str,
-                 transport: asyncio.Transport, close: bool) -> None:
-        self.method = method
-        self.rel_url = target
-        self.headers = headers
-        self.remote = remote
-        self.transport = transport
-        self.close = close
-
-    @property
-    def content_length(self) -> int | None:
-        return 0 if "Content-Length" in self.headers else None
 
 
 class RequestHead:
@@ -113,19 +90,10 @@ class RequestHead:
         if self.version != "1.1" or self.hosts != 1 or url[:1] != b"/" or b"#" in url:
             return None
         path, _, query = url.decode("latin-1").partition("?")  # llhttp allows visible ASCII only
-        return self.method, Target(path, query), self.headers, not self.keep_alive
+        return self.method, (path, query), self.headers, not self.keep_alive  # a Target, as a plain tuple
 
 
-class _Sent:
-    """What a response written straight to the transport reports back to the pipeline."""
-
-    __slots__ = ("status",)
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-
-
-Handler = Callable[[SimpleRequest, Any], Awaitable[Any]]
+Handler = Callable[[Request, Front], Awaitable[Sent]]
 
 
 class ClientConnections:
@@ -180,26 +148,28 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         self._fallback = fallback
         self._connections = connections
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
+        self._front = TransportFront(self)
         self._remote = ""
         self._buf = b""  # received bytes from the current request's first byte on
         self._fed = 0  # how many of them llhttp has seen (all part of the current head)
         self._reader = RequestHead()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # serves this connection's requests, one after another
+        self._waiter: asyncio.Future[None] | None = None  # the task waits here between requests
         self._paused = False
         self.idle_since = self._loop.time()
         self.head_since: float | None = None  # when the head being received started (header timeout)
         self._close_after = False
-        self._request: SimpleRequest | None = None  # the one in flight
+        self._request: Request | None = None  # the one in flight
 
     @property
     def busy(self) -> bool:
-        return self._task is not None
+        return self._request is not None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if peer else ""
         self._connections.add(self)
@@ -207,18 +177,18 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf = self._buf + data if self._buf else data
-        if self._task is None:
+        if self._request is None:
             self._next()
-        elif len(self._buf) > MAX_BUFFERED and not self._paused and self._transport is not None:
+        elif len(self._buf) > MAX_BUFFERED and not self._paused and self.transport is not None:
             self._paused = True
-            self._transport.pause_reading()
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False  # like aiohttp: EOF closes, and connection_lost cancels the request in flight
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
-        self._transport = None
+        self.transport = None
         if self._task is not None:
             self._task.cancel()  # the client is gone: stop the upstream exchange too
         self._settle_drain(ConnectionResetError("client closed the connection"))
@@ -228,7 +198,7 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
     def _next(self) -> None:
         """Parse the next buffered request head: serve it, hand the connection over, or refuse it."""
         buf = self._buf
-        if not buf or self._transport is None:
+        if not buf or self.transport is None:
             return
         end = buf.find(b"\r\n\r\n", max(0, self._fed - 3))
         stop = len(buf) if end == -1 else end + 4  # never past a head's blank line: a body stays unread
@@ -259,26 +229,38 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         reader.reset()
         self._buf, self._fed = buf[stop:], 0
         method, target, headers, close = parsed
-        request = SimpleRequest(method, target, CIMultiDictProxy(CIMultiDict(headers)), self._remote,
-                                self._transport, close)
+        view = CIMultiDictProxy(CIMultiDict(headers))
+        path, query = target
+        request = Request(method, path, path, query, view, self._remote,
+                          self.transport, content_length=0 if "Content-Length" in view else None, vetted=True,
+                          close=close)
         self._request = request
         if self._close_after:  # draining: this answer is the connection's last
             request.close = True
-        self._task = self._loop.create_task(self._serve(request))
+        self._wake()
+
+    def _wake(self) -> None:
+        """Have the connection's task look at ``_request`` (and at ``transport``: None ends it); the
+        first request starts the task. One task per connection, not one per request."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._task is None and self._request is not None:
+            self._task = self._loop.create_task(self._work())
 
     def _refuse(self, status: int, message: str) -> None:
         """A request llhttp refused, or an oversized head: answer, then close (the stream is unusable)."""
-        transport, self._transport = self._transport, None
+        transport, self.transport = self.transport, None
         self._buf = b""
         log.info("refused a malformed request from %s: %s", self._remote, message)
-        body = error_body(status, "bad_request", message)
-        head = self._head(status, "", [("Content-Type", "application/json")],
-                          f"Content-Length: {len(body)}\r\n\r\n", True)
-        transport.write(head + body)
+        transport.write(refusal_bytes(status, message))
         transport.close()
+        self._wake()
 
     def _hand_off(self) -> None:
-        transport = self._transport
+        transport = self.transport
         if transport is None:
             return
         self._connections.discard(self)
@@ -287,123 +269,72 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data, self._buf = self._buf, b""
-        self._transport = None
+        self.transport = None
         if self._paused:
             transport.resume_reading()
+        self._wake()
         if data:
             protocol.data_received(data)
 
-    async def _serve(self, request: SimpleRequest) -> None:
+    async def _work(self) -> None:
         try:
-            result = await self._handler(request, self._relay)
-            if isinstance(result, web.Response):
-                self._write_response(request, result)
-            # a client that pipelines without reading waits for its answers
-            await self._wait_writable()
-        except (asyncio.CancelledError, ConnectionError):
-            if self._transport is not None:
-                self._transport.abort()
-            return
-        except Exception:
-            log.exception("request failed")
-            if self._transport is not None:
-                self._transport.abort()
-            return
+            while self.transport is not None:
+                request = self._request
+                if request is None:
+                    self._waiter = self._loop.create_future()
+                    await self._waiter
+                    continue
+                if not await self._serve(request):
+                    return
+                self._next()
         finally:
             self._task = None
+
+    async def _serve(self, request: Request) -> bool:
+        """Answer one request; False when the connection is done (closed, cut or cancelled)."""
+        try:
+            await self._handler(request, self._front)
+            if self._write_paused:  # a client that pipelines without reading waits for its answers
+                await self._wait_writable()
+        except (asyncio.CancelledError, ConnectionError):
+            if self.transport is not None:
+                self.transport.abort()
+            return False
+        except Exception:
+            log.exception("request failed")
+            if self.transport is not None:
+                self.transport.abort()
+            return False
+        finally:
             self._request = None
-        transport = self._transport
+        transport = self.transport
         if transport is None:
-            return
+            return False
         if request.close or self._close_after:
             transport.close()
-            return
+            return False
         if self._paused:
             self._paused = False
             transport.resume_reading()
         self._arm_idle()
-        self._next()
+        return True
 
     def _arm_idle(self) -> None:
         self.idle_since = self._loop.time()
 
-    # --- writing ----------------------------------------------------------------------------------
+    # --- framing.Connection ------------------------------------------------------------------
 
-    @staticmethod
-    def _head(status: int, reason: str, headers: Any, framing: str, close: bool) -> bytes:
-        """Status line and headers (name, value pairs); Date and Server added when missing."""
-        lines = [f"HTTP/1.1 {status} {reason or _reason(status)}\r\n"]
-        has_date = has_server = False
-        for name, value in headers:
-            lower = name.lower()
-            has_date = has_date or lower == "date"
-            has_server = has_server or lower == "server"
-            lines.append(f"{name}: {value}\r\n")
-        if not has_date:
-            lines.append(f"Date: {rfc822_formatted_time()}\r\n")
-        if not has_server:
-            lines.append("Server: kubegate\r\n")
-        if close:
-            lines.append("Connection: close\r\n")
-        lines.append(framing)
-        return "".join(lines).encode("utf-8", "surrogateescape")
+    async def wait_writable(self) -> None:
+        await self._wait_writable()
 
-    def _write_response(self, request: SimpleRequest, response: web.Response) -> None:
-        """An error response built by the pipeline (small, whole body)."""
-        body = response.body or b""
-        if isinstance(body, str):
-            body = body.encode()
-        head = self._head(response.status, response.reason, response.headers.items(),
-                          f"Content-Length: {len(body)}\r\n\r\n", request.close)
-        if self._transport is not None:
-            self._transport.write(head if request.method == "HEAD" else head + body)
-
-    async def _relay(self, request: SimpleRequest, upstream: Any, headers: list[tuple[str, str]]) -> _Sent:
-        """Write the upstream answer (from proxy.forward) straight to the client."""
-        transport = self._transport
-        if transport is None:
-            raise ConnectionResetError("client closed the connection")
-        status = upstream.status
-        no_body = request.method == "HEAD" or status in _EMPTY_STATUSES or status < 200
-        length = upstream.content_length
-        if status in _EMPTY_STATUSES:
-            framing = "\r\n"
-        elif upstream.body is not None and not no_body:
-            length = len(upstream.body)
-            framing = f"Content-Length: {length}\r\n\r\n"
-        elif length is not None:
-            framing = f"Content-Length: {length}\r\n\r\n"
-        elif no_body:
-            framing = "\r\n"
-        else:
-            framing = "Transfer-Encoding: chunked\r\n\r\n"
-        head = self._head(status, upstream.reason, headers, framing, request.close)
-        if upstream.body is not None or no_body:
-            transport.write(head if no_body else head + upstream.body)
-            return _Sent(status)
-        transport.write(head)
-        try:
-            await self._copy(upstream.stream, chunked=length is None)
-        except Exception:  # noqa: BLE001 - headers are out: a cut connection is the only honest signal
-            self._close_after = True
-            if self._transport is not None:
-                self._transport.abort()
-        return _Sent(status)
-
-    async def _copy(self, stream: AsyncIterator[bytes] | None, *, chunked: bool) -> None:
-        if stream is not None:
-            async for chunk in stream:
-                if self._transport is None:
-                    raise ConnectionResetError("client closed the connection")
-                self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                await self._wait_writable()
-        if chunked and self._transport is not None:
-            self._transport.write(b"0\r\n\r\n")
-
+    def cut(self) -> None:
+        self._close_after = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def close_if_idle(self) -> None:
-        if self._task is None and self._transport is not None:
-            self._transport.close()
+        if self._request is None and self.transport is not None:
+            self.transport.close()
 
     def drain(self) -> None:
         """Shutting down: an idle connection closes now; a busy one answers its request in flight with
@@ -413,11 +344,3 @@ class FastHttpProtocol(WriteFlowControl, asyncio.Protocol):
             self._request.close = True
         self.close_if_idle()
 
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""

@@ -23,7 +23,7 @@ from typing import Any
 
 
 class Note:
-    """What the pipeline learned about one request (filled in by server.Gateway._handle)."""
+    """What the pipeline learned about one request (filled in by pipeline.Pipeline.answer)."""
 
     __slots__ = ("bytes", "compiled", "rid", "route", "span", "strip", "traceparent", "upstream_seconds",
                  "verdict")
@@ -81,39 +81,28 @@ class Observer:
         self.access_log = access_log
         self.tracer = tracer
 
-    def wrap(self, handle: Any) -> Any:
-        """``handle(request, tls, relay, note)`` -> ``wrapped(request, tls, relay)``."""
+    def wrap(self, serve: Any) -> Any:
+        """``serve(request, front, note)`` (pipeline.Pipeline.serve) -> ``observed(request, front)``."""
         access_log, tracer = self.access_log, self.tracer
         if access_log is None and tracer is not None:
-            return _traced(handle, tracer)
+            return _traced(serve, tracer)
 
-        async def observed(request: Any, tls: bool, relay: Any = None) -> Any:
+        async def observed(request: Any, front: Any) -> Any:
             loop = asyncio.get_running_loop()
             started = loop.time()
             note = Note()
             if tracer is not None:
                 tracer.begin(request, note)
-            if relay is not None:
-                inner_relay = relay
-
-                async def relay(req: Any, upstream: Any, headers: Any) -> Any:
-                    if req.method == "HEAD":
-                        note.bytes = 0
-                    else:
-                        note.bytes = len(upstream.body) if upstream.body is not None else upstream.content_length
-                    return await inner_relay(req, upstream, headers)
-            response = None
+            sent = None
             try:
-                response = await handle(request, tls, relay, note)
-                return response
+                sent = await serve(request, front, note)
+                return sent
             finally:
                 elapsed = loop.time() - started
-                status = getattr(response, "status", 0) if response is not None else 0
+                status = sent.status if sent is not None else 0
+                if sent is not None:
+                    note.bytes = sent.bytes
                 route = note.compiled
-                if note.bytes is None and response is not None:
-                    note.bytes = _body_bytes(request, response)
-                if not note.rid:
-                    note.rid = _request_id(response)
                 if tracer is not None:
                     tracer.end(note, status, route)
                 if access_log is not None:
@@ -126,27 +115,25 @@ class Observer:
             self.tracer.close()
 
 
-def _traced(handle: Any, tracer: Any) -> Any:
+def _traced(serve: Any, tracer: Any) -> Any:
     """Tracing without the access log: no clock, no byte count. An unsampled request costs begin() only:
     the pipeline's own coroutine is returned, with no frame of ours around it."""
     begin, end = tracer.begin, tracer.end
 
-    def traced(request: Any, tls: bool, relay: Any = None) -> Any:
+    def traced(request: Any, front: Any) -> Any:
         note = _TracedNote()
         begin(request, note)
         if note.span is None:
-            return handle(request, tls, relay, note)
-        return recorded(request, tls, relay, note)
+            return serve(request, front, note)
+        return recorded(request, front, note)
 
-    async def recorded(request: Any, tls: bool, relay: Any, note: Note) -> Any:
-        response = None
+    async def recorded(request: Any, front: Any, note: Note) -> Any:
+        sent = None
         try:
-            response = await handle(request, tls, relay, note)
-            return response
+            sent = await serve(request, front, note)
+            return sent
         finally:
-            if not note.rid:
-                note.rid = _request_id(response)
-            end(note, getattr(response, "status", 0) if response is not None else 0, note.compiled)
+            end(note, sent.status if sent is not None else 0, note.compiled)
 
     return traced
 
@@ -158,22 +145,6 @@ class _TracedNote(Note):
 
     def timed(self, observe: Any) -> Any:
         return observe
-
-
-def _request_id(response: Any) -> str:
-    """The X-Request-Id of an answer the pipeline gave before it noted one (e.g. 404 no_route)."""
-    headers = getattr(response, "headers", None) if response is not None else None
-    return headers.get("X-Request-Id", "") if headers is not None else ""
-
-
-def _body_bytes(request: Any, response: Any) -> int | None:
-    if request.method == "HEAD":
-        return 0
-    body = getattr(response, "body", None)
-    if isinstance(body, (bytes, bytearray)):
-        return len(body)
-    length = getattr(response, "body_length", None)
-    return length if length else getattr(response, "content_length", None)
 
 
 def build_observer(*, access_log: bool, otlp_endpoint: str | None, sample_ratio: float | None,

@@ -13,9 +13,8 @@ import itertools
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -25,22 +24,18 @@ from yarl import URL
 from kubegate.config import CompiledRoute
 
 from .bodies import BodyTooLarge
-from .circuit import Breakers, Overflow, RouteBreaker
-from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamResponse
+from .circuit import Breakers, EndpointBreaker, Overflow, RouteBreaker
+from .exchange import UpstreamError, UpstreamResponse
+from .framing import HOP_BY_HOP, request_head
+from .messages import Relay, Request
+from .upstream import Origin, UpstreamPool
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
 # Set by the gateway itself; an incoming copy is replaced (X-Forwarded-For is appended to).
 _OWN_HEADERS = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-forwarded-for"})
-# The gateway says `Server: kubegate` itself (like Envoy); a backend's would advertise its versions.
-_RESPONSE_SKIP = HOP_BY_HOP | {"content-length", "server"}
 # Request headers never copied upstream: hop-by-hop, our own, and body framing (the
 # sender frames the body itself); Expect is answered by the gateway, not relayed.
 _SKIP = HOP_BY_HOP | _OWN_HEADERS | {"content-length", "expect"}
 _SKIP_WS = HOP_BY_HOP | _OWN_HEADERS | {"expect"}
-_EMPTY_STATUSES = frozenset({204, 304})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -135,7 +130,7 @@ def request_id(incoming: str | None) -> str:
     """
     if incoming and REQUEST_ID.fullmatch(incoming):
         return incoming
-    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return _ID_PREFIX + "%016x" % (next(_ids) & 0xFFFFFFFFFFFFFFFF)
 
 
 def upstream_headers(headers: CIMultiDictProxy[str], *, peer: str, proto: str, host: str, rid: str,
@@ -195,28 +190,17 @@ async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _head(method: str, origin: Origin, target: str, headers: list[tuple[str, str]], framing: str) -> bytes:
-    lines = [f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    lines.append(framing)
-    return "".join(lines).encode("utf-8", "surrogateescape")
-
-
-async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPlan, target: str,
+async def forward(request: Request, pool: UpstreamPool, plan: UpstreamPlan, target: str,
                   headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes] | None,
-                  response_headers: dict[str, str], on_headers=None, relay=None) -> web.StreamResponse:
-    """Send the request upstream (retrying where safe) and relay the answer back.
+                  extra: dict[str, str], on_headers: Callable[[float], None] | None = None) -> Relay:
+    """Send the request upstream (retrying where safe) and return the answer to relay once its head is in.
 
-    ``relay`` (optional) writes the answer itself: ``await relay(request, upstream,
-    headers)`` with the filtered response headers (the lean HTTP/1.1 front uses it).
-
-    ``target`` is the path + query for the upstream. ``on_headers`` is called with
-    the upstream latency when response headers arrive (for metrics). A small
-    upstream body is returned whole (one write to the client); others stream.
+    ``target`` is the path + query for the upstream; ``extra`` the gateway's response headers.
+    ``on_headers`` is called with the upstream latency when response headers arrive (for
+    metrics). A small upstream body comes whole (one write to the client); others stream.
     """
     method = request.method
-    replayable = body is None or isinstance(body, bytes)
-    attempts = 1 + (plan.retries if replayable and method in IDEMPOTENT else 0)
+    attempts = 1 + (plan.retries if replayable(body) and method in IDEMPOTENT else 0)
     if body is None:
         length = request.headers.get("Content-Length")
         framing = f"Content-Length: {length}\r\n\r\n" if length is not None else "\r\n"
@@ -227,53 +211,48 @@ async def forward(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPl
         framing, chunked = f"Content-Length: {request.content_length}\r\n\r\n", False
     else:
         framing, chunked = "Transfer-Encoding: chunked\r\n\r\n", True
-    loop = asyncio.get_running_loop()
-    origin: Origin | None = None
-    failure = ProxyFailure(503, "no_backend", "no backend available")
     if plan.breaker is not None:
-        return await _forward_guarded(request, pool, plan, plan.breaker, target, headers, body, response_headers,
-                                      on_headers, relay, framing, chunked, attempts)
+        return await _forward_guarded(method, pool, plan, plan.breaker, target, headers, body, extra,
+                                      on_headers, framing, chunked, attempts)
+    loop = pool.loop
+    origin: Origin | None = None
+    failure: ProxyFailure | None = None
     for attempt in range(attempts):
         origin = plan.pick(avoid=origin)
         if origin is None:
-            raise failure
+            raise failure or _no_backend()
         started = loop.time()
         try:
             upstream = await pool.request(
-                origin, method, _head(method, origin, target, headers, framing), body, chunked=chunked,
+                origin, method, request_head(method, origin, target, headers, framing), body, chunked=chunked,
                 timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
             )
         except UpstreamError as exc:
-            failure, again = upstream_failure(exc, replayable and method in IDEMPOTENT)
+            failure, again = upstream_failure(exc, replayable(body) and method in IDEMPOTENT)
             if again:
                 continue
             raise failure from None
-        try:
-            if upstream.status in RETRY_STATUSES and attempt + 1 < attempts:
-                continue
-            if on_headers is not None:
-                on_headers(loop.time() - started)
-            if relay is not None:
-                return await relay(request, upstream, _response_headers(upstream, response_headers))
-            return await _relay_response(request, upstream, response_headers)
-        finally:
+        if upstream.status in RETRY_STATUSES and attempt + 1 < attempts:
             upstream.release()
-    raise failure
+            continue
+        if on_headers is not None:
+            on_headers(loop.time() - started)
+        return Relay(upstream, extra, upstream.release)
+    raise failure or _no_backend()
 
 
-async def _forward_guarded(request: web.BaseRequest, pool: UpstreamPool, plan: UpstreamPlan, breaker: RouteBreaker,
-                           target: str, headers: list[tuple[str, str]], body: Any, response_headers: dict[str, str],
-                           on_headers: Any, relay: Any, framing: str, chunked: bool,
-                           attempts: int) -> web.StreamResponse:
+async def _forward_guarded(method: str, pool: UpstreamPool, plan: UpstreamPlan, breaker: RouteBreaker,
+                           target: str, headers: list[tuple[str, str]], body: bytes | AsyncIterator[bytes] | None,
+                           extra: dict[str, str], on_headers: Callable[[float], None] | None, framing: str,
+                           chunked: bool, attempts: int) -> Relay:
     """:func:`forward` for a route with a circuit breaker: per-endpoint slots and outlier detection."""
-    method = request.method
     loop = asyncio.get_running_loop()
     origin: Origin | None = None
-    failure = ProxyFailure(503, "no_backend", "no backend available")
+    failure: ProxyFailure | None = None
     for attempt in range(attempts):
         picked = breaker.pick(plan, origin)
         if picked is None:
-            raise failure
+            raise failure or _no_backend()
         index, origin = picked
         endpoint = breaker.endpoints[index]
         try:
@@ -281,37 +260,48 @@ async def _forward_guarded(request: web.BaseRequest, pool: UpstreamPool, plan: U
         except Overflow:
             breaker.overflowed()
             raise ProxyFailure(503, "overflow", "too many requests to this backend") from None
+        started = loop.time()
         try:
-            started = loop.time()
-            try:
-                upstream = await pool.request(
-                    origin, method, _head(method, origin, target, headers, framing), body, chunked=chunked,
-                    timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
-                )
-            except UpstreamError as exc:
-                if exc.kind in ("connect", "connect_timeout"):
-                    breaker.failed(endpoint)
-                failure, again = upstream_failure(exc, replayable(body) and method in IDEMPOTENT)
-                if again:
-                    continue
-                raise failure from None
-            if upstream.status >= 500:
+            upstream = await pool.request(
+                origin, method, request_head(method, origin, target, headers, framing), body, chunked=chunked,
+                timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
+            )
+        except UpstreamError as exc:
+            endpoint.release()
+            if exc.kind in ("connect", "connect_timeout"):
                 breaker.failed(endpoint)
-            else:
-                breaker.succeeded(endpoint)
-            try:
-                if upstream.status in RETRY_STATUSES and attempt + 1 < attempts:
-                    continue
-                if on_headers is not None:
-                    on_headers(loop.time() - started)
-                if relay is not None:
-                    return await relay(request, upstream, _response_headers(upstream, response_headers))
-                return await _relay_response(request, upstream, response_headers)
-            finally:
-                upstream.release()
+            failure, again = upstream_failure(exc, replayable(body) and method in IDEMPOTENT)
+            if again:
+                continue
+            raise failure from None
+        except BaseException:
+            endpoint.release()
+            raise
+        if upstream.status >= 500:
+            breaker.failed(endpoint)
+        else:
+            breaker.succeeded(endpoint)
+        if upstream.status in RETRY_STATUSES and attempt + 1 < attempts:
+            upstream.release()
+            endpoint.release()
+            continue
+        if on_headers is not None:
+            on_headers(loop.time() - started)
+        return Relay(upstream, extra, _releaser(upstream, endpoint))
+    raise failure or _no_backend()
+
+
+def _no_backend() -> ProxyFailure:
+    return ProxyFailure(503, "no_backend", "no backend available")
+
+
+def _releaser(upstream: UpstreamResponse, endpoint: EndpointBreaker) -> Callable[[], None]:
+    def release() -> None:
+        try:
+            upstream.release()
         finally:
             endpoint.release()
-    raise failure
+    return release
 
 
 def upstream_failure(exc: UpstreamError, retryable: bool) -> tuple[ProxyFailure, bool]:
@@ -326,40 +316,8 @@ def upstream_failure(exc: UpstreamError, retryable: bool) -> tuple[ProxyFailure,
     return ProxyFailure(502, "upstream_error", "upstream connection failed"), retryable
 
 
-def replayable(body: Any) -> bool:
+def replayable(body: bytes | AsyncIterator[bytes] | None) -> bool:
     return body is None or isinstance(body, bytes)
-
-
-def _response_headers(upstream: UpstreamResponse, extra: dict[str, str]) -> list[tuple[str, str]]:
-    """Upstream response headers minus hop-by-hop (and those its Connection names), plus ours."""
-    named = upstream.connection
-    ours = {name.lower() for name in extra}  # the gateway's values replace the upstream's
-    out = [(name, value) for name, value in upstream.headers
-           if (lower := name.lower()) not in _RESPONSE_SKIP and lower not in named and lower not in ours]
-    out.extend(extra.items())
-    return out
-
-
-async def _relay_response(request: web.BaseRequest, upstream: UpstreamResponse,
-                          extra: dict[str, str]) -> web.StreamResponse:
-    headers = _response_headers(upstream, extra)
-    status = upstream.status
-    if upstream.body is not None and request.method != "HEAD" and status not in _EMPTY_STATUSES:
-        return web.Response(status=status, reason=upstream.reason or None, body=upstream.body, headers=headers)
-    response = web.StreamResponse(status=status, reason=upstream.reason or None, headers=headers)
-    if upstream.content_length is not None:
-        response.content_length = upstream.content_length
-    try:
-        await response.prepare(request)
-        if upstream.stream is not None:
-            async for chunk in upstream.stream:
-                await response.write(chunk)
-        await response.write_eof()
-    except (UpstreamError, ConnectionResetError, aiohttp.ClientConnectionResetError):
-        # Headers are already sent: the only honest signal left is a cut connection.
-        if request.transport is not None:
-            request.transport.abort()
-    return response
 
 
 def is_websocket_upgrade(headers: CIMultiDictProxy[str]) -> bool:

@@ -1,16 +1,13 @@
-"""The data-plane Gateway: listeners, the request pipeline and atomic config snapshots.
+"""The data-plane Gateway: listeners, atomic config snapshots and the admin port.
 
 A :class:`Snapshot` holds everything derived from one config (router,
 admission, TLS contexts, compiled schemas, upstream plans); ``apply`` builds a
 new one off to the side and swaps one reference, so a request keeps the
 snapshot it started with and a bad config never replaces a good one.
 
-Pipeline: Host and path parsed once (400, target.py) -> the TLS connection and
-the Host agree (421 on HTTPS; 308 to HTTPS on HTTP for a hostname a TLSPolicy
-covers) -> TLSPolicy allowedSubjects (403) -> route match (404/405; TRACE and
-CONNECT only where a route names them) -> Admission (IP filter, auth, rate
-limit) -> body limit / JSON Schema (413/400) -> proxy. Both fronts (http1.py
-and aiohttp's, webfront.py) run this one pipeline.
+Requests: both fronts (http1.py's lean one and aiohttp's, webfront.py) hand a
+messages.Request to the one pipeline (pipeline.py), which returns an answer
+that framing.py writes back through the request's front.
 """
 
 from __future__ import annotations
@@ -29,24 +26,21 @@ from kubegate.config import CompiledConfig, CompiledRoute, SecretBundle, config_
 
 from . import proxy
 from .audit import AuditLog
-from .bodies import BodyTooLarge, SchemaCheck, is_json
+from .bodies import SchemaCheck
 from .circuit import Breakers
 from .clientip import ClientAddress
-from .http1 import ClientConnections, FastHttpProtocol, SimpleRequest
+from .framing import AiohttpFront
+from .http1 import ClientConnections, FastHttpProtocol
+from .jwks import JwksCache
+from .messages import Request
 from .metrics import Metrics
-from .mtls_auth import client_identity
-from .observe import Note, Observer
-from .problems import SERVER, error_body
-from .router import MethodNotAllowed, RouteTable
-from .target import PathRefused, normalise_request_path, parse_host
-from .tls import EMPTY_TLS, PolicyContext, SniPeekProtocol, TlsSet, build_tls_set
-from .upstream import UpstreamPool
+from .observe import Observer
+from .pipeline import GUARDED_METHODS, Pipeline
+from .problems import SERVER
+from .ratelimit import RateLimiter
+from .router import RouteTable
+from .tls import EMPTY_TLS, SniPeekProtocol, TlsSet, build_tls_set
 from .webfront import ClientTimeouts, FrontServer
-
-try:  # the security layer; a checkout without it can still serve routes that need no admission
-    from .admission import RequestFacts
-except ImportError:  # pragma: no cover
-    RequestFacts = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("kubegate.dataplane")
 API_KEY_HEADERS = frozenset({"x-api-key"})
@@ -68,30 +62,23 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
+def _young_collections_rarer() -> None:
+    """Collect the young generation every YOUNG_THRESHOLD allocations instead of Python's 700.
+
+    Each proxied request allocates a few dozen tracked objects (coroutines, futures, lists,
+    the answer), nearly all freed by reference counting when it ends, so a young collection
+    only walks what is in flight: doing it 70 times less often costs a little memory for cyclic
+    garbage and saves the collector's share of every request.
+    """
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+YOUNG_THRESHOLD = 50_000
 SHUTDOWN_GRACE = 10.0
 
 
-def _drain_aiohttp(web_server: web.Server) -> bool:
-    """Shutting down aiohttp's connections (bodies, TLS, upgrades): idle ones close at once, busy ones
-    close after their response, which says ``Connection: close``. aiohttp's own shutdown() instead holds
-    an idle keep-alive connection for the whole timeout and then drops it. True while any is busy."""
-    busy = False
-    for conn in web_server.connections:
-        request = conn._current_request
-        if request is None and not conn._request_in_progress:
-            conn.force_close()
-            continue
-        busy = True
-        if request is not None and not request._message.should_close:
-            request._message = request._message._replace(should_close=True)
-        conn.close()
-    return busy
-_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
-# Served only by a route whose `methods` names them (API.md): TRACE reflects a request's
-# credentials back (cross-site tracing), CONNECT would make the gateway an open tunnel.
-GUARDED_METHODS = frozenset({"TRACE", "CONNECT"})
-_ALLOW_DEFAULT = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
-_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
 
 
 class ConfigRejected(Exception):
@@ -163,8 +150,9 @@ def _one_line(exc: BaseException) -> str:
 
 class Gateway:
     def __init__(self, *, host: str = "0.0.0.0", http_port: int = 8080, https_port: int = 8443,
-                 admin_port: int | None = 9090, limiter: Any, trusted_proxies: tuple[str, ...] | list[str] = (),
-                 metrics: Metrics | None = None, audit: AuditLog | None = None, jwks: Any = None,
+                 admin_port: int | None = 9090, limiter: RateLimiter,
+                 trusted_proxies: tuple[str, ...] | list[str] = (), metrics: Metrics | None = None,
+                 audit: AuditLog | None = None, jwks: JwksCache | None = None,
                  reuse_port: bool = False, fast_http: bool = True,
                  timeouts: ClientTimeouts | None = None, observer: Observer | None = None) -> None:
         """``reuse_port``: bind the HTTP/HTTPS listeners with SO_REUSEPORT so several worker
@@ -182,22 +170,20 @@ class Gateway:
         self.audit = audit or AuditLog()
         self._jwks = jwks
         self._owns_jwks = jwks is None
-        self._client_address = ClientAddress(trusted_proxies)
         self._snapshot: Snapshot | None = None
         self.draining = False  # set by stop(): /readyz fails from then on
-        self._session = None
-        self._pool: UpstreamPool | None = None
+        self._pipeline = Pipeline(self, metrics=self.metrics, audit=self.audit,
+                                  client_address=ClientAddress(trusted_proxies), ports=self.ports)
         self._servers: list[asyncio.base_events.Server] = []
-        self._web_servers: list[web.Server] = []
+        self._web_servers: list[FrontServer] = []
         self._admin_runner: web.AppRunner | None = None
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._miss_latency = self.metrics.request_latency.labels("")
         self._route_metrics: dict[str, RouteMetrics] = {}
         self._reloading = asyncio.Lock()
         self._breakers = Breakers(self.metrics)
         self._observer = observer
+        self._serve = self._pipeline.serve
         if observer is not None:  # decided once: without access log or tracing the pipeline is untouched
-            self._handle = observer.wrap(self._handle)  # type: ignore[method-assign]
+            self._serve = observer.wrap(self._pipeline.serve)
 
     # --- config ----------------------------------------------------------------
 
@@ -336,15 +322,10 @@ class Gateway:
     async def start(self) -> None:
         """Bind all listeners; OSError (e.g. port in use) propagates with the port named."""
         loop = asyncio.get_running_loop()
+        _young_collections_rarer()
         if self._jwks is None:
-            try:
-                from .jwks import JwksCache
-
-                self._jwks = JwksCache()
-            except ImportError:
-                self._jwks = None
-        self._session = proxy.build_session()
-        self._pool = UpstreamPool()
+            self._jwks = JwksCache()
+        self._pipeline.open()
         http = FrontServer(self._handle_http, self.timeouts, access_log=None, handler_cancellation=True)
         https = FrontServer(self._handle_https, self.timeouts, access_log=None, handler_cancellation=True)
         self._web_servers = [http, https]
@@ -352,7 +333,7 @@ class Gateway:
             http_factory: Any = http
             if self.fast_http:
                 def http_factory() -> FastHttpProtocol:
-                    return FastHttpProtocol(self._handle_simple, http, self._fast_connections)
+                    return FastHttpProtocol(self._serve, http, self._fast_connections)
             server = await self._bind(loop, http_factory, "http")
             self._servers.append(server)
             server = await self._bind(
@@ -395,7 +376,7 @@ class Gateway:
                 conn.drain()
             busy = any(conn.busy for conn in self._fast_connections)
             for web_server in self._web_servers:
-                busy = _drain_aiohttp(web_server) or busy
+                busy = web_server.drain() or busy
             if not busy or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
@@ -408,12 +389,7 @@ class Gateway:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self._pipeline.close()
         if self._observer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._observer.close)
         if self._owns_jwks and self._jwks is not None:
@@ -430,189 +406,18 @@ class Gateway:
         self.metrics.tls_errors.labels(reason).inc()
         self.audit.event("tls_error", reason=reason, server_name=server_name, client_ip=peer)
 
-    # --- request pipeline ---------------------------------------------------------------
+    # --- requests (pipeline.py answers them) ------------------------------------------------
 
     async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
-        return await self._handle(request, False)
+        return await self._serve_aiohttp(request, False)
 
     async def _handle_https(self, request: web.BaseRequest) -> web.StreamResponse:
-        return await self._handle(request, True)
+        return await self._serve_aiohttp(request, True)
 
-    async def _handle_simple(self, request: SimpleRequest, relay: Any) -> Any:
-        return await self._handle(request, False, relay)
-
-    async def _handle(self, request: web.BaseRequest, tls: bool, relay: Any = None,
-                      note: Note | None = None) -> web.StreamResponse:
-        snap = self._snapshot  # this request's config, whatever apply() does meanwhile
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        headers = request.headers
-        rid = proxy.request_id(headers.get("X-Request-Id"))
-        extra = {"X-Request-Id": rid}
-        if snap is None:
-            return self._error(503, "not_ready", "no configuration loaded", extra, "", request, started)
-        host_header = headers.get("Host", "")
-        host = parse_host(host_header)  # request.host would resolve our FQDN without one
-        if host is None or (relay is None and len(headers.getall("Host", ())) > 1):
-            return self._error(400, "bad_host", "invalid Host header", extra, "", request, started)
-        method = request.method
-        if relay is None and request.raw_path[:1] not in ("/", "") and method != "CONNECT" \
-                and not self._authority_agrees(request.raw_path, host):
-            return self._error(400, "bad_host", "the request target names another host than Host", extra, "",
-                               request, started)
-        if method in GUARDED_METHODS and method not in snap.guarded_methods:
-            extra["Allow"] = _ALLOW_DEFAULT
-            return self._error(405, "method_not_allowed", "method not allowed", extra, "", request, started)
-        rel = request.rel_url
-        normalised = normalise_request_path(rel.raw_path)
-        if isinstance(normalised, PathRefused):
-            return self._error(400, "bad_path", normalised.reason, extra, "", request, started)
-        path, segments = normalised
-        if tls:
-            refused = self._tls_refusal(snap.tls, request, host, extra)
-            if refused is not None:
-                return self._error(*refused, extra, "", request, started)
-        elif (snap.tls.exact or snap.tls.wildcard) and snap.tls.owner(host) is not None:
-            # never proxied in plaintext (API.md): the same request, over HTTPS
-            extra["Location"] = self._https_location(host_header, path, rel.raw_query_string)
-            return self._error(308, "https_required", "this host is served over HTTPS only", extra, "",
-                               request, started)
-        found = snap.table.lookup(host, method, segments)
-        if found is None:
-            return self._error(404, "no_route", "no route matches", extra, "", request, started)
-        if isinstance(found, MethodNotAllowed):
-            extra["Allow"] = ", ".join(found.allow)
-            return self._error(405, "method_not_allowed", "method not allowed", extra, "", request, started)
-        if method in GUARDED_METHODS and method not in found.value.route.methods:
-            extra["Allow"] = ", ".join(found.value.route.methods) or _ALLOW_DEFAULT
-            return self._error(405, "method_not_allowed", "method not allowed", extra, found.value.id, request,
-                               started)
-        rt: RouteRuntime = found.value
-        if note is not None:
-            note.route, note.rid, note.compiled = rt.id, rid, rt.route
-        peer = request.remote or ""
-        claim_headers: dict[str, str] | None = None
-        if rt.needs_admission:
-            client_ip = self._client_address.resolve(peer, headers.getall("X-Forwarded-For", []))
-            verdict = await snap.admission.admit(rt.route, self._facts(request, path, host, client_ip, tls))
-            if note is not None:
-                note.verdict = verdict
-            if verdict.response_headers:
-                extra.update(verdict.response_headers)
-            if verdict.status is not None:
-                return self._error(verdict.status, verdict.reason, verdict.message, extra, rt.id, request,
-                                   started)
-            claim_headers = verdict.upstream_headers
-        length = request.content_length
-        if length is not None and length > rt.max_body:
-            return self._error(413, "body_too_large", "request body too large", extra, rt.id, request, started)
-        query = rel.raw_query_string
-        target = rt.plan.upstream_path(path) + ("?" + query if query else "")
-        websocket = proxy.is_websocket_upgrade(headers)
-        upstream_headers = proxy.upstream_headers(
-            headers, peer=peer, proto="https" if tls else "http", host=headers.get("Host", ""), rid=rid,
-            drop=rt.claim_headers, websocket=websocket, hide_api_key=rt.hide_api_key,
-        )
-        if claim_headers:
-            upstream_headers.extend(claim_headers.items())
-        if note is not None:
-            note.upstream(upstream_headers)
-        try:
-            if websocket:
-                response = await proxy.relay_websocket(request, self._session, rt.plan, target, upstream_headers,
-                                                       extra)
-                self._count(rt.id, request.method, 101, started, rt.metrics.latency)
-                return response
-            body: Any = None
-            if request.body_exists:
-                if headers.get("Expect", "").lower() == "100-continue":
-                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                if rt.schema is not None:
-                    if not is_json(headers.get("Content-Type", "")):
-                        return self._error(415, "unsupported_media_type", "request body must be application/json",
-                                           extra, rt.id, request, started)
-                    body = await proxy.read_body(request.content, rt.max_body)
-                    problem = rt.schema.problem(body)
-                    if problem is not None:
-                        return self._error(400, problem.reason, problem.message, extra, rt.id, request, started)
-                elif length is not None and length <= proxy.SMALL_UPLOAD:
-                    body = await proxy.read_body(request.content, rt.max_body)  # one write, replayable
-                else:
-                    body = proxy.stream_body(request.content, rt.max_body)
-            response = await proxy.forward(request, self._pool, rt.plan, target, upstream_headers, body, extra,
-                                           rt.metrics.observe_upstream if note is None else
-                                           note.timed(rt.metrics.observe_upstream), relay)
-        except BodyTooLarge:
-            return self._error(413, "body_too_large", "request body too large", extra, rt.id, request, started)
-        except proxy.ProxyFailure as failure:
-            return self._error(failure.status, failure.reason, failure.message, extra, rt.id, request, started)
-        self._count(rt.id, request.method, response.status, started, rt.metrics.latency)
-        return response
-
-    def _tls_refusal(self, tls: TlsSet, request: web.BaseRequest, host: str,
-                     extra: dict[str, str]) -> tuple[int, str, str] | None:
-        """421 when the connection may not carry this Host, 403 for a client the policy does not allow."""
-        transport = request.transport
-        connection = transport.get_extra_info("sslcontext") if transport is not None else None
-        policy = tls.admits(connection, host) if isinstance(connection, PolicyContext) else None
-        if policy is None:
-            return 421, "misdirected_request", "this connection does not serve this host"
-        if policy.hsts:
-            extra["Strict-Transport-Security"] = policy.hsts
-        if policy.subjects is not None:
-            identity = client_identity(transport.get_extra_info("peercert"))
-            if identity is None and policy.client_mode == "require":  # pragma: no cover - the handshake
-                return 403, "forbidden_subject", "client certificate required"
-            if identity is not None and not policy.subjects.allows(identity):
-                method = request.method if request.method in _KNOWN_METHODS else "OTHER"
-                self.metrics.auth_failures.labels("", method, "forbidden_subject").inc()
-                self.audit.event("auth_failure", reason="forbidden_subject", policy=policy.policy_id, host=host,
-                                 client_ip=request.remote or "", principal=f"mtls:{identity.label}")
-                return 403, "forbidden_subject", "client certificate subject not allowed"
-        return None
-
-    @staticmethod
-    def _authority_agrees(target: str, host: str) -> bool:
-        """An absolute-form target (``GET http://a.test/x``) must name the host the request is routed by."""
-        scheme, sep, rest = target.partition("://")
-        if not sep or scheme.lower() not in ("http", "https"):
-            return False
-        authority = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")
-        return not authority[1] and parse_host(authority[2]) == host
-
-    def _https_location(self, host_header: str, path: str, query: str) -> str:
-        """The request's URL on the HTTPS listener: an explicit port becomes the HTTPS port."""
-        authority = host_header
-        if host_header.startswith("["):
-            end = host_header.find("]")
-            if end + 1 < len(host_header):
-                authority = f"{host_header[:end + 1]}:{self.ports['https']}"
-        elif ":" in host_header:
-            authority = f"{host_header.partition(':')[0]}:{self.ports['https']}"
-        return f"https://{authority}{path}" + ("?" + query if query else "")
-
-    def _facts(self, request: web.BaseRequest, path: str, host: str, client_ip: str, tls: bool) -> Any:
-        peer_cert = request.transport.get_extra_info("peercert") if tls and request.transport else None
-        return RequestFacts(method=request.method, path=path, host=host, client_ip=client_ip,
-                            headers=request.headers, peer_cert=peer_cert or None, tls=tls)
-
-    def _count(self, route: str, method: str, status: int, started: float, latency: Any) -> None:
-        if method not in _KNOWN_METHODS:
-            method = "OTHER"
-        key = (route, method, status // 100)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = self.metrics.requests.labels(route, method, _CLASSES.get(status // 100,
-                                                                                               "other"))
-        child.inc()
-        latency.observe(asyncio.get_running_loop().time() - started)
-
-    def _error(self, status: int, reason: str, message: str, headers: dict[str, str], route: str,
-               request: web.BaseRequest, started: float) -> web.Response:
-        body = error_body(status, reason, message, headers.get("X-Request-Id", ""))
-        self._count(route, request.method, status, started,
-                    self._miss_latency if not route else self._metrics_for(route).latency)
-        return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+    async def _serve_aiohttp(self, request: web.BaseRequest, tls: bool) -> web.StreamResponse:
+        front = AiohttpFront(request)
+        await self._serve(Request.of_aiohttp(request, tls), front)
+        return front.response  # type: ignore[return-value]
 
     # --- admin endpoints ----------------------------------------------------------------------
 

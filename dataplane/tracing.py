@@ -142,7 +142,7 @@ class Tracer:
             sampled = number >> 64 & _LOW64 < self._bound
         note.strip = incoming is not None or "tracestate" in headers
         if sampled:
-            note.span = (trace_id, span_id, parent_id, tracestate, request.method, request.rel_url.raw_path,
+            note.span = (trace_id, span_id, parent_id, tracestate, request.method, request.path,
                          time.time_ns())
             upstream = [("traceparent", "00-" + trace_id + "-" + span_id + "-01")]
         else:

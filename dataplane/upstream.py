@@ -4,54 +4,28 @@ Why not aiohttp's ClientSession: per proxied request it spends more CPU on
 request/response objects, timers, tracing hooks and header normalisation than
 the rest of the gateway costs (bench/dataplane.py). The proxy needs far less:
 write one request head (plus a small body) in one ``write``, then hand back a
-small body in one piece (so the client gets one ``send``) or stream a large /
-chunked / close-delimited one with flow control both ways. Responses are parsed
-by llhttp through httptools (Node's parser, also behind uvicorn and aiohttp):
-framing and header syntax are security-sensitive, so they are not hand-written
-here. WebSockets still go through aiohttp (see proxy.py).
+small body in one piece or stream a large one (exchange.py: one connection,
+llhttp parsing, the failure kinds). WebSockets still go through aiohttp (see
+proxy.py).
 
-Failures are :class:`UpstreamError` with a ``kind`` the proxy maps to
-502/504: ``connect`` / ``connect_timeout`` (nothing was sent: always safe to
-retry), ``timeout`` (the route's request timeout) and ``broken`` (the
-connection failed mid-exchange, or the response was malformed). A request on a
-*reused* keep-alive connection that dies before any response byte is retried
-once on a fresh connection when its body can be replayed: the upstream closed
-an idle connection at the same moment we picked it, and never saw the request.
+A request on a *reused* keep-alive connection that dies before any response
+byte is retried once on a fresh connection when its body can be replayed: the
+upstream closed an idle connection at the same moment we picked it, and never
+saw the request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import ssl
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httptools
+from .exchange import SMALL_BODY, Connection, UpstreamError, UpstreamResponse
 
-from .flow import WriteFlowControl
-
-SMALL_BODY = 64 * 1024  # responses up to this size (with Content-Length) are returned whole
-MAX_HEAD = 64 * 1024  # upstream response head size limit
-HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is buffered unread
 IDLE_PER_ORIGIN = 256  # keep at most this many idle connections per origin
 IDLE_SECONDS = 30.0  # drop connections idle longer than this (below common server keep-alives)
 DEADLINE_TICK = 0.05  # request timeouts are checked this often (they fire up to this late)
-_NO_BODY_STATUSES = frozenset({204, 304})
-
-
-class UpstreamError(Exception):
-    """kind: connect | connect_timeout | timeout | broken."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
-
-
-class BadResponse(UpstreamError):
-    def __init__(self, detail: str) -> None:
-        super().__init__("broken", detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,340 +54,26 @@ class Origin:
         return cls(host, port, tls, authority, parsed.raw_path.rstrip("/"), (host, port, tls))
 
 
-class _Body:
-    """Streamed response body: a bounded buffer between the socket and the consumer."""
-
-    __slots__ = ("_chunks", "_conn", "_size", "_waiter", "done", "error")
-
-    def __init__(self, conn: _Connection) -> None:
-        self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self.done = False
-        self.error: BaseException | None = None
-
-    def feed(self, data: bytes) -> None:
-        if data:
-            self._chunks.append(data)
-            self._size += len(data)
-            if self._size > HIGH_WATER:
-                self._conn.pause()
-            self._wake()
-
-    def finish(self, error: BaseException | None = None) -> None:
-        if not self.done:
-            self.done = True
-            self.error = error
-            self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            if self._chunks:
-                data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-                self._chunks.clear()
-                self._size = 0
-                self._conn.resume()
-                yield data
-                continue
-            if self.done:
-                if self.error is not None:
-                    raise self.error
-                return
-            self._waiter = self._conn.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-
-class UpstreamResponse:
-    """Status, raw headers and either ``body`` (whole, small) or ``stream`` (async iterable)."""
-
-    __slots__ = ("_conn", "body", "connection", "content_length", "headers", "reason", "status", "stream")
-
-    def __init__(self, conn: _Connection, status: int, reason: str, headers: list[tuple[str, str]],
-                 content_length: int | None) -> None:
-        self._conn = conn
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.content_length = content_length
-        self.body: bytes | None = None
-        self.stream: _Body | None = None
-        self.connection: frozenset[str] = frozenset()  # lower-case tokens of its Connection header
-
-    def release(self) -> None:
-        """Give the connection back (when the exchange completed cleanly) or close it."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.finish_exchange()
-
-
-class _Connection(WriteFlowControl, asyncio.Protocol):
-    """One upstream connection; at most one exchange at a time (no pipelining).
-
-    llhttp (httptools) parses each response: status line, header syntax (no bare
-    CR/LF, controls or obs-fold), framing (Content-Length, chunked, until EOF) and
-    the smuggling checks (duplicate Content-Length, Content-Length with
-    Transfer-Encoding). This class only decides what to hand back and whether the
-    connection can be reused. Each exchange gets a fresh (cheap) parser: no parser
-    state (a HEAD response's advertised body, an error) carries over to the next.
-    """
-
-    def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
-        self.pool = pool
-        self.origin = origin
-        self.loop = pool.loop
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.reused = False
-        self.idle_since = 0.0
-        self._parser: httptools.HttpResponseParser | None = None
-        self._state = 0  # 0 idle, 1 head, 2 small body (kept whole), 3 streamed body, 5 complete
-        self._head_request = False
-        self._head_size = 0  # bytes received while no head was complete
-        self._header_bytes = 0  # names and values of the current head
-        self._reason = ""
-        self._headers: list[tuple[str, str]] = []
-        self._length: int | None = None
-        self._chunked = False
-        self._connection: frozenset[str] = frozenset()
-        self._parts: list[bytes] = []
-        self._response: UpstreamResponse | None = None
-        self._future: asyncio.Future[UpstreamResponse] | None = None
-        self._keep_alive = True
-        self._got_bytes = False
-        self._paused = False
-        self.deadline: float | None = None  # loop time; watched by the pool's sweep, not a timer of its own
-
-    # --- asyncio.Protocol -----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self._state == 0 or self._state == 5:  # unsolicited bytes: the connection is unusable
-            self._keep_alive = False
-            self._close()
-            return
-        self._got_bytes = True
-        if self._state == 1:
-            self._head_size += len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(BadResponse("protocol switch that was not asked for"))
-        except httptools.HttpParserError as exc:  # after a complete response: only closes the connection
-            self._fail(BadResponse(str(exc) or "malformed response"))
-        else:
-            if self._state == 1 and self._head_size > MAX_HEAD:  # a head that never ends
-                self._fail(BadResponse("response head too large"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.transport = None
-        if self._state == 3 and exc is None and self._length is None and not self._chunked:
-            self._keep_alive = False  # a close-delimited body ends here
-            self._complete()
-        elif self._state not in (0, 5):
-            self._fail(UpstreamError("broken", "upstream closed the connection"))
-        self._settle_drain(UpstreamError("broken", "upstream closed the connection"))
-        self.pool.forget(self)
-
-    # --- httptools callbacks ------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._state != 1:  # a second response after the complete one: nothing asked for it
-            raise BadResponse("unsolicited response")
-        self._reason = ""
-        self._headers = []
-        self._header_bytes = 0
-        self._length = None
-        self._chunked = False
-        self._connection = frozenset()
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason.decode("utf-8", "surrogateescape")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._state != 1:
-            return  # trailers after a chunked body: dropped
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEAD:  # one that arrived in a single read
-            raise BadResponse("response head too large")
-        text = value.rstrip(b" \t").decode("utf-8", "surrogateescape")  # llhttp keeps trailing OWS
-        lower = name.lower()
-        if lower == b"content-length":
-            self._length = int(value)  # digits only, never repeated: llhttp checked
-        elif lower == b"transfer-encoding":  # llhttp's rule: chunked iff it is the final coding
-            self._chunked = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
-        elif lower == b"connection":
-            self._connection = frozenset(token.strip() for token in text.lower().split(","))
-        self._headers.append((name.decode("latin-1"), text))
-
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if status < 200:
-            return  # interim (100 Continue, 103 Early Hints): the final response follows; 101 fails the feed
-        self._keep_alive = self._parser.should_keep_alive()
-        response = self._response = UpstreamResponse(self, status, self._reason, self._headers, self._length)
-        response.connection = self._connection
-        if self._head_request or status in _NO_BODY_STATUSES:  # RFC 9112 6.3: no body, whatever the headers say
-            response.body = b""
-            self._complete()
-            self._resolve()
-        elif self._length is not None and self._length <= SMALL_BODY:
-            self._state = 2
-        else:
-            self._state = 3
-            response.stream = _Body(self)
-            self._resolve()
-
-    def on_body(self, data: bytes) -> None:
-        if self._state == 2:
-            self._parts.append(data)
-        elif self._state == 3:
-            self._response.stream.feed(data)
-        else:  # bytes after a HEAD answer: do not trust the stream
-            self._keep_alive = False
-
-    def on_message_complete(self) -> None:
-        state = self._state
-        if state == 2:
-            parts, self._parts = self._parts, []
-            self._response.body = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._complete()
-            self._resolve()
-        elif state == 3:
-            self._complete()
-        # state 1: an interim response ended; state 5: a HEAD/204/304 answer, already complete
-
-    # --- exchange ---------------------------------------------------------------------------
-
-    def begin(self, head_request: bool, deadline: float | None) -> asyncio.Future[UpstreamResponse]:
-        self._state = 1
-        self._parser = httptools.HttpResponseParser(self)
-        self._head_request = head_request
-        self._head_size = 0
-        self._keep_alive = True
-        self._got_bytes = False
-        self._parts = []
-        self._future = self.loop.create_future()
-        if deadline is not None:
-            self.deadline = deadline
-            self.pool.watch(self)
-        return self._future
-
-    def write(self, data: bytes) -> None:
-        if self.transport is None:
-            raise UpstreamError("broken", "upstream closed the connection")
-        self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self.transport is None:
-            raise UpstreamError("broken", "upstream closed the connection")
-        await self._wait_writable()
-
-    def abort(self) -> None:
-        """Give up on this exchange (client gone, body too large): never reuse the connection."""
-        self._keep_alive = False
-        self._clear_deadline()
-        if self._state not in (0, 5):
-            self._state = 5
-            body = self._response.stream if self._response is not None else None
-            if body is not None:
-                body.finish(UpstreamError("broken", "exchange aborted"))
-        self._close()
-
-    def finish_exchange(self) -> None:
-        if self._state == 5 and self._keep_alive and not self.closed:
-            self._clear_deadline()
-            self._state = 0
-            self._response = None
-            self._future = None
-            self._parser = None
-            self.pool.put_idle(self)
-        else:
-            self.abort()
-
-    @property
-    def got_bytes(self) -> bool:
-        return self._got_bytes
-
-    def pause(self) -> None:
-        if not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-
-    # --- outcome --------------------------------------------------------------------------------
-
-    def _resolve(self) -> None:
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(self._response)
-
-    def _complete(self) -> None:
-        self._state = 5
-        self._clear_deadline()
-        response = self._response
-        if response is not None and response.stream is not None:
-            response.stream.finish()
-
-    def _fail(self, error: UpstreamError) -> None:
-        self._keep_alive = False
-        self._state = 5
-        self._clear_deadline()
-        future = self._future
-        if future is not None and not future.done():
-            future.set_exception(error)
-        elif self._response is not None and self._response.stream is not None:
-            self._response.stream.finish(error)
-        self._close()
-
-    def on_timeout(self) -> None:
-        self._fail(UpstreamError("timeout", "upstream timed out"))
-
-    def _clear_deadline(self) -> None:
-        if self.deadline is not None:
-            self.deadline = None
-            self.pool.unwatch(self)
-
-    def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
 class UpstreamPool:
     """Keep-alive connections per origin, plus the request/response exchange."""
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.loop = asyncio.get_running_loop()
-        self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
-        self._all: set[_Connection] = set()
+        self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
+        self._all: set[Connection] = set()
         self._ssl = ssl_context
         self._closed = False
-        self._watched: set[_Connection] = set()  # exchanges with a deadline
+        self._watched: set[Connection] = set()  # exchanges with a deadline
         self._ticker: asyncio.TimerHandle | None = None
 
-    def watch(self, conn: _Connection) -> None:
+    def watch(self, conn: Connection) -> None:
         """One periodic sweep for all request deadlines: a timer per request (heap push,
         cancel, pop with Python-level comparisons) costs more than the sweep."""
         self._watched.add(conn)
         if self._ticker is None:
             self._ticker = self.loop.call_later(DEADLINE_TICK, self._sweep)
 
-    def unwatch(self, conn: _Connection) -> None:
+    def unwatch(self, conn: Connection) -> None:
         self._watched.discard(conn)
 
     def _sweep(self) -> None:
@@ -424,31 +84,35 @@ class UpstreamPool:
         if self._watched and not self._closed:
             self._ticker = self.loop.call_later(DEADLINE_TICK, self._sweep)
 
-    def put_idle(self, conn: _Connection) -> None:
+    def put_idle(self, conn: Connection) -> None:
         idle = self._idle.setdefault(conn.origin.key, [])
         if self._closed or len(idle) >= IDLE_PER_ORIGIN:
             conn.abort()
             return
         conn.reused = True
-        conn.idle_since = time.monotonic()
+        conn.idle_since = self.loop.time()
         idle.append(conn)
 
-    def forget(self, conn: _Connection) -> None:
+    def forget(self, conn: Connection) -> None:
         self._all.discard(conn)
         idle = self._idle.get(conn.origin.key)
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+    def _reuse(self, origin: Origin) -> Connection | None:
+        """An idle keep-alive connection to ``origin`` that is still fresh, if there is one."""
         idle = self._idle.get(origin.key)
         if idle:
-            now = time.monotonic()
+            now = self.loop.time()
             while idle:
                 conn = idle.pop()
                 if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
                     return conn
                 conn.abort()
-        conn = _Connection(self, origin)
+        return None
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> Connection:
+        conn = Connection(self, origin)
         context = None
         if origin.tls:
             if self._ssl is None:
@@ -472,7 +136,7 @@ class UpstreamPool:
         deadline = self.loop.time() + timeout if timeout else None
         replayable = not (body is not None and not isinstance(body, bytes))
         for _ in range(2):
-            conn = await self._connect(origin, connect_timeout)
+            conn = self._reuse(origin) or await self._connect(origin, connect_timeout)
             future = conn.begin(method == "HEAD", deadline)
             try:
                 if isinstance(body, bytes) and body:
@@ -495,7 +159,7 @@ class UpstreamPool:
         raise UpstreamError("broken", "upstream closed the connection")
 
     @staticmethod
-    async def _send_stream(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async def _send_stream(conn: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
         async for chunk in body:
             if not chunk:
                 continue

@@ -11,7 +11,8 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from kubegate.dataplane.upstream import MAX_HEAD, SMALL_BODY, Origin, UpstreamError, UpstreamPool
+from kubegate.dataplane.exchange import MAX_HEAD, SMALL_BODY, UpstreamError
+from kubegate.dataplane.upstream import Origin, UpstreamPool
 
 Answer = bytes | Callable[[asyncio.StreamWriter], None] | None  # None: read the request, say nothing
 

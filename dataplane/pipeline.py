@@ -1,0 +1,286 @@
+"""The request pipeline: one client request in, one answer out (messages.py), for both fronts.
+
+Host and path parsed once (400, target.py) -> the TLS connection and the Host
+agree (421 on HTTPS; 308 to HTTPS on HTTP for a hostname a TLSPolicy covers)
+-> TLSPolicy allowedSubjects (403) -> route match (404/405; TRACE and CONNECT
+only where a route names them) -> Admission (IP filter, auth, rate limit) ->
+body limit / JSON Schema (413/415/400) -> proxy (502/503/504 when the upstream
+fails). :meth:`Pipeline.serve` has the answer written by the request's front
+(framing.py) and counts it in the route's metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Protocol
+
+import aiohttp
+
+from . import proxy
+from .admission import RequestFacts, Verdict
+from .audit import AuditLog
+from .bodies import BodyTooLarge, is_json
+from .clientip import ClientAddress
+from .framing import Front
+from .messages import Answer, Refusal, Request, Sent, Upgrade
+from .metrics import Metrics, counting, observing
+from .mtls_auth import client_identity
+from .observe import Note
+from .router import MethodNotAllowed
+from .target import PathRefused, normalise_request_path, parse_host
+from .tls import PolicyContext, TlsSet
+from .upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from .server import RouteRuntime, Snapshot
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+# Served only by a route whose `methods` names them (API.md): TRACE reflects a request's
+# credentials back (cross-site tracing), CONNECT would make the gateway an open tunnel.
+GUARDED_METHODS = frozenset({"TRACE", "CONNECT"})
+_ALLOW_DEFAULT = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+class SnapshotSource(Protocol):
+    """The Gateway: the config snapshot a request starts with, whatever a reload does meanwhile."""
+
+    @property
+    def snapshot(self) -> Snapshot | None: ...
+
+
+class Pipeline:
+    """The request path of one Gateway; ``pool`` and ``session`` are set while it serves."""
+
+    def __init__(self, source: SnapshotSource, *, metrics: Metrics, audit: AuditLog, client_address: ClientAddress,
+                 ports: dict[str, int | None]) -> None:
+        self._source = source
+        self.metrics = metrics
+        self.audit = audit
+        self._client_address = client_address
+        self._ports = ports  # the Gateway's, filled in when it binds (the HTTPS port for 308 redirects)
+        self.pool: UpstreamPool | None = None
+        self.session: aiohttp.ClientSession | None = None  # upstream WebSockets
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # metric children by label values, created on first use (an idle route costs no buckets)
+        self._counters: dict[tuple[str, str, int], Callable[[float], None]] = {}
+        self._latency: dict[str, Callable[[float], None]] = {}
+        self._upstream: dict[str, Callable[[float], None]] = {}
+
+    def open(self) -> None:
+        """Start serving: the upstream pool and WebSocket session, on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self.session = proxy.build_session()
+        self.pool = UpstreamPool()
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def serve(self, request: Request, front: Front, note: Note | None = None) -> Sent:
+        """Answer ``request`` through ``front``; counted once written (latency includes the body)."""
+        started = self._loop.time()
+        answer = await self.answer(request, note)
+        try:
+            sent = await front.write(request, answer)
+        finally:
+            answer.release()
+        self._count(answer.route, request.method, sent.status, started)
+        return sent
+
+    async def answer(self, request: Request, note: Note | None = None) -> Answer:
+        snap = self._source.snapshot  # this request's config, whatever apply() does meanwhile
+        headers = request.headers
+        rid = proxy.request_id(headers.get("X-Request-Id"))
+        if note is not None:
+            note.rid = rid
+        extra = {"X-Request-Id": rid}
+        if snap is None:
+            return Refusal(503, "not_ready", "no configuration loaded", extra)
+        routed = self._route(snap, request, extra)
+        if isinstance(routed, Refusal):
+            return routed
+        rt, host, host_header, path = routed
+        if note is not None:
+            note.route, note.compiled = rt.id, rt.route
+        claim_headers: dict[str, str] | None = None
+        if rt.needs_admission:
+            verdict = await self._admit(snap, rt, request, host, path)
+            if note is not None:
+                note.verdict = verdict
+            if verdict.response_headers:
+                extra.update(verdict.response_headers)
+            if verdict.status is not None:
+                return Refusal(verdict.status, verdict.reason, verdict.message, extra, rt)
+            claim_headers = verdict.upstream_headers
+        length = request.content_length
+        if length is not None and length > rt.max_body:
+            return Refusal(413, "body_too_large", "request body too large", extra, rt)
+        try:
+            return await self._proxy(request, rt, host_header, path, rid, extra, claim_headers, note)
+        except BodyTooLarge:
+            return Refusal(413, "body_too_large", "request body too large", extra, rt)
+        except proxy.ProxyFailure as failure:
+            return Refusal(failure.status, failure.reason, failure.message, extra, rt)
+
+    def _route(self, snap: Snapshot, request: Request,
+               extra: dict[str, str]) -> Refusal | tuple[RouteRuntime, str, str, str]:
+        """The request's route, host, Host header and normalised path, or why it has none."""
+        headers = request.headers
+        host_header = headers.get("Host", "")
+        host = parse_host(host_header)  # request.host would resolve our FQDN without one
+        if host is None or (not request.vetted and len(headers.getall("Host", ())) > 1):
+            return Refusal(400, "bad_host", "invalid Host header", extra)
+        method = request.method
+        if not request.vetted and request.target[:1] not in ("/", "") and method != "CONNECT" \
+                and not _authority_agrees(request.target, host):
+            return Refusal(400, "bad_host", "the request target names another host than Host", extra)
+        if method in GUARDED_METHODS and method not in snap.guarded_methods:
+            extra["Allow"] = _ALLOW_DEFAULT
+            return Refusal(405, "method_not_allowed", "method not allowed", extra)
+        normalised = normalise_request_path(request.path)
+        if isinstance(normalised, PathRefused):
+            return Refusal(400, "bad_path", normalised.reason, extra)
+        path, segments = normalised
+        if request.tls:
+            refused = self._tls_refusal(snap.tls, request, host, extra)
+            if refused is not None:
+                return refused
+        elif (snap.tls.exact or snap.tls.wildcard) and snap.tls.owner(host) is not None:
+            # never proxied in plaintext (API.md): the same request, over HTTPS
+            extra["Location"] = self._https_location(host_header, path, request.query)
+            return Refusal(308, "https_required", "this host is served over HTTPS only", extra)
+        found = snap.table.lookup(host, method, segments)
+        if found is None:
+            return Refusal(404, "no_route", "no route matches", extra)
+        if isinstance(found, MethodNotAllowed):
+            extra["Allow"] = ", ".join(found.allow)
+            return Refusal(405, "method_not_allowed", "method not allowed", extra)
+        rt = found.value
+        if method in GUARDED_METHODS and method not in rt.route.methods:
+            extra["Allow"] = ", ".join(rt.route.methods) or _ALLOW_DEFAULT
+            return Refusal(405, "method_not_allowed", "method not allowed", extra, rt)
+        return rt, host, host_header, path
+
+    async def _admit(self, snap: Snapshot, rt: RouteRuntime, request: Request, host: str, path: str) -> Verdict:
+        client_ip = self._client_address.resolve(request.remote, request.headers.getall("X-Forwarded-For", []))
+        transport = request.transport
+        peer_cert = transport.get_extra_info("peercert") if request.tls and transport is not None else None
+        facts = RequestFacts(method=request.method, path=path, host=host, client_ip=client_ip,
+                             headers=request.headers, peer_cert=peer_cert or None, tls=request.tls)
+        return await snap.admission.admit(rt.route, facts)
+
+    async def _proxy(self, request: Request, rt: RouteRuntime, host_header: str, path: str, rid: str,
+                     extra: dict[str, str], claim_headers: dict[str, str] | None, note: Note | None) -> Answer:
+        headers = request.headers
+        query = request.query
+        target = rt.plan.upstream_path(path) + ("?" + query if query else "")
+        websocket = proxy.is_websocket_upgrade(headers)
+        upstream_headers = proxy.upstream_headers(
+            headers, peer=request.remote, proto="https" if request.tls else "http", host=host_header,
+            rid=rid, drop=rt.claim_headers, websocket=websocket, hide_api_key=rt.hide_api_key,
+        )
+        if claim_headers:
+            upstream_headers.extend(claim_headers.items())
+        if note is not None:
+            note.upstream(upstream_headers)
+        if websocket:
+            return self._upgrade(rt, target, upstream_headers, extra)
+        body: bytes | AsyncIterator[bytes] | None = None
+        content = request.content
+        if content is not None:
+            if headers.get("Expect", "").lower() == "100-continue" and request.writer is not None:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            length = request.content_length
+            if rt.schema is not None:
+                if not is_json(headers.get("Content-Type", "")):
+                    return Refusal(415, "unsupported_media_type", "request body must be application/json", extra,
+                                   rt)
+                body = await proxy.read_body(content, rt.max_body)
+                problem = rt.schema.problem(body)
+                if problem is not None:
+                    return Refusal(400, problem.reason, problem.message, extra, rt)
+            elif length is not None and length <= proxy.SMALL_UPLOAD:
+                body = await proxy.read_body(content, rt.max_body)  # one write, replayable
+            else:
+                body = proxy.stream_body(content, rt.max_body)
+        observe = self._upstream.get(rt.id) or self._upstream_observer(rt.id)
+        relay = await proxy.forward(request, self.pool, rt.plan, target, upstream_headers, body, extra,
+                                    observe if note is None else note.timed(observe))
+        relay.route = rt
+        return relay
+
+    def _upgrade(self, rt: RouteRuntime, target: str, headers: list[tuple[str, str]],
+                 extra: dict[str, str]) -> Upgrade:
+        async def open_websocket(client: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse | Refusal:
+            try:
+                return await proxy.relay_websocket(client, self.session, rt.plan, target, headers, extra)
+            except proxy.ProxyFailure as failure:
+                return Refusal(failure.status, failure.reason, failure.message, extra, rt)
+        return Upgrade(open_websocket, rt)
+
+    def _tls_refusal(self, tls: TlsSet, request: Request, host: str, extra: dict[str, str]) -> Refusal | None:
+        """421 when the connection may not carry this Host, 403 for a client the policy does not allow."""
+        transport = request.transport
+        connection = transport.get_extra_info("sslcontext") if transport is not None else None
+        policy = tls.admits(connection, host) if isinstance(connection, PolicyContext) else None
+        if policy is None:
+            return Refusal(421, "misdirected_request", "this connection does not serve this host", extra)
+        if policy.hsts:
+            extra["Strict-Transport-Security"] = policy.hsts
+        if policy.subjects is not None:
+            identity = client_identity(transport.get_extra_info("peercert"))
+            if identity is None and policy.client_mode == "require":  # pragma: no cover - the handshake
+                return Refusal(403, "forbidden_subject", "client certificate required", extra)
+            if identity is not None and not policy.subjects.allows(identity):
+                method = request.method if request.method in KNOWN_METHODS else "OTHER"
+                self.metrics.auth_failures.labels("", method, "forbidden_subject").inc()
+                self.audit.event("auth_failure", reason="forbidden_subject", policy=policy.policy_id, host=host,
+                                 client_ip=request.remote, principal=f"mtls:{identity.label}")
+                return Refusal(403, "forbidden_subject", "client certificate subject not allowed", extra)
+        return None
+
+    def _https_location(self, host_header: str, path: str, query: str) -> str:
+        """The request's URL on the HTTPS listener: an explicit port becomes the HTTPS port."""
+        authority = host_header
+        https_port = self._ports["https"]
+        if host_header.startswith("["):
+            end = host_header.find("]")
+            if end + 1 < len(host_header):
+                authority = f"{host_header[:end + 1]}:{https_port}"
+        elif ":" in host_header:
+            authority = f"{host_header.partition(':')[0]}:{https_port}"
+        return f"https://{authority}{path}" + ("?" + query if query else "")
+
+    def _count(self, rt: RouteRuntime | None, method: str, status: int, started: float) -> None:
+        route = rt.id if rt is not None else ""
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
+        key = (route, method, status // 100)
+        count = self._counters.get(key)
+        if count is None:
+            count = self._counters[key] = counting(
+                self.metrics.requests.labels(route, method, _CLASSES.get(status // 100, "other")))
+        count(1)
+        observe = self._latency.get(route)
+        if observe is None:
+            observe = self._latency[route] = observing(self.metrics.request_latency.labels(route))
+        observe(self._loop.time() - started)
+
+    def _upstream_observer(self, route: str) -> Callable[[float], None]:
+        observe = self._upstream[route] = observing(self.metrics.upstream_latency.labels(route))
+        return observe
+
+
+def _authority_agrees(target: str, host: str) -> bool:
+    """An absolute-form target (``GET http://a.test/x``) must name the host the request is routed by."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return False
+    authority = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")
+    return not authority[1] and parse_host(authority[2]) == host
