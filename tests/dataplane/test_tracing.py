@@ -163,7 +163,7 @@ async def test_tracing_off_leaves_the_callers_context_and_the_handler_alone(back
     assert build_observer(access_log=False, otlp_endpoint=None, sample_ratio=None, environ={}) is None
     limiter = build_rate_limiter(None)
     gateway = Gateway(host="127.0.0.1", http_port=0, https_port=0, admin_port=0, limiter=limiter, observer=None)
-    assert gateway._handle.__func__ is Gateway._handle  # the pipeline itself: no wrapper, no Note
+    assert gateway._serve == gateway._pipeline.serve  # the pipeline itself: no wrapper, no Note
     await limiter.close()
     # the real command, tracing configured but disabled: the caller's context reaches the backend untouched
     echo = await backend("echo")
@@ -188,10 +188,8 @@ class _Request:
     def __init__(self, headers: dict[str, str] | list[tuple[str, str]], path: str = "/x") -> None:
         from multidict import CIMultiDict, CIMultiDictProxy
 
-        from kubegate.dataplane.http1 import Target
-
         self.headers = CIMultiDictProxy(CIMultiDict(headers))
-        self.rel_url = Target(path, "")
+        self.path = path  # messages.Request.path: the raw path, without the query
 
 
 class _Spans:
