@@ -189,11 +189,11 @@ def main() -> int:
             ratios: dict[str, list[float]] = {name: [] for name in cases if name != "untraced"}
             figures: dict[str, dict] = {}
             for _ in range(args.rounds):
-                for name in ratios:  # the case and the baseline loaded at once: same core, same interference
+                for name, kept_ratios in ratios.items():  # with the baseline at once: same core, same interference
                     with concurrent.futures.ThreadPoolExecutor(2) as pool:
                         pair = dict(zip(("untraced", name), pool.map(
                             lambda n: measure(n, *cases[n], args.seconds, on_client), ("untraced", name))))
-                    ratios[name].append(pair[name]["rps"] / pair["untraced"]["rps"])
+                    kept_ratios.append(pair[name]["rps"] / pair["untraced"]["rps"])
                     for n, result in pair.items():
                         kept = figures.setdefault(n, result)
                         if result["cpu_us"] <= kept["cpu_us"]:  # the least-disturbed round's CPU figures

@@ -219,7 +219,7 @@ class SpanExport:
             if self._encode is not None:
                 try:
                     batch = [self._encode(record) for record in batch]
-                except Exception:  # noqa: BLE001 - a bug here must not stop the thread; say it once per batch
+                except Exception:  # a bug here must not stop the thread: say it once per batch
                     log.exception("kubegate: %d span(s) could not be encoded", len(batch))
                     self.failed += len(batch)
                     continue

@@ -204,10 +204,9 @@ class _Spans:
 
 
 def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule():
-    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
-
     from kubegate.dataplane.observe import Note
     from kubegate.dataplane.tracing import Tracer, TracingSettings
+    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
     for ratio in (0.1, 0.5):
         tracer = Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", ratio), export=_Spans())
@@ -216,7 +215,8 @@ def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule():
         for _ in range(3000):
             note = Note()
             tracer.begin(_Request({}), note)
-            (name, value), = note.traceparent
+            (header, value), = note.traceparent
+            assert header == "traceparent"
             _, trace_id, _, flags = value.split("-")
             sampled = reference.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
             assert (flags == "01") == sampled == (note.span is not None), (ratio, trace_id)
@@ -225,12 +225,11 @@ def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule():
 
 
 def test_a_span_is_a_valid_otlp_message():
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-
     from kubegate.dataplane import otlp
     from kubegate.dataplane.observe import Note
     from kubegate.dataplane.tracing import Tracer, TracingSettings, encode_request_span
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
     spans = _Spans()
     tracer = Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", 0), export=spans)
@@ -270,9 +269,8 @@ async def test_the_exporter_sends_otel_headers_gzip_and_bounds_its_queue(caplog)
     import gzip
 
     from aiohttp import web
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
     from kubegate.dataplane.otlp import SpanExport
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     received: list[tuple[Any, bytes]] = []
 
@@ -315,8 +313,8 @@ async def test_the_exporter_sends_otel_headers_gzip_and_bounds_its_queue(caplog)
 
 def test_bad_exporter_settings_are_one_clear_error():
     import pytest
-
     from kubegate.dataplane.otlp import SpanExport
+
     from kubegate.errors import UserError
 
     for env, words in (({"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"}, "gzip, deflate or none"),
