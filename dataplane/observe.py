@@ -166,10 +166,3 @@ def build_observer(*, access_log: bool, otlp_endpoint: str | None, sample_ratio:
     if tracer is None and log is None:
         return None
     return Observer(access_log=log, tracer=tracer)
-
-
-def observer_from_args(args: Any) -> Observer | None:
-    """The observer the data-plane flags ask for (``--access-log``, ``--otlp-endpoint``, ``--trace-sample-ratio``)."""
-    return build_observer(access_log=getattr(args, "access_log", False),
-                          otlp_endpoint=getattr(args, "otlp_endpoint", None),
-                          sample_ratio=getattr(args, "trace_sample_ratio", None))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from kubegate.leases import (  # noqa: F401 - re-exported: the operator reads what the data plane writes
     COMPONENT_LABEL,
@@ -92,7 +91,3 @@ def acknowledgement(key: str, generation: int, hashes: Mapping[str, int], histor
         if generations is not None and generations.get(key) == generation:
             refused = found[1]
     return Acknowledgement(live_replicas=sum(hashes.values()), acknowledged_by=acked, refused=refused)
-
-
-def now_utc() -> float:
-    return datetime.now(UTC).timestamp()
