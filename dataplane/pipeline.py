@@ -105,7 +105,7 @@ class Pipeline:
         routed = self._route(snap, request, extra)
         if isinstance(routed, Refusal):
             return routed
-        rt, host, path = routed
+        rt, host, host_header, path = routed
         if note is not None:
             note.route, note.compiled = rt.id, rt.route
         claim_headers: dict[str, str] | None = None
@@ -122,15 +122,15 @@ class Pipeline:
         if length is not None and length > rt.max_body:
             return Refusal(413, "body_too_large", "request body too large", extra, rt)
         try:
-            return await self._proxy(request, rt, path, rid, extra, claim_headers, note)
+            return await self._proxy(request, rt, host_header, path, rid, extra, claim_headers, note)
         except BodyTooLarge:
             return Refusal(413, "body_too_large", "request body too large", extra, rt)
         except proxy.ProxyFailure as failure:
             return Refusal(failure.status, failure.reason, failure.message, extra, rt)
 
     def _route(self, snap: Snapshot, request: Request,
-               extra: dict[str, str]) -> Refusal | tuple[RouteRuntime, str, str]:
-        """The request's route, host and normalised path, or why it has none."""
+               extra: dict[str, str]) -> Refusal | tuple[RouteRuntime, str, str, str]:
+        """The request's route, host, Host header and normalised path, or why it has none."""
         headers = request.headers
         host_header = headers.get("Host", "")
         host = parse_host(host_header)  # request.host would resolve our FQDN without one
@@ -165,7 +165,7 @@ class Pipeline:
         if method in GUARDED_METHODS and method not in rt.route.methods:
             extra["Allow"] = ", ".join(rt.route.methods) or _ALLOW_DEFAULT
             return Refusal(405, "method_not_allowed", "method not allowed", extra, rt)
-        return rt, host, path
+        return rt, host, host_header, path
 
     async def _admit(self, snap: Snapshot, rt: RouteRuntime, request: Request, host: str, path: str) -> Verdict:
         client_ip = self._client_address.resolve(request.remote, request.headers.getall("X-Forwarded-For", []))
@@ -175,14 +175,14 @@ class Pipeline:
                              headers=request.headers, peer_cert=peer_cert or None, tls=request.tls)
         return await snap.admission.admit(rt.route, facts)
 
-    async def _proxy(self, request: Request, rt: RouteRuntime, path: str, rid: str, extra: dict[str, str],
-                     claim_headers: dict[str, str] | None, note: Note | None) -> Answer:
+    async def _proxy(self, request: Request, rt: RouteRuntime, host_header: str, path: str, rid: str,
+                     extra: dict[str, str], claim_headers: dict[str, str] | None, note: Note | None) -> Answer:
         headers = request.headers
         query = request.query
         target = rt.plan.upstream_path(path) + ("?" + query if query else "")
         websocket = proxy.is_websocket_upgrade(headers)
         upstream_headers = proxy.upstream_headers(
-            headers, peer=request.remote, proto="https" if request.tls else "http", host=headers.get("Host", ""),
+            headers, peer=request.remote, proto="https" if request.tls else "http", host=host_header,
             rid=rid, drop=rt.claim_headers, websocket=websocket, hide_api_key=rt.hide_api_key,
         )
         if claim_headers:

@@ -78,21 +78,6 @@ YOUNG_THRESHOLD = 50_000
 SHUTDOWN_GRACE = 10.0
 
 
-def _drain_aiohttp(web_server: web.Server) -> bool:
-    """Shutting down aiohttp's connections (bodies, TLS, upgrades): idle ones close at once, busy ones
-    close after their response, which says ``Connection: close``. aiohttp's own shutdown() instead holds
-    an idle keep-alive connection for the whole timeout and then drops it. True while any is busy."""
-    busy = False
-    for conn in web_server.connections:
-        request = conn._current_request
-        if request is None and not conn._request_in_progress:
-            conn.force_close()
-            continue
-        busy = True
-        if request is not None and not request._message.should_close:
-            request._message = request._message._replace(should_close=True)
-        conn.close()
-    return busy
 
 
 
@@ -190,7 +175,7 @@ class Gateway:
         self._pipeline = Pipeline(self, metrics=self.metrics, audit=self.audit,
                                   client_address=ClientAddress(trusted_proxies), ports=self.ports)
         self._servers: list[asyncio.base_events.Server] = []
-        self._web_servers: list[web.Server] = []
+        self._web_servers: list[FrontServer] = []
         self._admin_runner: web.AppRunner | None = None
         self._route_metrics: dict[str, RouteMetrics] = {}
         self._reloading = asyncio.Lock()
@@ -391,7 +376,7 @@ class Gateway:
                 conn.drain()
             busy = any(conn.busy for conn in self._fast_connections)
             for web_server in self._web_servers:
-                busy = _drain_aiohttp(web_server) or busy
+                busy = web_server.drain() or busy
             if not busy or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)

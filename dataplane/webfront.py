@@ -113,3 +113,19 @@ class FrontServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, header_timeout=self.timeouts.header, **self._kwargs)
+
+    def drain(self) -> bool:
+        """Shutting down: idle connections close at once, busy ones after their response, which says
+        ``Connection: close``. aiohttp's own shutdown() instead holds an idle keep-alive connection for
+        the whole timeout and then drops it. True while any is busy."""
+        busy = False
+        for conn in self.connections:
+            request = conn._current_request
+            if request is None and not conn._request_in_progress:
+                conn.force_close()
+                continue
+            busy = True
+            if request is not None and not request._message.should_close:
+                request._message = request._message._replace(should_close=True)
+            conn.close()
+        return busy
