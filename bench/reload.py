@@ -15,7 +15,7 @@ next config differs in one route. Two modes, same run:
 
 Printed: p99 without reloads, p99 and worst request latency with reloads, the
 reload time (decode + build + swap), the on-loop swap time (incl. the GC
-settle, see server._settle_heap), and the longest time the process's event
+settle, see snapshot.settle_heap), and the longest time the process's event
 loop could not run a 1 ms timer (the stall every request in flight shares).
 """
 
@@ -53,9 +53,9 @@ def payloads(backend: str, routes: int, variant: int) -> tuple[dict, dict]:
 
 
 def serve(backend: str, routes: int, port: int, mode: str) -> None:
-    from kubegate.dataplane.k8s_source import decode_pair
     from kubegate.dataplane.ratelimit import build_rate_limiter
     from kubegate.dataplane.server import Gateway
+    from kubegate.dataplane.sources.kubernetes import decode_pair
 
     variants = [payloads(backend, routes, v) for v in (0, 1)]
 

@@ -22,10 +22,10 @@ from kubegate.kubeapi import KubeApi, load_credentials
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, workers: int = 1,
                 metrics_dir: str | None = None) -> None:
     from kubegate.dataplane.heartbeat import Heartbeat
-    from kubegate.dataplane.k8s_source import KubernetesConfigSource
     from kubegate.dataplane.metrics import Metrics
     from kubegate.dataplane.ratelimit import build_rate_limiter, check_redis_url
     from kubegate.dataplane.server import Gateway
+    from kubegate.dataplane.sources.kubernetes import KubernetesConfigSource
     from kubegate.dataplane.supervisor import Supervisor, gateway_kwargs, gateway_options
     from kubegate.eventloop import loop_name
 

@@ -24,8 +24,8 @@ async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | N
     from kubegate.dataplane.devca import DevCa
     from kubegate.dataplane.metrics import Metrics
     from kubegate.dataplane.ratelimit import build_rate_limiter, check_redis_url
-    from kubegate.dataplane.reload import FileConfigSource, LoadFailed, build, report
     from kubegate.dataplane.server import ConfigRejected, Gateway
+    from kubegate.dataplane.sources.file import FileConfigSource, LoadFailed, build, report
     from kubegate.dataplane.supervisor import Supervisor, gateway_kwargs, gateway_options
 
     log = logging.getLogger("kubegate.run")
@@ -94,7 +94,7 @@ async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | N
                  host, gateway.ports["http"], host, gateway.ports["https"], host, gateway.ports["admin"],
                  workers, "" if workers == 1 else "s", eventloop.loop_name())
         log.info("development CA (for curl --cacert): %s", ca.ca_path)
-        watcher = asyncio.create_task(source.watch())
+        watcher = asyncio.create_task(source.run())
         await stop.wait()
         log.info("shutting down")
         watcher.cancel()

@@ -27,7 +27,7 @@ from kubegate.config import (
 )
 from kubegate.kubeapi import Informer, KubeApi, path_for
 
-log = logging.getLogger("kubegate.dataplane.k8s_source")
+log = logging.getLogger("kubegate.dataplane.sources.kubernetes")
 
 CONFIG_MAP_NAME = "kubegate-config"
 SECRET_NAME = "kubegate-secrets"
