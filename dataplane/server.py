@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -41,6 +42,7 @@ from .snapshot import (
     RouteRuntime,
     Snapshot,
     SnapshotBuilder,
+    off_loop,
     one_line,
     settle_heap,
 )
@@ -142,23 +144,26 @@ class Gateway:
         """Validate and swap in a new config; ConfigRejected keeps the last good one serving."""
         return self.commit(self.prepare(config, secrets))
 
-    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle) -> str:
+    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None) -> str:
         """apply(), with the snapshot built in a worker thread: requests keep being served while it
-        builds (at 10,000 routes that takes seconds); only the swap itself runs on the event loop.
-        Reloads are applied one at a time, in the order they were asked for."""
+        builds; only the swap itself runs on the event loop. The build reuses what did not change and
+        settles the heap as it goes (snapshot.py), so the thread does not stall the loop either.
+        Reloads are applied one at a time, in the order they were asked for. ``digest``: the config's
+        ``config_hash`` when the caller already has it (sources/decode.py computes it piece by piece)."""
         async with self._reloading:
-            return self.commit(await asyncio.to_thread(self.prepare, config, secrets))
+            return self.commit(await off_loop(self.prepare, config, secrets, digest, settle_heap))
 
-    def prepare(self, config: CompiledConfig, secrets: SecretBundle) -> Snapshot:
+    def prepare(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
+                pause: Callable[[], None] | None = None) -> Snapshot:
         """The snapshot to serve (the current one when nothing changed); no event-loop state is touched,
         so it may run in a thread. The first half of ``apply``: workers all build before any swaps."""
-        digest = config_hash(config, secrets)
+        digest = digest or config_hash(config, secrets)
         current = self._snapshot
         if current is not None and current.hash == digest:
             return current
         try:
             self._builder.jwks = self._jwks  # created by start()
-            return self._builder.build(config, secrets, digest)
+            return self._builder.build(config, secrets, digest, pause)
         except Exception as exc:  # noqa: BLE001 - any problem refuses the config, never the process
             reason = one_line(exc)
             self.reject(reason)

@@ -11,11 +11,14 @@ snapshot reuses for every route whose compiled form did not change.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kubegate.config import CompiledConfig, CompiledRoute, SecretBundle
 
@@ -27,11 +30,13 @@ from .metrics import Metrics
 from .router import RouteTable
 from .tls import EMPTY_TLS, TlsSet, build_tls_set
 
+T = TypeVar("T")
 log = logging.getLogger("kubegate.dataplane")
 API_KEY_HEADERS = frozenset({"x-api-key"})
 # Served only by a route whose `methods` names them (API.md): TRACE reflects a request's
 # credentials back (cross-site tracing), CONNECT would make the gateway an open tunnel.
 GUARDED_METHODS = frozenset({"TRACE", "CONNECT"})
+PAUSE_EVERY = 1000  # routes between two pause() calls of a build
 
 
 class ConfigRejected(Exception):
@@ -105,6 +110,17 @@ def needs_admission(route: CompiledRoute) -> bool:
     return bool(route.auth or route.ip_allow or route.ip_deny or route.rate_limit)
 
 
+def _nothing() -> None:
+    pass
+
+
+def _paced(entries: list[tuple[Any, ...]], pause: Callable[[], None]) -> Iterator[tuple[Any, ...]]:
+    for count, entry in enumerate(entries, 1):
+        yield entry
+        if count % PAUSE_EVERY == 0:
+            pause()
+
+
 def settle_heap() -> None:
     """Move the new snapshot out of the collector's sight (gc.freeze, O(1)), after a young collection.
 
@@ -121,6 +137,28 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+# The interpreter's switch interval while a config decodes or builds in a worker thread. CPython hands
+# the GIL to a waiting thread only after this long (default 5 ms): the event loop waits that long every
+# time it wakes up (a request wakes it several times), so a busy builder thread made each request wait
+# tens of ms. 0.5 ms bounds that wait at a small cost in switching.
+BACKGROUND_SWITCH_INTERVAL = 0.0005
+_background = [0, 0.005]  # builds running, the switch interval to restore
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread(fn, *args)`` with the switch interval lowered while any such call runs."""
+    if _background[0] == 0:
+        _background[1] = sys.getswitchinterval()
+        sys.setswitchinterval(BACKGROUND_SWITCH_INTERVAL)
+    _background[0] += 1
+    try:
+        return await asyncio.to_thread(fn, *args)
+    finally:
+        _background[0] -= 1
+        if _background[0] == 0:
+            sys.setswitchinterval(_background[1])
+
+
 class SnapshotBuilder:
     """Builds one Gateway's snapshots (pure of event-loop state: it may run in a worker thread)."""
 
@@ -129,22 +167,36 @@ class SnapshotBuilder:
         self.jwks: Any = None  # the Gateway's JWKS cache, set when it starts
         self._breakers = Breakers(metrics)
         self._route_metrics: dict[str, RouteMetrics] = {}
+        self._runtimes: dict[int, RouteRuntime] = {}  # id(route) -> its runtime, of the last build
 
-    def build(self, config: CompiledConfig, secrets: SecretBundle, digest: str) -> Snapshot:
+    def build(self, config: CompiledConfig, secrets: SecretBundle, digest: str,
+              pause: Callable[[], None] | None = None) -> Snapshot:
         """The snapshot of ``config``. An object that cannot be loaded (the translator refuses it first;
-        this is defence in depth) is left out, never served half-secured, and named in ``dropped``."""
+        this is defence in depth) is left out, never served half-secured, and named in ``dropped``.
+        A route that is the very same object as in the previous build (sources/decode.py reuses the
+        models of unchanged routes) keeps its runtime (schema, upstream plan). ``pause`` is called
+        every PAUSE_EVERY routes (settle_heap in a worker thread)."""
+        pause = pause or _nothing
         admission = self._admission(config, secrets)
+        pause()
         dropped: dict[str, str] = dict(admission.dropped) if admission is not None else {}
-        runtimes = []
-        for route in config.routes:
+        previous, runtimes = self._runtimes, {}
+        entries = []
+        for count, route in enumerate(config.routes, 1):
             ref = f"GatewayRoute/{route.id}"
             if ref in dropped:
                 continue
             try:
-                runtimes.append(self._route_entry(route, admission))
+                entry = self._route_entry(route, admission, previous.get(id(route)))
             except Exception as exc:  # noqa: BLE001 - jsonschema, yarl and friends raise many types
                 dropped[ref] = one_line(exc)
-        table = RouteTable(runtimes)
+                continue
+            entries.append(entry)
+            runtimes[id(route)] = entry[3]
+            if count % PAUSE_EVERY == 0:
+                pause()
+        table = RouteTable(_paced(entries, pause))
+        self._runtimes = runtimes
         tls = build_tls_set(config.tls, secrets, dropped) if config.tls else EMPTY_TLS
         for ref, reason in sorted(dropped.items()):
             log.warning("config %s: %s left out: %s", digest[:12], ref, reason)
@@ -152,11 +204,13 @@ class SnapshotBuilder:
                             for m in route.methods if m in GUARDED_METHODS)
         return Snapshot(config, digest, table, admission, tls, time.time(), guarded, dropped)
 
-    def _route_entry(self, route: CompiledRoute, admission: Any) -> tuple[Any, ...]:
+    def _route_entry(self, route: CompiledRoute, admission: Any, previous: RouteRuntime | None) -> tuple[Any, ...]:
         """One route's RouteTable entry; ValueError (or jsonschema's errors) when it cannot be served."""
         has_work = admission.has_work(route) if admission is not None else needs_admission(route)
         if has_work and admission is None:
             raise ValueError("auth, IP filter and rate limits are unavailable")
+        if previous is not None and previous.route is route and previous.needs_admission == has_work:
+            return (route.hosts, route.path, route.methods, previous)
         if route.request_schema is not None:
             try:
                 schema = SchemaCheck(route.request_schema)

@@ -23,8 +23,9 @@ class ConfigTarget(Protocol):
     def reject(self, reason: str) -> None:
         """Count and log a config that could not be used."""
 
-    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle) -> str:
-        """Build the new snapshot without stalling requests, then swap; returns the served hash."""
+    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None) -> str:
+        """Build the new snapshot without stalling requests, then swap; returns the served hash.
+        ``digest``: ``config_hash(config, secrets)`` when the source already computed it."""
 
 
 class ConfigSource(Protocol):
