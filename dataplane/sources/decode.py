@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -78,35 +79,57 @@ def _scan(text: str, at: int) -> tuple[Any, int]:
         raise _Unexpected(f"no JSON value at {at}") from None
 
 
-def _elements(text: str, at: int, known: Mapping[str, object],
-              pause: Callable[[], None]) -> tuple[list[tuple[Any, str]], int]:
-    """(decoded, exact text) of each element of the array at ``at``, and where the array ends. An element
-    whose text is in ``known`` is not kept decoded: freeing 20,000 decoded routes at once, at the end,
-    would hold the interpreter for tens of ms (one deallocation cascade)."""
-    at = _expect(text, at, "[")
-    out: list[tuple[Any, str]] = []
-    at = _skip(text, at)
+def _elements(text: str, at: int, take: Callable[[Any, str], None], pause: Callable[[], None]) -> int:
+    """Hand (decoded, exact text) of each element of the array at ``at`` to ``take``, one at a time (not
+    all decoded at once: that peak stays in the process's memory); returns where the array ends."""
+    at = _skip(text, _expect(text, at, "["))
     if text[at:at + 1] == "]":
-        return out, at + 1
+        return at + 1
+    count = 0
     while True:
         begin = _skip(text, at)
         value, at = _scan(text, begin)
-        raw = text[begin:at]
-        out.append((None if raw in known else value, raw))
-        del value
-        if len(out) % SETTLE_EVERY == 0:
+        take(value, text[begin:at])
+        count += 1
+        if count % SETTLE_EVERY == 0:
             pause()
         at = _skip(text, at)
         if text[at:at + 1] == "]":
-            return out, at + 1
+            return at + 1
         at = _expect(text, at, ",")
 
 
-def _top(text: str, known: Mapping[str, object], pause: Callable[[], None]) -> tuple[dict[str, Any], dict[str, list[tuple[Any, str]]]]:
+class _List:
+    """One model list being decoded: its models and the canonical text of each, for the hash."""
+
+    def __init__(self, model: type[BaseModel], known: dict[bytes, tuple[BaseModel, str | None]],
+                 fresh: dict[bytes, tuple[BaseModel, str | None]]) -> None:
+        self.model, self.known, self.fresh = model, known, fresh
+        self.items: list[BaseModel] = []
+        self.texts = io.StringIO()  # the canonical texts, comma-separated: one buffer, not 100,000 strings
+
+    def take(self, value: Any, raw: str) -> None:
+        key = hashlib.blake2b(raw.encode(), digest_size=16).digest()
+        entry = self.known.get(key) or self.fresh.get(key)
+        if entry is None:
+            try:
+                item = self.model.model_validate(value)
+            except ValidationError as exc:
+                raise ConfigDecodeError(f"config does not match the schema: {exc.errors()[0]['msg']}") from None
+            form = canonical(item.model_dump(mode="json"))
+            entry = (item, None if form == raw else form)
+        self.fresh[key] = entry
+        if self.items:
+            self.texts.write(",")
+        self.items.append(entry[0])
+        self.texts.write(raw if entry[1] is None else entry[1])
+
+
+def _top(text: str, lists: Callable[[str], _List], pause: Callable[[], None]) -> tuple[dict[str, Any], dict[str, _List]]:
     """The top-level object: its plain members decoded, and its model lists element by element
     (never one scan of a whole list: at 10,000 routes that alone holds the interpreter ~100 ms)."""
     top: dict[str, Any] = {}
-    lists: dict[str, list[tuple[Any, str]]] = {}
+    found: dict[str, _List] = {}
     at = _skip(text, _expect(text, 0, "{"))
     if text[at:at + 1] != "}":
         while True:
@@ -115,9 +138,10 @@ def _top(text: str, known: Mapping[str, object], pause: Callable[[], None]) -> t
                 raise _Unexpected("object key")
             at = _skip(text, _expect(text, at, ":"))
             top.pop(key, None)
-            lists.pop(key, None)  # a repeated key: the last one counts, as for json.loads
+            found.pop(key, None)  # a repeated key: the last one counts, as for json.loads
             if key in _LISTS and text[at:at + 1] == "[":
-                lists[key], at = _elements(text, at, known, pause)
+                found[key] = lists(key)
+                at = _elements(text, at, found[key].take, pause)
             else:
                 top[key], at = _scan(text, at)
             at = _skip(text, at)
@@ -126,7 +150,7 @@ def _top(text: str, known: Mapping[str, object], pause: Callable[[], None]) -> t
             at = _expect(text, at, ",")
     if _skip(text, at + 1) != len(text):
         raise _Unexpected("trailing data")
-    return top, lists
+    return top, found
 
 
 def _gunzip(data: str | bytes, what: str) -> str:
@@ -161,13 +185,14 @@ def decode_pair(config_map: Mapping[str, Any], secret: Mapping[str, Any]) -> tup
 class IncrementalDecoder:
     """decode_pair + config_hash for one source, reusing the previous decode's elements.
 
-    Elements are remembered by their exact JSON text (the operator writes canonical JSON, so an unchanged
-    route or key has the same text) with their validated model and, when the text is not already
-    canonical, their canonical form. Only the last config's elements are kept.
+    Elements are remembered by a digest of their exact JSON text (the operator writes canonical JSON, so
+    an unchanged route or key has the same text) with their validated model and, when the text is not
+    already canonical, their canonical form. Only the last config's elements are kept.
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[BaseModel, str | None]] = {}
+        # blake2b-128 of an element's JSON text -> (its model, its canonical text when not that text)
+        self._known: dict[bytes, tuple[BaseModel, str | None]] = {}
         self._secrets: tuple[bytes, SecretBundle, str | None] | None = None  # (text digest, bundle, canonical)
 
     def decode(self, config_data: str | bytes, secrets_data: str | bytes,
@@ -188,34 +213,14 @@ class IncrementalDecoder:
         return config, secrets, digest.hexdigest()
 
     def _decode_config(self, text: str, digest: Any, pause: Callable[[], None]) -> CompiledConfig:
-        top, lists = _top(text, self._known, pause)
+        fresh: dict[bytes, tuple[BaseModel, str | None]] = {}
+        top, lists = _top(text, lambda key: _List(_LISTS[key], self._known, fresh), pause)
         try:
             shell = CompiledConfig.model_validate({**top, **{key: () for key in lists}})
         except ValidationError as exc:
             raise ConfigDecodeError(f"config does not match the schema: {exc.errors()[0]['msg']}") from None
-        known, fresh = self._known, {}
-        parsed: dict[str, tuple[Any, ...]] = {}
-        pieces: dict[str, list[str]] = {}
-        count = 0
-        for key, elements in lists.items():
-            model, out, texts = _LISTS[key], [], []
-            for value, raw in elements:
-                entry = known.get(raw) or fresh.get(raw)
-                if entry is None:
-                    try:
-                        item = model.model_validate(value)
-                    except ValidationError as exc:
-                        raise ConfigDecodeError(
-                            f"config does not match the schema: {exc.errors()[0]['msg']}") from None
-                    form = canonical(item.model_dump(mode="json"))
-                    entry = (item, None if form == raw else form)
-                fresh[raw] = entry
-                out.append(entry[0])
-                texts.append(raw if entry[1] is None else entry[1])
-                count += 1
-                if count % SETTLE_EVERY == 0:
-                    pause()
-            parsed[key], pieces[key] = tuple(out), texts
+        parsed = {key: tuple(found.items) for key, found in lists.items()}
+        pieces = {key: found.texts.getvalue() for key, found in lists.items()}
         self._known = fresh
         config = shell.model_copy(update=parsed) if parsed else shell
         dumped = shell.model_dump(mode="json")
@@ -223,7 +228,9 @@ class IncrementalDecoder:
         for index, name in enumerate(sorted(dumped)):
             digest.update(f'{"," if index else ""}{json.dumps(name)}:'.encode())
             if name in pieces:
-                digest.update(("[" + ",".join(pieces[name]) + "]").encode())
+                digest.update(b"[")
+                digest.update(pieces.pop(name).encode())
+                digest.update(b"]")
             else:
                 digest.update(canonical(dumped[name]).encode())
         digest.update(b"}")
