@@ -144,12 +144,14 @@ class Gateway:
         """Validate and swap in a new config; ConfigRejected keeps the last good one serving."""
         return self.commit(self.prepare(config, secrets))
 
-    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None) -> str:
+    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
+                             encoded: tuple[str, bytes] | None = None) -> str:
         """apply(), with the snapshot built in a worker thread: requests keep being served while it
         builds; only the swap itself runs on the event loop. The build reuses what did not change and
         settles the heap as it goes (snapshot.py), so the thread does not stall the loop either.
         Reloads are applied one at a time, in the order they were asked for. ``digest``: the config's
-        ``config_hash`` when the caller already has it (sources/decode.py computes it piece by piece)."""
+        ``config_hash`` when the caller already has it (sources/decode.py computes it piece by piece);
+        ``encoded`` is for the --workers supervisor (sources/__init__.py), not needed here."""
         async with self._reloading:
             return self.commit(await off_loop(self.prepare, config, secrets, digest, settle_heap))
 

@@ -228,23 +228,29 @@ class Supervisor:
         if self._committed is not None and self._committed[0] == digest:  # back to what is served
             self._desired = self._committed
             return digest
-        blob = blob or pickle.dumps((config, secrets), protocol=pickle.HIGHEST_PROTOCOL)
+        blob = blob or pickle.dumps(("models", config, secrets), protocol=pickle.HIGHEST_PROTOCOL)
         self._desired = (digest, blob, config)
         self._outcomes.setdefault(digest, asyncio.get_running_loop().create_future())
         if self._reloader is None or self._reloader.done():
             self._reloader = asyncio.create_task(self._reload_until_current(), name="reload workers")
         return digest
 
-    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None) -> str:
-        """What the config sources call: the workers build the snapshot (each off its own loop);
-        here only the config is hashed and pickled for them, in a worker thread too (a second each
-        at 10,000 routes)."""
+    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
+                             encoded: tuple[str, bytes] | None = None) -> str:
+        """What the config sources call: the workers build the snapshot (each off its own loop).
+        With ``encoded`` (the Kubernetes source) they get the ConfigMap/Secret payloads and decode them
+        with their own IncrementalDecoder, reusing what did not change; otherwise the config is hashed
+        and pickled for them here, in a worker thread (a second each at 10,000 routes), and unpickled
+        there whole."""
         from .snapshot import off_loop
 
         digest = digest or await off_loop(config_hash, config, secrets)
         if digest in {held[0] for held in (self._desired, self._committed) if held is not None}:
             return self.apply(config, secrets, digest)
-        blob = await off_loop(pickle.dumps, (config, secrets), pickle.HIGHEST_PROTOCOL)
+        if encoded is not None:
+            blob = pickle.dumps(("encoded", *encoded), protocol=pickle.HIGHEST_PROTOCOL)  # two strings
+        else:
+            blob = await off_loop(pickle.dumps, ("models", config, secrets), pickle.HIGHEST_PROTOCOL)
         return self.apply(config, secrets, digest, blob)
 
     async def outcome(self, digest: str) -> str | None:

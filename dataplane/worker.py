@@ -32,6 +32,7 @@ async def serve(control: str, index: int) -> int:
     from .server import ConfigRejected, Gateway
     from .shared_limits import OwnedRateLimiter
     from .snapshot import off_loop
+    from .sources.decode import IncrementalDecoder
     from .supervisor import gateway_kwargs
 
     reader, writer = await asyncio.open_unix_connection(control)
@@ -55,6 +56,7 @@ async def serve(control: str, index: int) -> int:
                       reuse_port=True)
     listening = False
     prepared: dict[str, object] = {}
+    decoder = IncrementalDecoder()
 
     async def listen() -> None:
         nonlocal listening
@@ -73,7 +75,7 @@ async def serve(control: str, index: int) -> int:
         digest = message[1]
         if command in ("prepare", "load"):
             try:
-                snapshot = await off_loop(_prepare, gateway, message[2], digest)  # off the loop
+                snapshot = await off_loop(_prepare, gateway, decoder, message[2], digest)  # off the loop
             except ConfigRejected as exc:
                 return ("rejected", digest, exc.reason)
             if command == "prepare":
@@ -122,12 +124,23 @@ async def serve(control: str, index: int) -> int:
     return 0
 
 
-def _prepare(gateway: Any, blob: bytes, digest: str) -> Any:
-    """Unpickle a config the supervisor sent and build its snapshot: both in a worker thread (each
-    takes a second at 10,000 routes; snapshot.off_loop keeps the event loop answering meanwhile)."""
-    from .snapshot import settle_heap
+def _prepare(gateway: Any, decoder: Any, blob: bytes, digest: str) -> Any:
+    """Decode a config the supervisor sent and build its snapshot, in a worker thread (snapshot.off_loop
+    keeps the event loop answering meanwhile). ``("encoded", ConfigMap payload, Secret payload)`` goes
+    through this worker's IncrementalDecoder, so unchanged routes keep their models and runtimes;
+    ``("models", config, secrets)`` is unpickled whole."""
+    from kubegate.config import ConfigDecodeError
 
-    config, secrets = pickle.loads(blob)
+    from .snapshot import ConfigRejected, settle_heap
+
+    kind, first, second = pickle.loads(blob)
+    if kind == "encoded":
+        try:
+            config, secrets, _ = decoder.decode(first, second, settle_heap)
+        except ConfigDecodeError as exc:  # the supervisor decoded it; a worker refusing it refuses the reload
+            raise ConfigRejected(str(exc)) from None
+    else:
+        config, secrets = first, second
     return gateway.prepare(config, secrets, digest, settle_heap)
 
 

@@ -23,9 +23,11 @@ class ConfigTarget(Protocol):
     def reject(self, reason: str) -> None:
         """Count and log a config that could not be used."""
 
-    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None) -> str:
+    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
+                             encoded: tuple[str, bytes] | None = None) -> str:
         """Build the new snapshot without stalling requests, then swap; returns the served hash.
-        ``digest``: ``config_hash(config, secrets)`` when the source already computed it."""
+        ``digest``: ``config_hash(config, secrets)`` when the source already computed it; ``encoded``:
+        the payloads it was decoded from (decode.halves), which --workers' workers decode themselves."""
 
 
 class ConfigSource(Protocol):

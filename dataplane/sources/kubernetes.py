@@ -18,7 +18,7 @@ from kubegate.config import HASH_ANNOTATION, ConfigDecodeError
 from kubegate.kubeapi import Informer, KubeApi, path_for
 
 from ..snapshot import off_loop
-from .decode import CONFIG_MAP_NAME, SECRET_NAME, IncrementalDecoder
+from .decode import CONFIG_MAP_NAME, SECRET_NAME, IncrementalDecoder, halves
 
 log = logging.getLogger("kubegate.dataplane.sources.kubernetes")
 
@@ -69,13 +69,14 @@ class KubernetesConfigSource:
         from kubegate.dataplane.server import ConfigRejected
 
         try:
+            encoded = halves(config_map, secret)
             async with self._decoding:
-                config, secrets, digest = await off_loop(self._decoder.decode_pair, config_map, secret)
+                config, secrets, digest = await off_loop(self._decoder.decode, *encoded)
         except ConfigDecodeError as exc:
             self.gateway.reject(str(exc))
             return None
         try:
-            loaded = await self.gateway.apply_off_loop(config, secrets, digest)
+            loaded = await self.gateway.apply_off_loop(config, secrets, digest, encoded)
         except ConfigRejected:
             return None  # the gateway logged and counted it; the last good config stays
         if loaded != wanted:
