@@ -155,7 +155,7 @@ def measure(backend: str, routes: int, mode: str, seconds: float, rate: int) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
-    return {"quiet_p99": bd.percentile(quiet, 99), "p99": bd.percentile(loaded, 99), "worst": max(loaded),
+    return {"quiet_p99": bd.percentile(quiet, 0.99), "p99": bd.percentile(loaded, 0.99), "worst": max(loaded),
             "over_50ms": sum(1 for x in loaded if x > 0.05), "requests": len(loaded),
             "reload": max(t[0] for t in timings), "swap": max(t[1] for t in timings), "reloads": len(timings),
             "gap": reported["gap"]}
