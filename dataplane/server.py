@@ -1,9 +1,8 @@
 """The data-plane Gateway: listeners, atomic config snapshots and the admin port.
 
-A :class:`Snapshot` holds everything derived from one config (router,
-admission, TLS contexts, compiled schemas, upstream plans); ``apply`` builds a
-new one off to the side and swaps one reference, so a request keeps the
-snapshot it started with and a bad config never replaces a good one.
+``apply`` builds a new :class:`~.snapshot.Snapshot` off to the side
+(snapshot.py) and swaps one reference, so a request keeps the snapshot it
+started with and a bad config never replaces a good one.
 
 Requests: both fronts (http1.py's lean one and aiohttp's, webfront.py) hand a
 messages.Request to the one pipeline (pipeline.py), which returns an answer
@@ -16,18 +15,15 @@ import asyncio
 import gc
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kubegate.config import CompiledConfig, CompiledRoute, SecretBundle, config_hash
+from kubegate.config import CompiledConfig, SecretBundle, config_hash
 
-from . import proxy
 from .audit import AuditLog
-from .bodies import SchemaCheck
-from .circuit import Breakers
 from .clientip import ClientAddress
 from .framing import AiohttpFront
 from .http1 import ClientConnections, FastHttpProtocol
@@ -35,31 +31,14 @@ from .jwks import JwksCache
 from .messages import Request
 from .metrics import Metrics
 from .observe import Observer
-from .pipeline import GUARDED_METHODS, Pipeline
+from .pipeline import Pipeline
 from .problems import SERVER
 from .ratelimit import RateLimiter
-from .router import RouteTable
-from .tls import EMPTY_TLS, SniPeekProtocol, TlsSet, build_tls_set
+from .snapshot import ConfigRejected, Snapshot, SnapshotBuilder, off_loop, one_line, settle_heap
+from .tls import EMPTY_TLS, SniPeekProtocol, TlsSet
 from .webfront import ClientTimeouts, FrontServer
 
 log = logging.getLogger("kubegate.dataplane")
-API_KEY_HEADERS = frozenset({"x-api-key"})
-
-
-def _settle_heap() -> None:
-    """Move the new snapshot out of the collector's sight (gc.freeze, O(1)), after a young collection.
-
-    A snapshot is hundreds of thousands of long-lived objects; left in the
-    collected generations they make every full collection walk them (tens of
-    ms, several times a second under load, ~7 us per request). The old
-    snapshot is freed by reference counting as soon as its last request ends:
-    it holds no reference cycles (tests/dataplane/test_reload_off_loop.py
-    proves it), so no full collection is needed. One was done here before, on
-    the event loop: 0.4-3 s at 10,000 routes on a busy 2-core box, every
-    request waiting for it (bench/reload.py).
-    """
-    gc.collect(1)
-    gc.freeze()
 
 
 def _young_collections_rarer() -> None:
@@ -76,76 +55,6 @@ def _young_collections_rarer() -> None:
 
 YOUNG_THRESHOLD = 50_000
 SHUTDOWN_GRACE = 10.0
-
-
-
-
-
-class ConfigRejected(Exception):
-    """A config that cannot be served; the last good snapshot keeps serving."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class RouteRuntime:
-    """Per-route work done once per snapshot, not per request."""
-
-    route: CompiledRoute
-    id: str
-    plan: proxy.UpstreamPlan
-    schema: SchemaCheck | None
-    max_body: int
-    needs_admission: bool
-    claim_headers: frozenset[str]  # lower-case headers never passed on from clients (claims, API keys)
-    hide_api_key: bool  # drop `Authorization: ApiKey ...`: the gateway consumed that credential
-    metrics: RouteMetrics
-
-
-class RouteMetrics:
-    """A route's labelled histogram children, created on its first request.
-
-    prometheus_client's ``.labels()`` is slow, so it is not called per request;
-    and an idle route costs no buckets (two histograms are ~8 KiB per route:
-    76 MiB at 10,000 routes if created up front).
-    """
-
-    __slots__ = ("_latency", "_metrics", "_route", "_upstream")
-
-    def __init__(self, metrics: Metrics, route: str) -> None:
-        self._metrics, self._route = metrics, route
-        self._latency: Any = None
-        self._upstream: Any = None
-
-    @property
-    def latency(self) -> Any:
-        if self._latency is None:
-            self._latency = self._metrics.request_latency.labels(self._route)
-        return self._latency
-
-    def observe_upstream(self, seconds: float) -> None:
-        if self._upstream is None:
-            self._upstream = self._metrics.upstream_latency.labels(self._route)
-        self._upstream.observe(seconds)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    config: CompiledConfig
-    hash: str
-    table: RouteTable[RouteRuntime]
-    admission: Any
-    tls: TlsSet
-    loaded_at: float
-    guarded_methods: frozenset[str]  # TRACE / CONNECT where some route names them
-    dropped: dict[str, str] = field(default_factory=dict)  # "Kind/ns/name" -> why it is not served
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
 
 
 class Gateway:
@@ -177,9 +86,8 @@ class Gateway:
         self._servers: list[asyncio.base_events.Server] = []
         self._web_servers: list[FrontServer] = []
         self._admin_runner: web.AppRunner | None = None
-        self._route_metrics: dict[str, RouteMetrics] = {}
         self._reloading = asyncio.Lock()
-        self._breakers = Breakers(self.metrics)
+        self._builder = SnapshotBuilder(limiter=limiter, metrics=self.metrics, audit=self.audit)
         self._observer = observer
         self._serve = self._pipeline.serve
         if observer is not None:  # decided once: without access log or tracing the pipeline is untouched
@@ -210,24 +118,30 @@ class Gateway:
         """Validate and swap in a new config; ConfigRejected keeps the last good one serving."""
         return self.commit(self.prepare(config, secrets))
 
-    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle) -> str:
+    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
+                             encoded: tuple[str, bytes] | None = None) -> str:
         """apply(), with the snapshot built in a worker thread: requests keep being served while it
-        builds (at 10,000 routes that takes seconds); only the swap itself runs on the event loop.
-        Reloads are applied one at a time, in the order they were asked for."""
+        builds; only the swap itself runs on the event loop. The build reuses what did not change and
+        settles the heap as it goes (snapshot.py), so the thread does not stall the loop either.
+        Reloads are applied one at a time, in the order they were asked for. ``digest``: the config's
+        ``config_hash`` when the caller already has it (sources/decode.py computes it piece by piece);
+        ``encoded`` is for the --workers supervisor (sources/__init__.py), not needed here."""
         async with self._reloading:
-            return self.commit(await asyncio.to_thread(self.prepare, config, secrets))
+            return self.commit(await off_loop(self.prepare, config, secrets, digest, settle_heap))
 
-    def prepare(self, config: CompiledConfig, secrets: SecretBundle) -> Snapshot:
+    def prepare(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
+                pause: Callable[[], None] | None = None) -> Snapshot:
         """The snapshot to serve (the current one when nothing changed); no event-loop state is touched,
         so it may run in a thread. The first half of ``apply``: workers all build before any swaps."""
-        digest = config_hash(config, secrets)
+        digest = digest or config_hash(config, secrets)
         current = self._snapshot
         if current is not None and current.hash == digest:
             return current
         try:
-            return self._build(config, secrets, digest)
+            self._builder.jwks = self._jwks  # created by start()
+            return self._builder.build(config, secrets, digest, pause)
         except Exception as exc:  # noqa: BLE001 - any problem refuses the config, never the process
-            reason = _one_line(exc)
+            reason = one_line(exc)
             self.reject(reason)
             raise ConfigRejected(reason) from None
 
@@ -237,7 +151,7 @@ class Gateway:
             return snapshot.hash
         config, digest = snapshot.config, snapshot.hash
         self._snapshot = snapshot
-        _settle_heap()
+        settle_heap()
         m = self.metrics
         m.config_reloads.labels("ok").inc()
         m.config_info.info({"hash": digest, "routes": str(len(config.routes)),
@@ -255,67 +169,6 @@ class Gateway:
         self.metrics.config_reloads.labels("rejected").inc()
         log.warning("config rejected, keeping %s: %s",
                     self.loaded_hash[:12] if self.loaded_hash else "no config", reason)
-
-    def _build(self, config: CompiledConfig, secrets: SecretBundle, digest: str) -> Snapshot:
-        """The snapshot of ``config``. An object that cannot be loaded (the translator refuses it first;
-        this is defence in depth) is left out, never served half-secured, and named in ``dropped``."""
-        admission = self._admission(config, secrets)
-        dropped: dict[str, str] = dict(admission.dropped) if admission is not None else {}
-        runtimes = []
-        for route in config.routes:
-            ref = f"GatewayRoute/{route.id}"
-            if ref in dropped:
-                continue
-            try:
-                runtimes.append(self._route_entry(route, admission))
-            except Exception as exc:  # noqa: BLE001 - jsonschema, yarl and friends raise many types
-                dropped[ref] = _one_line(exc)
-        table = RouteTable(runtimes)
-        tls = build_tls_set(config.tls, secrets, dropped) if config.tls else EMPTY_TLS
-        for ref, reason in sorted(dropped.items()):
-            log.warning("config %s: %s left out: %s", digest[:12], ref, reason)
-        guarded = frozenset(m for route in config.routes if f"GatewayRoute/{route.id}" not in dropped
-                            for m in route.methods if m in GUARDED_METHODS)
-        return Snapshot(config, digest, table, admission, tls, time.time(), guarded, dropped)
-
-    def _route_entry(self, route: CompiledRoute, admission: Any) -> tuple[Any, ...]:
-        """One route's RouteTable entry; ValueError (or jsonschema's errors) when it cannot be served."""
-        has_work = admission.has_work(route) if admission is not None else _needs_admission(route)
-        if has_work and admission is None:
-            raise ValueError("auth, IP filter and rate limits are unavailable")
-        if route.request_schema is not None:
-            try:
-                schema = SchemaCheck(route.request_schema)
-            except Exception as exc:  # noqa: BLE001
-                raise ValueError(f"invalid requestSchema: {_one_line(exc)}") from None
-        else:
-            schema = None
-        claims = route.auth.jwt.forward_claims.values() if route.auth and route.auth.jwt else ()
-        # API keys authenticate to the gateway, not to backends: like Kong's hide_credentials,
-        # they never travel further (JWTs do: backends may verify them again).
-        hide_api_key = bool(route.auth and "apiKey" in route.auth.methods)
-        runtime = RouteRuntime(
-            route=route, id=route.id, plan=proxy.UpstreamPlan.for_route(route, self._breakers), schema=schema,
-            max_body=route.max_body_bytes, needs_admission=has_work,
-            claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
-            hide_api_key=hide_api_key,
-            metrics=self._metrics_for(route.id),
-        )
-        return (route.hosts, route.path, route.methods, runtime)
-
-    def _metrics_for(self, route_id: str) -> RouteMetrics:
-        found = self._route_metrics.get(route_id)
-        if found is None:
-            found = self._route_metrics[route_id] = RouteMetrics(self.metrics, route_id)
-        return found
-
-    def _admission(self, config: CompiledConfig, secrets: SecretBundle) -> Any:
-        try:
-            from .admission import Admission
-        except ImportError:  # security engineer's module not present in this checkout
-            return None
-        return Admission(config, secrets, limiter=self.limiter, jwks=self._jwks, metrics=self.metrics,
-                         audit=self.audit)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -470,7 +323,3 @@ async def serve_admin(host: str, port: int, handlers: dict[str, Any]) -> tuple[w
 
 async def server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER
-
-
-def _needs_admission(route: CompiledRoute) -> bool:
-    return bool(route.auth or route.ip_allow or route.ip_deny or route.rate_limit)

@@ -140,25 +140,41 @@ class Supervisor:
         """Objects of the served config that the workers could not load (reported on the Lease)."""
         return self._dropped.get(self.loaded_hash or "", {})
 
-    def apply(self, config: CompiledConfig, secrets: SecretBundle) -> str:
+    def apply(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
+              blob: bytes | None = None) -> str:
         """Start distributing a config to every worker; returns its hash at once. A refusal is logged
-        and counted when the workers report it (:meth:`outcome` waits for it)."""
-        digest = config_hash(config, secrets)
+        and counted when the workers report it (:meth:`outcome` waits for it). ``blob``: the pickled
+        ``(config, secrets)`` when the caller already made it."""
+        digest = digest or config_hash(config, secrets)
         if self._desired is not None and self._desired[0] == digest:
             return digest
         if self._committed is not None and self._committed[0] == digest:  # back to what is served
             self._desired = self._committed
             return digest
-        self._desired = (digest, pickle.dumps((config, secrets), protocol=pickle.HIGHEST_PROTOCOL), config)
+        blob = blob or pickle.dumps(("models", config, secrets), protocol=pickle.HIGHEST_PROTOCOL)
+        self._desired = (digest, blob, config)
         self._outcomes.setdefault(digest, asyncio.get_running_loop().create_future())
         if self._reloader is None or self._reloader.done():
             self._reloader = asyncio.create_task(self._reload_until_current(), name="reload workers")
         return digest
 
-    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle) -> str:
-        """What the config sources call: the workers build the snapshot (each off its own loop);
-        here only the config is pickled for them."""
-        return self.apply(config, secrets)
+    async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
+                             encoded: tuple[str, bytes] | None = None) -> str:
+        """What the config sources call: the workers build the snapshot (each off its own loop).
+        With ``encoded`` (the Kubernetes source) they get the ConfigMap/Secret payloads and decode them
+        with their own IncrementalDecoder, reusing what did not change; otherwise the config is hashed
+        and pickled for them here, in a worker thread (a second each at 10,000 routes), and unpickled
+        there whole."""
+        from .snapshot import off_loop
+
+        digest = digest or await off_loop(config_hash, config, secrets)
+        if digest in {held[0] for held in (self._desired, self._committed) if held is not None}:
+            return self.apply(config, secrets, digest)
+        if encoded is not None:
+            blob = pickle.dumps(("encoded", *encoded), protocol=pickle.HIGHEST_PROTOCOL)  # two strings
+        else:
+            blob = await off_loop(pickle.dumps, ("models", config, secrets), pickle.HIGHEST_PROTOCOL)
+        return self.apply(config, secrets, digest, blob)
 
     async def outcome(self, digest: str) -> str | None:
         """Wait until every worker serves ``digest`` (None) or it was refused (the reason)."""

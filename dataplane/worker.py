@@ -19,6 +19,7 @@ import pickle
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from kubegate import eventloop
 
@@ -44,6 +45,8 @@ async def serve(control: str, index: int) -> int:
     from .metrics import worker_metrics
     from .server import ConfigRejected, Gateway
     from .shared_limits import OwnedRateLimiter
+    from .snapshot import off_loop
+    from .sources.decode import IncrementalDecoder
 
     reader, writer = await asyncio.open_unix_connection(control)
     await send(writer, ("hello", index, os.getpid()))
@@ -58,6 +61,7 @@ async def serve(control: str, index: int) -> int:
                       reuse_port=True)
     listening = False
     prepared: dict[str, object] = {}
+    decoder = IncrementalDecoder()
 
     async def listen() -> None:
         nonlocal listening
@@ -75,9 +79,8 @@ async def serve(control: str, index: int) -> int:
             return ("replicas", replicas[0])
         digest = message[1]
         if command in ("prepare", "load"):
-            config, secrets = pickle.loads(message[2])
             try:
-                snapshot = await asyncio.to_thread(gateway.prepare, config, secrets)  # off the loop
+                snapshot = await off_loop(_prepare, gateway, decoder, message[2], digest)  # off the loop
             except ConfigRejected as exc:
                 return ("rejected", digest, exc.reason)
             if command == "prepare":
@@ -133,6 +136,26 @@ async def _answer_until_stopped(reader: asyncio.StreamReader, writer: asyncio.St
         stopped.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await channel
+
+
+def _prepare(gateway: Any, decoder: Any, blob: bytes, digest: str) -> Any:
+    """Decode a config the supervisor sent and build its snapshot, in a worker thread (snapshot.off_loop
+    keeps the event loop answering meanwhile). ``("encoded", ConfigMap payload, Secret payload)`` goes
+    through this worker's IncrementalDecoder, so unchanged routes keep their models and runtimes;
+    ``("models", config, secrets)`` is unpickled whole."""
+    from kubegate.config import ConfigDecodeError
+
+    from .snapshot import ConfigRejected, settle_heap
+
+    kind, first, second = pickle.loads(blob)
+    if kind == "encoded":
+        try:
+            config, secrets, _ = decoder.decode(first, second, settle_heap)
+        except ConfigDecodeError as exc:  # the supervisor decoded it; a worker refusing it refuses the reload
+            raise ConfigRejected(str(exc)) from None
+    else:
+        config, secrets = first, second
+    return gateway.prepare(config, secrets, digest, settle_heap)
 
 
 def main(argv: list[str]) -> int:

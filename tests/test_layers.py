@@ -38,6 +38,8 @@ def test_import_layers_are_kept(tool, tmp_path):
     ("generate.py", "import kubegate.operator.apply", "commands > {operator | dataplane}"),
     ("operator/apply.py", "import kubegate.dataplane.server", "commands > {operator | dataplane}"),
     ("dataplane/heartbeat.py", "import kubegate.operator.status", "commands > {operator | dataplane}"),
+    ("dataplane/snapshot.py", "import kubegate.dataplane.server", "sources/{file | kubernetes} > server"),
+    ("dataplane/sources/file.py", "import kubegate.dataplane.sources.kubernetes", "sources/{file | kubernetes}"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tool, tmp_path, module, line, contract):
     """Guards the guard: the staged graph includes operator/ and dataplane/, so breaks are seen."""

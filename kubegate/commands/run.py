@@ -15,7 +15,7 @@ from kubegate.errors import UserError
 
 if TYPE_CHECKING:
     from kubegate.dataplane.devca import DevCa
-    from kubegate.dataplane.reload import FileConfigSource
+    from kubegate.dataplane.sources.file import FileConfigSource
     from kubegate.dataplane.server import Gateway
     from kubegate.dataplane.supervisor import Supervisor
     from kubegate.resources import TranslationResult
@@ -33,7 +33,7 @@ async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | N
     from kubegate.dataplane.devca import DevCa
     from kubegate.dataplane.launch import start_gateway
     from kubegate.dataplane.metrics import Metrics
-    from kubegate.dataplane.reload import FileConfigSource, LoadFailed, build
+    from kubegate.dataplane.sources.file import FileConfigSource, LoadFailed, build
 
     ca = DevCa()
     try:
@@ -64,7 +64,7 @@ async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | N
 
 async def _serve_first_config(gateway: Gateway | Supervisor, first: TranslationResult) -> None:
     """Serve the files' config as loaded at start, or fail the command: a refusal is the user's error."""
-    from kubegate.dataplane.reload import report
+    from kubegate.dataplane.sources.file import report
     from kubegate.dataplane.server import ConfigRejected
     from kubegate.dataplane.supervisor import Supervisor
 
@@ -96,7 +96,7 @@ async def _watch_until_stopped(args: argparse.Namespace, gateway: Gateway | Supe
              host, gateway.ports["http"], host, gateway.ports["https"], host, gateway.ports["admin"],
              workers, "" if workers == 1 else "s", eventloop.loop_name())
     log.info("development CA (for curl --cacert): %s", ca.ca_path)
-    watcher = asyncio.create_task(source.watch())
+    watcher = asyncio.create_task(source.run())
     await stop.wait()
     log.info("shutting down")
     watcher.cancel()

@@ -20,8 +20,8 @@ from kubegate.manifests import LoadedManifests, load_manifests, manifest_files
 from kubegate.resources import ServiceInfo, TranslationInput, TranslationResult
 from kubegate.translate import certificate_name, translate
 
-from .devca import DevCa
-from .server import ConfigRejected, Gateway
+from ..devca import DevCa
+from ..server import ConfigRejected, Gateway
 
 log = logging.getLogger("kubegate.run")
 
@@ -145,7 +145,7 @@ class FileConfigSource:
             return None
         return digest
 
-    async def watch(self) -> None:
+    async def run(self) -> None:
         """Reload whenever a watched file changes; runs until cancelled."""
         last = self._stamp()
         while True:

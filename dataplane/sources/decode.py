@@ -1,0 +1,252 @@
+"""Decoding the operator's ConfigMap + Secret again and again, paying only for what changed.
+
+``kubegate.config.decode_config`` parses and validates the whole config in
+single C calls (json.loads, pydantic) and ``config_hash`` dumps it whole
+again: at 10,000 routes and 100,000 API keys that is seconds during which no
+other thread gets the interpreter, so moving it to a worker thread does not
+help the requests waiting on the event loop. :class:`IncrementalDecoder`
+instead walks the top-level lists one element at a time
+(``JSONDecoder.raw_decode``, microseconds each), reuses the validated model of
+every element whose text is the same as in the previous config, and feeds the
+content hash piece by piece from the elements' canonical forms. The result is
+the same as ``decode_config``/``decode_secrets``/``config_hash`` (the
+unit tests compare them); anything it does not expect falls back to them.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from kubegate.config import (
+    CONFIG_KEY,
+    SECRETS_KEY,
+    CompiledApiKey,
+    CompiledConfig,
+    CompiledRoute,
+    CompiledTls,
+    ConfigDecodeError,
+    SecretBundle,
+    decode_config,
+    decode_secrets,
+)
+
+from ..snapshot import settle_heap as settle
+
+CONFIG_MAP_NAME = "kubegate-config"
+SECRET_NAME = "kubegate-secrets"
+_LISTS: dict[str, type[BaseModel]] = {"api_keys": CompiledApiKey, "routes": CompiledRoute, "tls": CompiledTls}
+_WS = " \t\n\r"
+_SCAN = json.JSONDecoder().scan_once
+# Elements between two settle_heap()s: without them the hundreds of thousands of new objects trigger
+# full collections of all of them (hundreds of ms each, holding the interpreter) while a config decodes.
+SETTLE_EVERY = 2000
+
+
+class _Unexpected(Exception):
+    """Not the shape the walk handles (it falls back to the whole-document decode)."""
+
+
+def canonical(value: Any) -> str:
+    """kubegate.config.canonical_json's encoding, for one already-dumped value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _skip(text: str, at: int) -> int:
+    while at < len(text) and text[at] in _WS:
+        at += 1
+    return at
+
+
+def _expect(text: str, at: int, char: str) -> int:
+    at = _skip(text, at)
+    if text[at:at + 1] != char:
+        raise _Unexpected(f"{char!r} expected at {at}")
+    return at + 1
+
+
+def _scan(text: str, at: int) -> tuple[Any, int]:
+    try:
+        return _SCAN(text, at)
+    except (StopIteration, ValueError):
+        raise _Unexpected(f"no JSON value at {at}") from None
+
+
+def _elements(text: str, at: int, take: Callable[[Any, str], None], pause: Callable[[], None]) -> int:
+    """Hand (decoded, exact text) of each element of the array at ``at`` to ``take``, one at a time (not
+    all decoded at once: that peak stays in the process's memory); returns where the array ends."""
+    at = _skip(text, _expect(text, at, "["))
+    if text[at:at + 1] == "]":
+        return at + 1
+    count = 0
+    while True:
+        begin = _skip(text, at)
+        value, at = _scan(text, begin)
+        take(value, text[begin:at])
+        count += 1
+        if count % SETTLE_EVERY == 0:
+            pause()
+        at = _skip(text, at)
+        if text[at:at + 1] == "]":
+            return at + 1
+        at = _expect(text, at, ",")
+
+
+class _List:
+    """One model list being decoded: its models and the canonical text of each, for the hash."""
+
+    def __init__(self, model: type[BaseModel], known: dict[bytes, tuple[BaseModel, str | None]],
+                 fresh: dict[bytes, tuple[BaseModel, str | None]]) -> None:
+        self.model, self.known, self.fresh = model, known, fresh
+        self.items: list[BaseModel] = []
+        self.texts = io.StringIO()  # the canonical texts, comma-separated: one buffer, not 100,000 strings
+
+    def take(self, value: Any, raw: str) -> None:
+        key = hashlib.blake2b(raw.encode(), digest_size=16).digest()
+        entry = self.known.get(key) or self.fresh.get(key)
+        if entry is None:
+            try:
+                item = self.model.model_validate(value)
+            except ValidationError as exc:
+                raise ConfigDecodeError(f"config does not match the schema: {exc.errors()[0]['msg']}") from None
+            form = canonical(item.model_dump(mode="json"))
+            entry = (item, None if form == raw else form)
+        self.fresh[key] = entry
+        if self.items:
+            self.texts.write(",")
+        self.items.append(entry[0])
+        self.texts.write(raw if entry[1] is None else entry[1])
+
+
+def _top(text: str, lists: Callable[[str], _List], pause: Callable[[], None]) -> tuple[dict[str, Any], dict[str, _List]]:
+    """The top-level object: its plain members decoded, and its model lists element by element
+    (never one scan of a whole list: at 10,000 routes that alone holds the interpreter ~100 ms)."""
+    top: dict[str, Any] = {}
+    found: dict[str, _List] = {}
+    at = _skip(text, _expect(text, 0, "{"))
+    if text[at:at + 1] != "}":
+        while True:
+            key, at = _scan(text, _skip(text, at))
+            if not isinstance(key, str):
+                raise _Unexpected("object key")
+            at = _skip(text, _expect(text, at, ":"))
+            top.pop(key, None)
+            found.pop(key, None)  # a repeated key: the last one counts, as for json.loads
+            if key in _LISTS and text[at:at + 1] == "[":
+                found[key] = lists(key)
+                at = _elements(text, at, found[key].take, pause)
+            else:
+                top[key], at = _scan(text, at)
+            at = _skip(text, at)
+            if text[at:at + 1] == "}":
+                break
+            at = _expect(text, at, ",")
+    if _skip(text, at + 1) != len(text):
+        raise _Unexpected("trailing data")
+    return top, found
+
+
+def _gunzip(data: str | bytes, what: str) -> str:
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else data
+        return gzip.decompress(raw).decode()
+    except (ValueError, OSError, EOFError) as exc:
+        raise ConfigDecodeError(f"{what} is not valid base64 gzip JSON: {exc}") from None
+
+
+def halves(config_map: Mapping[str, Any], secret: Mapping[str, Any]) -> tuple[str, bytes]:
+    """The encoded config and the gzipped secrets; ConfigDecodeError when one is missing (pure)."""
+    payload = (config_map.get("binaryData") or {}).get(CONFIG_KEY) or (config_map.get("data") or {}).get(CONFIG_KEY)
+    if not payload:
+        raise ConfigDecodeError(f"ConfigMap {CONFIG_MAP_NAME} has no {CONFIG_KEY}")
+    sealed = (secret.get("data") or {}).get(SECRETS_KEY)
+    if not sealed:
+        raise ConfigDecodeError(f"Secret {SECRET_NAME} has no {SECRETS_KEY}")
+    try:
+        raw = base64.b64decode(sealed, validate=True)
+    except ValueError:
+        raise ConfigDecodeError(f"Secret {SECRET_NAME} {SECRETS_KEY} is not base64") from None
+    return payload, raw
+
+
+def decode_pair(config_map: Mapping[str, Any], secret: Mapping[str, Any]) -> tuple[CompiledConfig, SecretBundle]:
+    """Both halves decoded whole; ConfigDecodeError with a one-line reason otherwise (pure)."""
+    payload, raw = halves(config_map, secret)
+    return decode_config(payload), decode_secrets(raw)
+
+
+class IncrementalDecoder:
+    """decode_pair + config_hash for one source, reusing the previous decode's elements.
+
+    Elements are remembered by a digest of their exact JSON text (the operator writes canonical JSON, so
+    an unchanged route or key has the same text) with their validated model and, when the text is not
+    already canonical, their canonical form. Only the last config's elements are kept.
+    """
+
+    def __init__(self) -> None:
+        # blake2b-128 of an element's JSON text -> (its model, its canonical text when not that text)
+        self._known: dict[bytes, tuple[BaseModel, str | None]] = {}
+        self._secrets: tuple[bytes, SecretBundle, str | None] | None = None  # (text digest, bundle, canonical)
+
+    def decode(self, config_data: str | bytes, secrets_data: str | bytes,
+               pause: Callable[[], None] = settle) -> tuple[CompiledConfig, SecretBundle, str]:
+        """(config, secrets, config_hash(config, secrets)); ConfigDecodeError with a one-line reason."""
+        config_text = _gunzip(config_data, "config")
+        secrets_text = _gunzip(secrets_data, "secrets")
+        secrets, secrets_canonical = self._decode_secrets(secrets_text, secrets_data)
+        digest = hashlib.sha256()
+        try:
+            config = self._decode_config(config_text, digest, pause)
+        except _Unexpected:  # not what the operator writes: the plain decoder says what is wrong
+            config = decode_config(config_data)
+            self._known = {}
+            digest = hashlib.sha256(canonical(config.model_dump(mode="json")).encode())
+        digest.update(b"\0")
+        digest.update(secrets_canonical.encode() if secrets_canonical is not None else secrets_text.encode())
+        return config, secrets, digest.hexdigest()
+
+    def _decode_config(self, text: str, digest: Any, pause: Callable[[], None]) -> CompiledConfig:
+        fresh: dict[bytes, tuple[BaseModel, str | None]] = {}
+        top, lists = _top(text, lambda key: _List(_LISTS[key], self._known, fresh), pause)
+        try:
+            shell = CompiledConfig.model_validate({**top, **{key: () for key in lists}})
+        except ValidationError as exc:
+            raise ConfigDecodeError(f"config does not match the schema: {exc.errors()[0]['msg']}") from None
+        parsed = {key: tuple(found.items) for key, found in lists.items()}
+        pieces = {key: found.texts.getvalue() for key, found in lists.items()}
+        self._known = fresh
+        config = shell.model_copy(update=parsed) if parsed else shell
+        dumped = shell.model_dump(mode="json")
+        digest.update(b"{")
+        for index, name in enumerate(sorted(dumped)):
+            digest.update(f'{"," if index else ""}{json.dumps(name)}:'.encode())
+            if name in pieces:
+                digest.update(b"[")
+                digest.update(pieces.pop(name).encode())
+                digest.update(b"]")
+            else:
+                digest.update(canonical(dumped[name]).encode())
+        digest.update(b"}")
+        return config
+
+    def _decode_secrets(self, text: str, data: str | bytes) -> tuple[SecretBundle, str | None]:
+        """The bundle, and its canonical text when ``text`` is not it (None: ``text`` is canonical)."""
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        if self._secrets is not None and self._secrets[0] == key:
+            return self._secrets[1], self._secrets[2]
+        secrets = decode_secrets(data)
+        form = canonical(secrets.model_dump(mode="json"))
+        self._secrets = (key, secrets, None if form == text else form)
+        return secrets, self._secrets[2]
+
+    def decode_pair(self, config_map: Mapping[str, Any], secret: Mapping[str, Any],
+                    pause: Callable[[], None] = settle) -> tuple[CompiledConfig, SecretBundle, str]:
+        """The ConfigMap and Secret the operator writes, decoded (ConfigDecodeError otherwise)."""
+        return self.decode(*halves(config_map, secret), pause)

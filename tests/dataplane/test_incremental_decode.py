@@ -1,0 +1,137 @@
+"""The incremental decoder (sources/decode.py) gives exactly what decode_config/decode_secrets/config_hash give,
+reuses what did not change, refuses what they refuse; the snapshot build reuses unchanged routes' runtimes."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from kubegate.dataplane.ratelimit import build_rate_limiter
+from kubegate.dataplane.server import Gateway
+from kubegate.dataplane.sources.decode import IncrementalDecoder
+from kubegate.dataplane.sources.file import build
+
+from kubegate.config import (
+    CompiledApiKey,
+    CompiledAuth,
+    CompiledBackend,
+    CompiledConfig,
+    CompiledRoute,
+    ConfigDecodeError,
+    SecretBundle,
+    config_hash,
+    decode_config,
+    encode_config,
+    encode_secrets,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _examples() -> tuple[CompiledConfig, SecretBundle]:
+    result = build([str(EXAMPLES)], "kubegate-system", None)
+    assert result.config.routes and result.config.api_keys  # a config with something in it
+    return result.config, result.secrets
+
+
+def _gz(document: object, **dump: object) -> str:
+    return base64.b64encode(gzip.compress(json.dumps(document, **dump).encode())).decode()
+
+
+def _secrets(secrets: SecretBundle) -> bytes:
+    return base64.b64decode(encode_secrets(secrets))
+
+
+def _config(n: int, variant: str = "a") -> CompiledConfig:
+    routes = tuple(CompiledRoute(id=f"ns/r{i}", namespace="ns", name=f"r{i}", path=f"/{variant if i == 1 else 'p'}{i}",
+                                 backends=(CompiledBackend(url="http://127.0.0.1:9"),),
+                                 **({"auth": CompiledAuth(methods=("apiKey",))} if i % 2 else {}))
+                   for i in range(n))
+    keys = tuple(CompiledApiKey(id=f"k{i}", namespace="ns", name=f"k{i}", hash_ref=f"apikey/k{i}") for i in range(n))
+    return CompiledConfig(routes=routes, api_keys=keys, generations={f"GatewayRoute/ns/r{i}": 1 for i in range(n)})
+
+
+def test_the_translators_output_decodes_to_the_same_config_and_hash():
+    config, secrets = _examples()
+    got, got_secrets, digest = IncrementalDecoder().decode(encode_config(config), _secrets(secrets))
+    assert got == config == decode_config(encode_config(config))
+    assert got_secrets == secrets
+    assert digest == config_hash(config, secrets)
+
+
+def test_json_another_writer_formats_differently_hashes_as_its_canonical_form():
+    """Whitespace, key order, non-ASCII kept as is: the hash is of the canonical form, as config_hash's."""
+    config, secrets = _examples()
+    document = config.model_dump(mode="json")
+    document["routes"][0]["name"] = "caf\u00e9"
+    document["routes"][0]["id"] = document["routes"][0]["namespace"] + "/caf\u00e9"
+    reordered = dict(reversed(list(document.items())))
+    payload = _gz(reordered, indent=2, ensure_ascii=False)
+    got, _, digest = IncrementalDecoder().decode(payload, _secrets(secrets))
+    assert got == decode_config(payload)
+    assert digest == config_hash(decode_config(payload), secrets)
+
+
+def test_a_second_decode_reuses_every_unchanged_element_and_parses_the_changed_one():
+    decoder = IncrementalDecoder()
+    secrets = SecretBundle(values={f"apikey/k{i}": f"{i:064x}" for i in range(50)})
+    first, _, _ = decoder.decode(encode_config(_config(50)), _secrets(secrets))
+    changed = _config(50, "b")
+    second, _, digest = decoder.decode(encode_config(changed), _secrets(secrets))
+    assert second == changed and digest == config_hash(changed, secrets)
+    assert second.routes[1] is not first.routes[1] and second.routes[1].path == "/b1"
+    assert all(a is b for a, b in zip(first.routes[2:], second.routes[2:], strict=True))
+    assert all(a is b for a, b in zip(first.api_keys, second.api_keys, strict=True))
+
+
+@pytest.mark.parametrize("document", [
+    {"routes": [{"id": "ns/r", "namespace": "ns", "name": "r", "path": "/", "backends": "nope"}]},
+    {"routes": None},
+    {"routes": [], "surprise": 1},
+    {"api_keys": [{"id": "k"}]},
+    {"schema_version": "one"},
+    [1, 2],
+])
+def test_what_decode_config_refuses_is_refused_with_its_reason(document):
+    payload = _gz(document)
+    with pytest.raises(ConfigDecodeError) as plain:
+        decode_config(payload)
+    with pytest.raises(ConfigDecodeError) as incremental:
+        IncrementalDecoder().decode(payload, _secrets(SecretBundle()))
+    assert str(incremental.value) == str(plain.value)
+
+
+def test_garbage_is_refused_in_one_line():
+    with pytest.raises(ConfigDecodeError, match="not valid base64 gzip JSON"):
+        IncrementalDecoder().decode("%%%", _secrets(SecretBundle()))
+    truncated = base64.b64encode(gzip.compress(b'{"routes":[{"id":')).decode()
+    with pytest.raises(ConfigDecodeError):
+        IncrementalDecoder().decode(truncated, _secrets(SecretBundle()))
+
+
+def test_a_refused_config_does_not_poison_the_next_decode():
+    decoder = IncrementalDecoder()
+    secrets = SecretBundle(values={f"apikey/k{i}": f"{i:064x}" for i in range(5)})
+    decoder.decode(encode_config(_config(5)), _secrets(secrets))
+    with pytest.raises(ConfigDecodeError):
+        decoder.decode(_gz({"routes": None}), _secrets(secrets))
+    again, _, digest = decoder.decode(encode_config(_config(5, "c")), _secrets(secrets))
+    assert again == _config(5, "c") and digest == config_hash(again, secrets)
+
+
+def test_the_build_keeps_the_runtime_of_an_unchanged_route_and_rebuilds_a_changed_one():
+    gw = Gateway(host="127.0.0.1", http_port=0, https_port=0, admin_port=None, limiter=build_rate_limiter(None))
+    decoder = IncrementalDecoder()
+    secrets = SecretBundle(values={f"apikey/k{i}": f"{i:064x}" for i in range(20)})
+    before = gw.prepare(*decoder.decode(encode_config(_config(20)), _secrets(secrets)))
+    after = gw.prepare(*decoder.decode(encode_config(_config(20, "b")), _secrets(secrets)))
+
+    def runtime(snapshot, path):
+        return snapshot.table.lookup("any.test", "GET", [path]).value
+
+    assert runtime(after, "p7") is runtime(before, "p7")
+    assert runtime(after, "b1") is not runtime(before, "a1")
+    assert runtime(after, "b1").route.path == "/b1" and runtime(after, "b1").needs_admission
