@@ -169,8 +169,18 @@ class _Batch:
     request's future is settled and the limiter sends what queued meanwhile. A call a cluster
     node refuses with MOVED/ASK (slots moved) goes again, once, after the slot map is read again."""
 
-    __slots__ = ("calls", "done", "limiter", "outstanding", "redirected", "replies", "requests", "retried",
-                 "task", "deadline")
+    __slots__ = (
+        "calls",
+        "deadline",
+        "done",
+        "limiter",
+        "outstanding",
+        "redirected",
+        "replies",
+        "requests",
+        "retried",
+        "task",
+    )
 
     def __init__(self, limiter: RedisRateLimiter, requests: list[tuple[_Packed, asyncio.Future]]) -> None:
         self.limiter = limiter
@@ -350,7 +360,7 @@ class RedisRateLimiter:
         allowed, index, remaining, reset_ms, retry_ms = reply  # integers: Redis converts Lua numbers
         c = charges[index - 1]
         if allowed:
-            return RateResult(True, c.requests, remaining if remaining > 0 else 0, -(-reset_ms // 1000))
+            return RateResult(True, c.requests, max(0, remaining), -(-reset_ms // 1000))
         return RateResult(False, c.requests, 0, -(-reset_ms // 1000), max(1, -(-retry_ms // 1000)), c.dimension)
 
     def _ttl_args(self, c: Charge) -> tuple[bytes, bytes, bytes]:

@@ -21,9 +21,9 @@ from kubegate.kubeapi import KubeApi, load_credentials
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None, workers: int = 1,
                 metrics_dir: str | None = None) -> None:
     from kubegate.dataplane.heartbeat import Heartbeat
-    from kubegate.dataplane.sources.kubernetes import KubernetesConfigSource
     from kubegate.dataplane.launch import start_gateway
     from kubegate.dataplane.metrics import Metrics
+    from kubegate.dataplane.sources.kubernetes import KubernetesConfigSource
     from kubegate.dataplane.supervisor import Supervisor
     from kubegate.eventloop import loop_name
 

@@ -15,8 +15,8 @@ from kubegate.errors import UserError
 
 if TYPE_CHECKING:
     from kubegate.dataplane.devca import DevCa
-    from kubegate.dataplane.sources.file import FileConfigSource
     from kubegate.dataplane.server import Gateway
+    from kubegate.dataplane.sources.file import FileConfigSource
     from kubegate.dataplane.supervisor import Supervisor
     from kubegate.resources import TranslationResult
 
@@ -64,8 +64,8 @@ async def serve(args: argparse.Namespace, workers: int = 1, metrics_dir: str | N
 
 async def _serve_first_config(gateway: Gateway | Supervisor, first: TranslationResult) -> None:
     """Serve the files' config as loaded at start, or fail the command: a refusal is the user's error."""
-    from kubegate.dataplane.sources.file import report
     from kubegate.dataplane.server import ConfigRejected
+    from kubegate.dataplane.sources.file import report
     from kubegate.dataplane.supervisor import Supervisor
 
     for line in report(first):
