@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 front for the plain-HTTP listener: simple requests served directly,
 everything else handed to aiohttp.
 
-aiohttp's server machinery costs ~30 us of CPU per request (request objects,
-a task per request, writer and response preparation), a quarter of a proxied
-request. Most API traffic is the simplest case: HTTP/1.1, no request body, no
+aiohttp's server machinery (request objects, a task per request, writer and
+response preparation) is a large share of a proxied request's CPU (figures in
+the git log and bench/peers.py). Most API traffic is the simplest case: HTTP/1.1, no request body, no
 upgrade. llhttp (through httptools, as uvicorn uses it) parses every request
 head; this protocol runs the bodyless HTTP/1.1 ones through the pipeline
 (pipeline.py) and writes their answers with framing.TransportFront. A request llhttp
