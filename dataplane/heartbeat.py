@@ -20,12 +20,11 @@ from typing import Any
 from kubegate.config import DROPPED_ANNOTATION, HASH_ANNOTATION
 from kubegate.kubeapi import ApiError, KubeApi, micro_time, path_for
 from kubegate.leases import replica_lease
+from kubegate.names import DATAPLANE_LEASE_PREFIX, DATAPLANE_SELECTOR, LEASE_LABELS
 
 log = logging.getLogger("kubegate.dataplane.heartbeat")
 
-LEASE_PREFIX = "kubegate-dataplane-"
-LABELS = {"app.kubernetes.io/name": "kubegate", "app.kubernetes.io/component": "dataplane",
-          "app.kubernetes.io/managed-by": "kubegate"}
+
 
 
 def replica_id() -> str:
@@ -35,7 +34,7 @@ def replica_id() -> str:
 def lease_name(replica: str) -> str:
     """A valid object name for this replica's Lease (pure)."""
     cleaned = re.sub(r"[^a-z0-9-]+", "-", replica.lower()).strip("-") or "replica"
-    return (LEASE_PREFIX + cleaned)[:63].rstrip("-")
+    return (DATAPLANE_LEASE_PREFIX + cleaned)[:63].rstrip("-")
 
 
 MAX_DROPPED = 200  # objects named on the Lease (annotations share 256 KiB); more are summarised by count
@@ -55,7 +54,7 @@ def lease_patch(replica: str, config_hash: str | None, now: float, duration: int
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": {"name": lease_name(replica), "labels": dict(LABELS),
+        "metadata": {"name": lease_name(replica), "labels": dict(LEASE_LABELS),
                      "annotations": {HASH_ANNOTATION: config_hash or "",
                                      DROPPED_ANNOTATION: dropped_annotation(dropped or {})}},
         "spec": {"holderIdentity": replica, "leaseDurationSeconds": duration, "renewTime": micro_time(now)},
@@ -100,7 +99,7 @@ class Heartbeat:
         """Live data-plane replicas from their Leases; the last count stays when the list fails."""
         try:
             listed = await self.api.list(path_for("coordination.k8s.io/v1", "Lease", self.namespace),
-                                         labelSelector="app.kubernetes.io/component=dataplane")
+                                         labelSelector=DATAPLANE_SELECTOR)
         except (TimeoutError, ApiError, OSError) as exc:
             log.debug("cannot list data-plane leases: %s", exc)
             return

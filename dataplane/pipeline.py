@@ -28,17 +28,15 @@ from .metrics import Metrics, counting, observing
 from .mtls_auth import client_identity
 from .observe import Note
 from .router import MethodNotAllowed
+from .snapshot import GUARDED_METHODS
 from .target import PathRefused, normalise_request_path, parse_host
 from .tls import PolicyContext, TlsSet
 from .upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from .server import RouteRuntime, Snapshot
+    from .snapshot import RouteRuntime, Snapshot
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
-# Served only by a route whose `methods` names them (API.md): TRACE reflects a request's
-# credentials back (cross-site tracing), CONNECT would make the gateway an open tunnel.
-GUARDED_METHODS = frozenset({"TRACE", "CONNECT"})
 _ALLOW_DEFAULT = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
 _CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 

@@ -13,7 +13,7 @@ import itertools
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -223,10 +223,7 @@ async def forward(request: Request, pool: UpstreamPool, plan: UpstreamPlan, targ
             raise failure or _no_backend()
         started = loop.time()
         try:
-            upstream = await pool.request(
-                origin, method, request_head(method, origin, target, headers, framing), body, chunked=chunked,
-                timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
-            )
+            upstream = await _attempt(pool, plan, origin, method, target, headers, framing, body, chunked)
         except UpstreamError as exc:
             failure, again = upstream_failure(exc, replayable(body) and method in IDEMPOTENT)
             if again:
@@ -262,10 +259,7 @@ async def _forward_guarded(method: str, pool: UpstreamPool, plan: UpstreamPlan, 
             raise ProxyFailure(503, "overflow", "too many requests to this backend") from None
         started = loop.time()
         try:
-            upstream = await pool.request(
-                origin, method, request_head(method, origin, target, headers, framing), body, chunked=chunked,
-                timeout=plan.request_timeout, connect_timeout=plan.connect_timeout,
-            )
+            upstream = await _attempt(pool, plan, origin, method, target, headers, framing, body, chunked)
         except UpstreamError as exc:
             endpoint.release()
             if exc.kind in ("connect", "connect_timeout"):
@@ -289,6 +283,14 @@ async def _forward_guarded(method: str, pool: UpstreamPool, plan: UpstreamPlan, 
             on_headers(loop.time() - started)
         return Relay(upstream, extra, _releaser(upstream, endpoint))
     raise failure or _no_backend()
+
+
+def _attempt(pool: UpstreamPool, plan: UpstreamPlan, origin: Origin, method: str, target: str,
+             headers: list[tuple[str, str]], framing: str, body: bytes | AsyncIterator[bytes] | None,
+             chunked: bool) -> Awaitable[UpstreamResponse]:
+    """One try of the exchange with ``origin``, under the route's timeouts (forward's and _forward_guarded's)."""
+    return pool.request(origin, method, request_head(method, origin, target, headers, framing), body,
+                        chunked=chunked, timeout=plan.request_timeout, connect_timeout=plan.connect_timeout)
 
 
 def _no_backend() -> ProxyFailure:

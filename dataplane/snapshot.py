@@ -47,33 +47,6 @@ class ConfigRejected(Exception):
         self.reason = reason
 
 
-class RouteMetrics:
-    """A route's labelled histogram children, created on its first request.
-
-    prometheus_client's ``.labels()`` is slow, so it is not called per request;
-    and an idle route costs no buckets (two histograms are ~8 KiB per route:
-    76 MiB at 10,000 routes if created up front).
-    """
-
-    __slots__ = ("_latency", "_metrics", "_route", "_upstream")
-
-    def __init__(self, metrics: Metrics, route: str) -> None:
-        self._metrics, self._route = metrics, route
-        self._latency: Any = None
-        self._upstream: Any = None
-
-    @property
-    def latency(self) -> Any:
-        if self._latency is None:
-            self._latency = self._metrics.request_latency.labels(self._route)
-        return self._latency
-
-    def observe_upstream(self, seconds: float) -> None:
-        if self._upstream is None:
-            self._upstream = self._metrics.upstream_latency.labels(self._route)
-        self._upstream.observe(seconds)
-
-
 @dataclass(frozen=True, slots=True)
 class RouteRuntime:
     """Per-route work done once per snapshot, not per request."""
@@ -86,7 +59,6 @@ class RouteRuntime:
     needs_admission: bool
     claim_headers: frozenset[str]  # lower-case headers never passed on from clients (claims, API keys)
     hide_api_key: bool  # drop `Authorization: ApiKey ...`: the gateway consumed that credential
-    metrics: RouteMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +97,12 @@ def settle_heap() -> None:
     """Move the new snapshot out of the collector's sight (gc.freeze, O(1)), after a young collection.
 
     A snapshot is hundreds of thousands of long-lived objects; left in the
-    collected generations they make every full collection walk them (tens of
-    ms, several times a second under load, ~7 us per request). The old
+    collected generations they make every full collection walk them, several
+    times a second under load. The old
     snapshot is freed by reference counting as soon as its last request ends:
     it holds no reference cycles (tests/dataplane/test_reload_off_loop.py
-    proves it), so no full collection is needed. One was done here before, on
-    the event loop: 0.4-3 s at 10,000 routes on a busy 2-core box, every
-    request waiting for it (bench/reload.py).
+    proves it), so no full collection is needed: one on the event loop would
+    make every request wait for it (bench/reload.py measures the stall).
     """
     gc.collect(1)
     gc.freeze()
@@ -139,8 +110,8 @@ def settle_heap() -> None:
 
 # The interpreter's switch interval while a config decodes or builds in a worker thread. CPython hands
 # the GIL to a waiting thread only after this long (default 5 ms): the event loop waits that long every
-# time it wakes up (a request wakes it several times), so a busy builder thread made each request wait
-# tens of ms. 0.5 ms bounds that wait at a small cost in switching.
+# time it wakes up (a request wakes it several times), so a busy builder thread makes each request wait
+# several intervals. A tenth of the default bounds that wait at a small cost in switching.
 BACKGROUND_SWITCH_INTERVAL = 0.0005
 _background = [0, 0.005]  # builds running, the switch interval to restore
 
@@ -166,7 +137,6 @@ class SnapshotBuilder:
         self.limiter, self.metrics, self.audit = limiter, metrics, audit
         self.jwks: Any = None  # the Gateway's JWKS cache, set when it starts
         self._breakers = Breakers(metrics)
-        self._route_metrics: dict[str, RouteMetrics] = {}
         self._runtimes: dict[int, RouteRuntime] = {}  # id(route) -> its runtime, of the last build
 
     def build(self, config: CompiledConfig, secrets: SecretBundle, digest: str,
@@ -227,15 +197,8 @@ class SnapshotBuilder:
             max_body=route.max_body_bytes, needs_admission=has_work,
             claim_headers=frozenset(h.lower() for h in claims) | (API_KEY_HEADERS if hide_api_key else set()),
             hide_api_key=hide_api_key,
-            metrics=self.metrics_for(route.id),
         )
         return (route.hosts, route.path, route.methods, runtime)
-
-    def metrics_for(self, route_id: str) -> RouteMetrics:
-        found = self._route_metrics.get(route_id)
-        if found is None:
-            found = self._route_metrics[route_id] = RouteMetrics(self.metrics, route_id)
-        return found
 
     def _admission(self, config: CompiledConfig, secrets: SecretBundle) -> Any:
         try:

@@ -26,6 +26,14 @@ from kubegate.config import (
     canonical_json,
     compress,
 )
+from kubegate.names import (
+    BACKEND_POLICY_PREFIX,
+    CONFIG_MAP_NAME,
+    DATAPLANE_LABELS,
+    EGRESS_POLICY_NAME,
+    MANAGED_LABELS,
+    SECRET_NAME,
+)
 from kubegate.resources import (
     BackendService,
     ServiceInfo,
@@ -33,14 +41,6 @@ from kubegate.resources import (
     TranslationInput,
     TranslationResult,
 )
-
-CONFIG_MAP_NAME = "kubegate-config"
-SECRET_NAME = "kubegate-secrets"
-EGRESS_POLICY_NAME = "kubegate-dataplane-egress"
-BACKEND_POLICY_PREFIX = "kubegate-backend-"
-
-MANAGED_LABELS = {"app.kubernetes.io/managed-by": "kubegate", "app.kubernetes.io/part-of": "kubegate"}
-DATAPLANE_LABELS = {"app.kubernetes.io/name": "kubegate", "app.kubernetes.io/component": "dataplane"}
 
 DNS_PORT, REDIS_PORT, API_SERVER_PORTS = 53, 6379, (443, 6443)
 DNS_PEERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubegate.kubeapi import FIELD_MANAGER, ApiError, KubeApi, object_path
+from kubegate.names import MANAGED_BY_LABEL as MANAGED_BY
 
 log = logging.getLogger("kubegate.operator.apply")
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
 CONTENT_HASH = "kubegate.dev/content-hash"
 API_KEY_LABEL = "kubegate.dev/api-key"  # ApiKey Secrets: managed-by kubegate, but never garbage-collected
 

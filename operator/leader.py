@@ -16,12 +16,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from kubegate.kubeapi import ApiError, KubeApi, micro_time, path_for
+from kubegate.names import OPERATOR_LEASE_NAME
 
 from .programmed import parse_time
 
 log = logging.getLogger("kubegate.operator.leader")
 
-LEASE_NAME = "kubegate-operator"
+LEASE_NAME = OPERATOR_LEASE_NAME
 
 Action = Literal["create", "renew", "acquire", "follow"]
 

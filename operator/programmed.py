@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kubegate.leases import (  # noqa: F401 - re-exported: the operator reads what the data plane writes
-    COMPONENT_LABEL,
-    DATAPLANE_COMPONENT,
     ReplicaLease,
     parse_time,
     replica_lease,

@@ -21,6 +21,7 @@ from typing import Any
 
 from kubegate.generate import EgressTargets
 from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
+from kubegate.names import DATAPLANE_SELECTOR
 from kubegate.resources import TranslationInput, TranslationResult
 from kubegate.translate import Translator
 
@@ -30,8 +31,6 @@ from .debounce import DebounceWindow
 from .events import EventQueue
 from .metrics import OperatorMetrics
 from .programmed import (
-    COMPONENT_LABEL,
-    DATAPLANE_COMPONENT,
     GenerationHistory,
     ReplicaLease,
     next_expiry,
@@ -83,7 +82,7 @@ class Reconciler:
                 label_selector=managed, retry_seconds=10.0),
         }
         self.leases = Informer(api, path_for("coordination.k8s.io/v1", "Lease", ns), self._lease_event,
-                               label_selector=f"{COMPONENT_LABEL}={DATAPLANE_COMPONENT}")
+                               label_selector=DATAPLANE_SELECTOR)
         # The API server's published endpoints: a change rewrites the data plane's egress policy.
         self.api_endpoints = Informer(api, path_for("discovery.k8s.io/v1", "endpointslices", apiserver.NAMESPACE),
                                       lambda *_: self.mark(config=True), label_selector=apiserver.SERVICE_LABEL,

@@ -14,12 +14,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubegate.resources import Condition, ObjectResult
+from kubegate.resources import (
+    ACCEPTED,
+    CERTIFICATE_READY,
+    PROGRAMMED,
+    READY,
+    RECONCILING,
+    STALLED,
+    Condition,
+    ObjectResult,
+)
 
 from .programmed import Acknowledgement
 
 NO_DATA_PLANE = "no data-plane replica is running"
-PROGRAMMED = "loaded by a live data-plane replica"
+PROGRAMMED_MESSAGE = "loaded by a live data-plane replica"
 OPTIONAL_FIELDS = ("keyId", "certificate", "notAfter")  # removed from a status when no longer true
 
 
@@ -35,29 +44,29 @@ class CertificateFacts:
 
 def programmed_condition(result: ObjectResult, ack: Acknowledgement) -> Condition:
     if result.accepted.status != "True":
-        return Condition(type="Programmed", status="False", reason="Invalid",
+        return Condition(type=PROGRAMMED, status="False", reason="Invalid",
                          message=f"not programmed: {result.accepted.message}".strip())
     if not result.programmable:
         reason = result.resolved_refs.reason if result.resolved_refs.status != "True" else "NotProgrammable"
-        return Condition(type="Programmed", status="False", reason=reason,
+        return Condition(type=PROGRAMMED, status="False", reason=reason,
                          message=f"not programmed: {result.resolved_refs.message}".strip())
     if ack.refused:
-        return Condition(type="Programmed", status="False", reason="DataPlaneRefused",
+        return Condition(type=PROGRAMMED, status="False", reason="DataPlaneRefused",
                          message=f"the data plane could not load generation {result.generation}: {ack.refused}")
     if ack.live_replicas == 0:
-        return Condition(type="Programmed", status="False", reason="NoDataPlane", message=NO_DATA_PLANE)
+        return Condition(type=PROGRAMMED, status="False", reason="NoDataPlane", message=NO_DATA_PLANE)
     if ack.acknowledged_by == 0:
-        return Condition(type="Programmed", status="Unknown", reason="Pending",
+        return Condition(type=PROGRAMMED, status="Unknown", reason="Pending",
                          message=f"waiting for a data-plane replica to load generation {result.generation}")
     # No replica count in the message: a replica coming or going would rewrite every status it leaves True.
-    return Condition(type="Programmed", status="True", reason="Programmed", message=PROGRAMMED)
+    return Condition(type=PROGRAMMED, status="True", reason="Programmed", message=PROGRAMMED_MESSAGE)
 
 
 def ready_condition(conditions: Sequence[Condition]) -> Condition:
     for cond in conditions:
         if cond.status != "True":
-            return Condition(type="Ready", status="False", reason=cond.reason, message=cond.message)
-    return Condition(type="Ready", status="True", reason="Ready",
+            return Condition(type=READY, status="False", reason=cond.reason, message=cond.message)
+    return Condition(type=READY, status="True", reason="Ready",
                      message="accepted, references resolved, and loaded by the data plane")
 
 
@@ -73,10 +82,10 @@ def desired_conditions(result: ObjectResult, ack: Acknowledgement) -> list[Condi
     return [
         *core,
         ready,
-        Condition(type="Reconciling", status="True" if reconciling else "False",
+        Condition(type=RECONCILING, status="True" if reconciling else "False",
                   reason=ready.reason if reconciling else "Idle",
                   message=ready.message if reconciling else ""),
-        Condition(type="Stalled", status="True" if stalled else "False",
+        Condition(type=STALLED, status="True" if stalled else "False",
                   reason=(programmed.reason if ack.refused else result.accepted.reason) if stalled else "Idle",
                   message=(programmed.message if ack.refused else result.accepted.message) if stalled else ""),
     ]
@@ -124,9 +133,9 @@ def desired_status(result: ObjectResult, ack: Acknowledgement, previous: Mapping
 def certificate_condition(cert: CertificateFacts) -> Condition:
     """The generated Certificate's own Ready condition, mirrored for users (informative, not part of Ready)."""
     if cert.ready == "True":
-        return Condition(type="CertificateReady", status="True", reason=cert.reason or "Ready",
+        return Condition(type=CERTIFICATE_READY, status="True", reason=cert.reason or "Ready",
                          message=f"Certificate {cert.name} is ready")
-    return Condition(type="CertificateReady", status="False" if cert.ready == "False" else "Unknown",
+    return Condition(type=CERTIFICATE_READY, status="False" if cert.ready == "False" else "Unknown",
                      reason=cert.reason or "Pending", message=f"Certificate {cert.name} is not ready yet")
 
 
@@ -155,7 +164,7 @@ class EventNote:
 def transition_events(previous: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> list[EventNote]:
     """Events worth telling a user: a spec newly refused, Ready gained or lost."""
     notes = []
-    old_acc, new_acc = condition_of(previous, "Accepted"), condition_of(desired, "Accepted")
+    old_acc, new_acc = condition_of(previous, ACCEPTED), condition_of(desired, ACCEPTED)
     if new_acc and new_acc["status"] == "False" and (
         not old_acc or old_acc.get("status") != "False" or old_acc.get("reason") != new_acc["reason"]
     ):

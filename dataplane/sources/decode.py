@@ -37,11 +37,10 @@ from kubegate.config import (
     decode_config,
     decode_secrets,
 )
+from kubegate.names import CONFIG_MAP_NAME, SECRET_NAME
 
 from ..snapshot import settle_heap as settle
 
-CONFIG_MAP_NAME = "kubegate-config"
-SECRET_NAME = "kubegate-secrets"
 _LISTS: dict[str, type[BaseModel]] = {"api_keys": CompiledApiKey, "routes": CompiledRoute, "tls": CompiledTls}
 _WS = " \t\n\r"
 _SCAN = json.JSONDecoder().scan_once

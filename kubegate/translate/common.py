@@ -8,10 +8,9 @@ import hashlib
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
 from kubegate.durations import parse_duration
-from kubegate.resources import Condition, ServiceInfo, SourceObject
+from kubegate.resources import ACCEPTED, RESOLVED_REFS, Condition, ServiceInfo, SourceObject
 
-# Condition types and reasons (Gateway API vocabulary where it has one).
-ACCEPTED, RESOLVED_REFS = "Accepted", "ResolvedRefs"
+# Condition reasons (Gateway API vocabulary where it has one); the types are resources.py's.
 INVALID_SPEC = "InvalidSpec"
 CONFLICTED = "Conflicted"
 BACKEND_NOT_FOUND = "BackendNotFound"
