@@ -106,7 +106,7 @@ def process_cpu(pid: int) -> float:
 
 async def measure(admission: Admission, route: CompiledRoute, request: RequestFacts, calls: int,
                   concurrency: int, redis_pid: int | None = None) -> tuple[float, float, float | None]:
-    """(wall us/call, CPU us/call, redis-server CPU us/call); every verdict must admit."""
+    """(wall us/call, CPU us/call, redis-server CPU us/call); every decision must admit."""
     admit = admission.admit
     for _ in range(200):  # warm: the token cache, the limiter's connection, lazily made objects
         assert (await admit(route, request)).status is None
@@ -114,12 +114,12 @@ async def measure(admission: Admission, route: CompiledRoute, request: RequestFa
     redis_cpu = process_cpu(redis_pid) if redis_pid else 0.0
     if concurrency == 1:
         for _ in range(calls):
-            verdict = await admit(route, request)
-        assert verdict.status is None, verdict
+            decision = await admit(route, request)
+        assert decision.status is None, decision
     else:
         for _ in range(calls // concurrency):
-            verdicts = await asyncio.gather(*(admit(route, request) for _ in range(concurrency)))
-            assert all(v.status is None for v in verdicts)
+            decisions = await asyncio.gather(*(admit(route, request) for _ in range(concurrency)))
+            assert all(v.status is None for v in decisions)
     done = (calls // concurrency) * concurrency
     redis_us = (process_cpu(redis_pid) - redis_cpu) / done * 1e6 if redis_pid else None
     return (time.perf_counter() - wall) / done * 1e6, (time.process_time() - cpu) / done * 1e6, redis_us

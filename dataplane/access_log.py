@@ -1,7 +1,7 @@
 """The opt-in access log (``--access-log``): one JSON line per request on stdout.
 
 Fields are documented one by one in docs/access-log.md. Never a credential:
-no header value, no query string, the auth subject as the verdict's principal.
+no header value, no query string, the auth subject as the decision's principal.
 The security audit log (audit.py, stderr) is separate and unchanged.
 """
 
@@ -20,8 +20,8 @@ class AccessLog:
         self._stream = stream or sys.stdout
 
     def write(self, request: Any, note: Any, status: int, elapsed: float, route: Any) -> None:
-        verdict = note.verdict
-        principal = verdict.principal if verdict is not None else None
+        decision = note.decision
+        principal = decision.principal if decision is not None else None
         now = time.time()
         record = {
             "log": "access",

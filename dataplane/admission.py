@@ -4,11 +4,11 @@ Built once per config snapshot (keys parsed, CIDR tables and the API-key
 hash table compiled, one plan per route), then asked per request:
 IP filter (403) -> authentication (401 invalid/missing, 403 not allowed)
 -> rate limit (429; 503 when the shared store is down and failureMode is
-closed). The result is a :class:`Verdict`; the proxy turns a non-None
+closed). The result is a :class:`Decision`; the proxy turns a non-None
 status into an error response and adds ``response_headers`` either way.
 
 Per request, the work is a few dict lookups: the IP filter remembers its
-verdict per client address, a bearer token seen before is a synchronous
+decision per client address, a bearer token seen before is a synchronous
 cache hit (JwtVerifier.lookup), and each route keeps the ChargeSet of every
 client (user, key, header value) it has seen, so the limiter's encoding of
 it is reused too (bounded: MAX_CHARGE_SETS over all routes).
@@ -59,7 +59,7 @@ class RequestFacts:
 
 
 @dataclass(slots=True)
-class Verdict:
+class Decision:
     status: int | None = None  # None = admitted
     reason: str = ""
     message: str = ""
@@ -98,7 +98,7 @@ class _RoutePlan:
 
 
 class _Authenticated:
-    """Who a request is, as far as rate limits and the verdict care (a JwtIdentity has the same
+    """Who a request is, as far as rate limits and the decision care (a JwtIdentity has the same
     attributes and stands for a token's caller as is)."""
 
     __slots__ = ("key", "principal", "sub", "upstream_headers")
@@ -231,19 +231,19 @@ class Admission:
         """False when the route has no auth, no IP filter and no rate limit: skip admit()."""
         return route.id in self._plans
 
-    async def admit(self, route: CompiledRoute, facts: RequestFacts) -> Verdict:
+    async def admit(self, route: CompiledRoute, facts: RequestFacts) -> Decision:
         """The hot path of every secured request: its common case (a remembered address, a cached
         bearer token, a remembered ChargeSet) is inlined, as each Python call costs about a
         microsecond on a busy gateway; everything else takes the general methods below."""
         plan = self._plans.get(route.id)
         if plan is None:
-            return Verdict()
+            return Decision()
         client_ip = facts.client_ip
         ip_filter = plan.ip_filter
-        if ip_filter is not None and not (ip_filter.verdicts.get(client_ip) or ip_filter.permits(client_ip)):
+        if ip_filter is not None and not (ip_filter.decisions.get(client_ip) or ip_filter.permits(client_ip)):
             self._metrics.ip_denied.labels(route.id).inc()
             self._audit.event("ip_denied", route=route.id, client_ip=client_ip, reason="ip_denied")
-            return Verdict(403, "ip_denied", "client address not allowed")
+            return Decision(403, "ip_denied", "client address not allowed")
         who = _ANONYMOUS
         if plan.has_auth:
             known = None
@@ -258,7 +258,7 @@ class Admission:
                 who = known
             else:
                 outcome = await self._authenticate(plan, route, facts)
-                if type(outcome) is Verdict:
+                if type(outcome) is Decision:
                     return outcome
                 who = outcome
         charges = None
@@ -267,12 +267,12 @@ class Admission:
         if charges is None:
             charges = self._charge_set(plan, facts, who)
             if charges is None:
-                return Verdict(None, "", "", {}, who.upstream_headers, who.principal)
+                return Decision(None, "", "", {}, who.upstream_headers, who.principal)
         result = await self._limiter.hit(charges, plan.failure_mode)
         if result.allowed:
-            return Verdict(None, "", "", result.headers(), who.upstream_headers, who.principal)
+            return Decision(None, "", "", result.headers(), who.upstream_headers, who.principal)
         if result.store_unavailable:
-            return Verdict(503, "ratelimit_unavailable", "rate limit store unavailable", result.headers(),
+            return Decision(503, "ratelimit_unavailable", "rate limit store unavailable", result.headers(),
                            who.upstream_headers, who.principal)
         dimension = result.denied_dimension or "global"
         self._metrics.rate_limited.labels(route.id, dimension).inc()
@@ -280,12 +280,12 @@ class Admission:
             "rate_limited", route=route.id, client_ip=client_ip, reason="rate_limited",
             dimension=dimension, principal=who.principal,
         )
-        return Verdict(429, "rate_limited", "rate limit exceeded", result.headers(), {}, who.principal)
+        return Decision(429, "rate_limited", "rate limit exceeded", result.headers(), {}, who.principal)
 
     # --- authentication -------------------------------------------------------
 
     async def _authenticate(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts):
-        """An _Authenticated (possibly anonymous) or a refusing Verdict."""
+        """An _Authenticated (possibly anonymous) or a refusing Decision."""
         headers = facts.headers
         authorization = headers.get("Authorization")
         invalid: tuple[str, str] | None = None  # (reason, message) of a 401
@@ -341,7 +341,7 @@ class Admission:
         return _ANONYMOUS
 
     def _refuse(self, route: CompiledRoute, facts: RequestFacts, status: int, reason: str, message: str, *,
-                plan: _RoutePlan | None = None, principal: str | None = None) -> Verdict:
+                plan: _RoutePlan | None = None, principal: str | None = None) -> Decision:
         self._metrics.auth_failures.labels(route.id, facts.method, reason).inc()
         event = "forbidden" if status == 403 else "auth_failure"
         fields: dict[str, Any] = {"route": route.id, "client_ip": facts.client_ip, "reason": reason}
@@ -357,7 +357,7 @@ class Admission:
                 challenge = challenge.replace('Bearer realm="kubegate"',
                                               'Bearer realm="kubegate", error="invalid_token"', 1)
             headers["WWW-Authenticate"] = challenge
-        return Verdict(status, reason, message, response_headers=headers, principal=principal)
+        return Decision(status, reason, message, response_headers=headers, principal=principal)
 
     # --- rate limiting ----------------------------------------------------------
 

@@ -91,31 +91,31 @@ class CidrSet:
 class IpFilter:
     """A route's allow/deny lists: deny wins; a non-empty allow list denies everything else.
 
-    The verdicts for the last few hundred client addresses are remembered (a
+    The decisions for the last few hundred client addresses are remembered (a
     dict lookup instead of parsing and two bisects: most traffic comes from
     few addresses, e.g. load balancers); built per snapshot, so never stale.
     """
 
-    __slots__ = ("_allow", "_deny", "verdicts")
+    __slots__ = ("_allow", "_deny", "decisions")
 
     VERDICTS_KEPT = 256  # per filter; the memory stays small however many routes have filters
 
     def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
         self._allow = CidrSet(allow)
         self._deny = CidrSet(deny)
-        self.verdicts: dict[str, bool] = {}  # client address -> permits(); read directly on hot paths
+        self.decisions: dict[str, bool] = {}  # client address -> permits(); read directly on hot paths
 
     def __bool__(self) -> bool:
         return bool(self._allow) or bool(self._deny)
 
     def permits(self, client_ip: str) -> bool:
-        verdict = self.verdicts.get(client_ip)
-        if verdict is None:
-            verdict = self._decide(client_ip)
-            if len(self.verdicts) >= self.VERDICTS_KEPT:
-                self.verdicts.clear()
-            self.verdicts[client_ip] = verdict
-        return verdict
+        decision = self.decisions.get(client_ip)
+        if decision is None:
+            decision = self._decide(client_ip)
+            if len(self.decisions) >= self.VERDICTS_KEPT:
+                self.decisions.clear()
+            self.decisions[client_ip] = decision
+        return decision
 
     def _decide(self, client_ip: str) -> bool:
         key = ip_key(client_ip)

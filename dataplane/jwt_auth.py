@@ -70,7 +70,7 @@ class JwtRejected(Exception):
 
 @dataclass(slots=True, frozen=True)
 class JwtIdentity:
-    principal: str  # "jwt:<sub>" for audit lines and the verdict, made once per token
+    principal: str  # "jwt:<sub>" for audit lines and the decision, made once per token
     sub: str | None
     exp: float | None
     nbf: float | None

@@ -5,14 +5,14 @@ Both are opt-in. With neither configured the Gateway never builds an
 record, no clock read beyond what metrics already do (the choice is made once,
 when the Gateway is built). With one or both, :meth:`Observer.wrap` puts a
 wrapper around the handler that hands the pipeline a :class:`Note`; the
-pipeline fills in what only it knows (route, request id, admission verdict,
+pipeline fills in what only it knows (route, request id, admission decision,
 upstream time) and the wrapper writes the log line and ends the span. With
 tracing alone the wrapper is leaner: no clock, no byte count, and for an
 unsampled request it returns the pipeline's own coroutine (nothing runs after).
 
 Never a credential: the path is logged without its query string (API keys and
 tokens are sometimes sent as query parameters), no header value is recorded,
-and the auth subject is the verdict's principal (``jwt:<sub>``,
+and the auth subject is the decision's principal (``jwt:<sub>``,
 ``apikey:<key id>``, ``mtls:<subject>``), never the token or key itself.
 """
 
@@ -25,13 +25,22 @@ from typing import Any
 class Note:
     """What the pipeline learned about one request (filled in by pipeline.Pipeline.answer)."""
 
-    __slots__ = ("bytes", "compiled", "rid", "route", "span", "strip", "traceparent", "upstream_seconds",
-                 "verdict")
+    __slots__ = (
+        "bytes",
+        "compiled",
+        "decision",
+        "rid",
+        "route",
+        "span",
+        "strip",
+        "traceparent",
+        "upstream_seconds",
+    )
 
     def __init__(self) -> None:
         self.route = ""
         self.rid = ""
-        self.verdict: Any = None
+        self.decision: Any = None
         self.compiled: Any = None  # the CompiledRoute
         self.upstream_seconds: float | None = None
         self.bytes: int | None = None
@@ -55,21 +64,21 @@ class Note:
 
     def auth_outcome(self, route: Any) -> str:
         """none (route has no auth) | authenticated | anonymous | refused."""
-        verdict = self.verdict
+        decision = self.decision
         if route is None or route.auth is None:
             return "none"
-        if verdict is None:
+        if decision is None:
             return "none"
-        if verdict.status in (401, 403) and verdict.reason != "ip_denied":
+        if decision.status in (401, 403) and decision.reason != "ip_denied":
             return "refused"
-        return "authenticated" if verdict.principal else "anonymous"
+        return "authenticated" if decision.principal else "anonymous"
 
     def rate_limit_outcome(self, route: Any) -> str:
         """none (no limit applies) | allowed | limited."""
-        verdict = self.verdict
-        if verdict is not None and verdict.status == 429:
+        decision = self.decision
+        if decision is not None and decision.status == 429:
             return "limited"
-        if route is None or route.rate_limit is None or verdict is None or verdict.status is not None:
+        if route is None or route.rate_limit is None or decision is None or decision.status is not None:
             return "none"
         return "allowed"
 

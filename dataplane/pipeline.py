@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 
 from . import proxy
-from .admission import RequestFacts, Verdict
+from .admission import Decision, RequestFacts
 from .audit import AuditLog
 from .bodies import BodyTooLarge, is_json
 from .clientip import ClientAddress
@@ -108,14 +108,14 @@ class Pipeline:
             note.route, note.compiled = rt.id, rt.route
         claim_headers: dict[str, str] | None = None
         if rt.needs_admission:
-            verdict = await self._admit(snap, rt, request, host, path)
+            decision = await self._admit(snap, rt, request, host, path)
             if note is not None:
-                note.verdict = verdict
-            if verdict.response_headers:
-                extra.update(verdict.response_headers)
-            if verdict.status is not None:
-                return Refusal(verdict.status, verdict.reason, verdict.message, extra, rt)
-            claim_headers = verdict.upstream_headers
+                note.decision = decision
+            if decision.response_headers:
+                extra.update(decision.response_headers)
+            if decision.status is not None:
+                return Refusal(decision.status, decision.reason, decision.message, extra, rt)
+            claim_headers = decision.upstream_headers
         length = request.content_length
         if length is not None and length > rt.max_body:
             return Refusal(413, "body_too_large", "request body too large", extra, rt)
@@ -165,7 +165,7 @@ class Pipeline:
             return Refusal(405, "method_not_allowed", "method not allowed", extra, rt)
         return rt, host, host_header, path
 
-    async def _admit(self, snap: Snapshot, rt: RouteRuntime, request: Request, host: str, path: str) -> Verdict:
+    async def _admit(self, snap: Snapshot, rt: RouteRuntime, request: Request, host: str, path: str) -> Decision:
         client_ip = self._client_address.resolve(request.remote, request.headers.getall("X-Forwarded-For", []))
         transport = request.transport
         peer_cert = transport.get_extra_info("peercert") if request.tls and transport is not None else None

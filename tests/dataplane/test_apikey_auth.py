@@ -104,12 +104,12 @@ MATRIX = [
 @pytest.mark.parametrize("case,r,make,status,reason", MATRIX, ids=[m[0] for m in MATRIX])
 async def test_api_key_matrix(admission, audit_stream, case, r, make, status, reason):
     request = make()
-    verdict = await admission.admit(r, request)
-    assert (verdict.status, verdict.reason) == (status, reason), case
+    decision = await admission.admit(r, request)
+    assert (decision.status, decision.reason) == (status, reason), case
     if status is None:
-        assert verdict.principal.startswith("apikey:ak_")
+        assert decision.principal.startswith("apikey:ak_")
     if status == 401:
-        assert verdict.response_headers["WWW-Authenticate"] == 'ApiKey realm="kubegate"'
+        assert decision.response_headers["WWW-Authenticate"] == 'ApiKey realm="kubegate"'
     log = audit_stream.getvalue()
     for key in KEYS.values():
         assert key not in log and key_hash(key) not in log

@@ -66,5 +66,5 @@ def test_remembered_verdicts_agree_and_stay_bounded():
     fresh = [IpFilter(allow=["10.0.0.0/8"], deny=["10.6.0.0/16"]).permits(a) for a in addresses]
     for _ in range(2):  # second pass: partly from memory (the memory was cleared on the way)
         assert [f.permits(a) for a in addresses] == fresh
-        assert len(f.verdicts) <= IpFilter.VERDICTS_KEPT
+        assert len(f.decisions) <= IpFilter.VERDICTS_KEPT
     assert fresh.count(False) == 3 * IpFilter.VERDICTS_KEPT // 12 + 2  # 10.6.x.x, garbage and ::1 refused

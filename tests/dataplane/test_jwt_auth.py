@@ -147,13 +147,13 @@ MATRIX = [
 @pytest.mark.parametrize("case,route_name,make,status,reason", MATRIX, ids=[m[0] for m in MATRIX])
 async def test_jwt_matrix(admission, audit_stream, case, route_name, make, status, reason):
     token = make()
-    verdict = await admission.admit(ROUTES[route_name], bearer(token))
-    assert (verdict.status, verdict.reason) == (status, reason), case
+    decision = await admission.admit(ROUTES[route_name], bearer(token))
+    assert (decision.status, decision.reason) == (status, reason), case
     if status is None:
-        assert verdict.principal == "jwt:alice"
-        assert verdict.upstream_headers == {"X-User-Id": "alice"}
+        assert decision.principal == "jwt:alice"
+        assert decision.upstream_headers == {"X-User-Id": "alice"}
     if status == 401:
-        assert verdict.response_headers["WWW-Authenticate"] == 'Bearer realm="kubegate", error="invalid_token"'
+        assert decision.response_headers["WWW-Authenticate"] == 'Bearer realm="kubegate", error="invalid_token"'
     if status is not None:
         line = json.loads(audit_stream.getvalue().splitlines()[-1])
         assert line["reason"] == reason and line["route"] == f"shop/{route_name}"
@@ -161,9 +161,9 @@ async def test_jwt_matrix(admission, audit_stream, case, route_name, make, statu
 
 
 async def test_missing_token_is_401_with_a_challenge(admission):
-    verdict = await admission.admit(ROUTES["rs"], facts())
-    assert (verdict.status, verdict.reason) == (401, "missing_credentials")
-    assert verdict.response_headers == {"WWW-Authenticate": 'Bearer realm="kubegate"'}
+    decision = await admission.admit(ROUTES["rs"], facts())
+    assert (decision.status, decision.reason) == (401, "missing_credentials")
+    assert decision.response_headers == {"WWW-Authenticate": 'Bearer realm="kubegate"'}
 
 
 async def test_optional_auth_admits_anonymous_but_still_checks_sent_tokens(admission):
@@ -175,15 +175,15 @@ async def test_optional_auth_admits_anonymous_but_still_checks_sent_tokens(admis
 
 async def test_forward_claims_are_stringified_and_cannot_split_headers(admission):
     token = rs256(sub="bob\r\nX-Injected: 1", roles=["a", "b"])
-    verdict = await admission.admit(ROUTES["rs"], bearer(token))
-    assert verdict.status is None
-    assert verdict.upstream_headers == {"X-User-Id": "bobX-Injected: 1", "X-Roles": '["a","b"]'}
+    decision = await admission.admit(ROUTES["rs"], bearer(token))
+    assert decision.status is None
+    assert decision.upstream_headers == {"X-User-Id": "bobX-Injected: 1", "X-Roles": '["a","b"]'}
     assert claim_text(True) == "true" and claim_text(3) == "3"
 
 
 async def test_required_claim_may_be_one_of_a_list(admission):
-    verdict = await admission.admit(ROUTES["rs"], bearer(rs256(scope=["read", "admin"])))
-    assert verdict.status is None
+    decision = await admission.admit(ROUTES["rs"], bearer(rs256(scope=["read", "admin"])))
+    assert decision.status is None
 
 
 async def test_verified_tokens_are_cached_but_exp_is_rechecked():
@@ -317,8 +317,8 @@ async def test_jwks_kid_rotation_and_bounded_refetch(jwks_server):
         import asyncio
         await asyncio.sleep(0.25)
         k2 = jwt.encode(claims(sub="carol"), EC_KEY, algorithm="ES256", headers={"kid": "k2"})
-        verdict = await adm.admit(r, bearer(k2))
-        assert verdict.status is None and verdict.principal == "jwt:carol"
+        decision = await adm.admit(r, bearer(k2))
+        assert decision.status is None and decision.principal == "jwt:carol"
         assert jwks_server["hits"] == 2
 
         # a JWK pinned to ES256 never verifies an RS256 token claiming its kid
@@ -335,8 +335,8 @@ async def test_jwks_unreachable_is_503_not_a_crash(jwks_server):
     try:
         token = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "k1"})
         for _ in range(3):
-            verdict = await adm.admit(r, bearer(token))
-            assert (verdict.status, verdict.reason) == (503, "jwks_unavailable")
+            decision = await adm.admit(r, bearer(token))
+            assert (decision.status, decision.reason) == (503, "jwks_unavailable")
         assert jwks_server["hits"] == 1  # bounded: no refetch storm
     finally:
         await cache.close()

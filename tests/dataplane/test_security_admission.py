@@ -193,11 +193,11 @@ async def test_charge_sets_are_remembered_per_client_and_bounded(gateway, monkey
 async def test_two_gateways_share_limits_through_redis(redis_server):
     first, second = Gateway(RedisRateLimiter(redis_server.url)), Gateway(RedisRateLimiter(redis_server.url))
     try:
-        verdicts = [await (first if i % 2 else second).admit("global", facts(ip=f"10.0.0.{i}")) for i in range(4)]
-        assert [v.status for v in verdicts] == [None, None, None, 429]
-        assert verdicts[0].response_headers == {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": "2",
+        decisions = [await (first if i % 2 else second).admit("global", facts(ip=f"10.0.0.{i}")) for i in range(4)]
+        assert [v.status for v in decisions] == [None, None, None, 429]
+        assert decisions[0].response_headers == {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": "2",
                                                 "X-RateLimit-Reset": "20"}
-        refused = verdicts[3].response_headers
+        refused = decisions[3].response_headers
         assert refused["X-RateLimit-Remaining"] == "0" and 1 <= int(refused["Retry-After"]) <= 20
         # per-key limit (5) and route ip limit (100) are charged together in one script
         keyed = [await (first if i % 2 else second).admit("keyed", facts({"X-API-Key": KEY})) for i in range(6)]
@@ -216,9 +216,9 @@ async def test_dead_redis_fails_open_or_closed_per_policy(redis_server):
         redis_server.stop()
         for name, status in (("closed", 503), ("open", None), ("closed", 503), ("open", None)):
             started = time.perf_counter()
-            verdict = await gw.admit(name, facts())
+            decision = await gw.admit(name, facts())
             assert time.perf_counter() - started < 0.2
-            assert verdict.status == status and "X-RateLimit-Limit" not in verdict.response_headers
+            assert decision.status == status and "X-RateLimit-Limit" not in decision.response_headers
         assert limiter.breaker.is_open
     finally:
         await limiter.close()

@@ -110,10 +110,10 @@ def test_identity_from_a_real_handshake(pki):
     ("san", ("some-cn",), 403, "forbidden_subject"),  # plain entries match SAN DNS only
 ])
 async def test_subject_matching(pki, client, subjects, status, reason):
-    verdict = await admit(route(subjects), handshake_peer_cert(pki, client))
-    assert (verdict.status, verdict.reason) == (status, reason)
+    decision = await admit(route(subjects), handshake_peer_cert(pki, client))
+    assert (decision.status, decision.reason) == (status, reason)
     if status is None:
-        assert verdict.principal.startswith("mtls:")
+        assert decision.principal.startswith("mtls:")
 
 
 async def test_no_client_certificate(pki):
