@@ -44,12 +44,18 @@ def pods_ready(node, namespace: str, selector: str | None = None) -> bool:
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll until ``predicate()`` is truthy. A connection refused or reset counts as "not yet": while
+    pods roll out, kube-proxy and the NetworkPolicy enforcer (kube-router REJECTs) catch up in their own time."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+        try:
+            last = predicate()
+        except OSError as exc:
+            last = exc
+        else:
+            if last:
+                return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
