@@ -30,3 +30,4 @@ MANAGED_LABELS = {MANAGED_BY_LABEL: "kubegate", PART_OF_LABEL: "kubegate"}  # wh
 DATAPLANE_LABELS = {NAME_LABEL: "kubegate", COMPONENT_LABEL: DATAPLANE_COMPONENT}  # the data-plane pods
 LEASE_LABELS = {**DATAPLANE_LABELS, MANAGED_BY_LABEL: "kubegate"}  # a data-plane replica's heartbeat Lease
 DATAPLANE_SELECTOR = f"{COMPONENT_LABEL}={DATAPLANE_COMPONENT}"
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}=kubegate"  # everything the operator generates

@@ -17,10 +17,11 @@ from typing import Any
 
 from kubegate.apikeys import generate_api_key, key_hash, key_id
 from kubegate.kubeapi import ApiError, KubeApi, path_for
+from kubegate.names import MANAGED_BY_LABEL
 from kubegate.resources import SourceObject
 from kubegate.spec import API_VERSION
 
-from .apply import API_KEY_LABEL, MANAGED_BY
+from .apply import API_KEY_LABEL
 from .events import post_event
 from .programmed import parse_time
 from .state import ClusterState
@@ -44,7 +45,7 @@ def api_key_secret(apikey: SourceObject, key: str) -> dict[str, Any] | None:
         "metadata": {
             "name": ref["name"],
             "namespace": apikey.namespace,
-            "labels": {MANAGED_BY: "kubegate", API_KEY_LABEL: apikey.name},
+            "labels": {MANAGED_BY_LABEL: "kubegate", API_KEY_LABEL: apikey.name},
             "ownerReferences": owner,
         },
         "data": {ref["key"]: base64.b64encode(key.encode()).decode()},

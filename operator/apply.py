@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubegate.kubeapi import FIELD_MANAGER, ApiError, KubeApi, object_path
-from kubegate.names import MANAGED_BY_LABEL as MANAGED_BY
+from kubegate.names import MANAGED_BY_LABEL
 
 log = logging.getLogger("kubegate.operator.apply")
 
@@ -41,7 +41,7 @@ def with_content_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The object plus its content-hash annotation and the managed-by label (pure)."""
     out = json.loads(json.dumps(obj))  # deep copy, plain JSON types
     meta = out.setdefault("metadata", {})
-    meta.setdefault("labels", {})[MANAGED_BY] = FIELD_MANAGER
+    meta.setdefault("labels", {})[MANAGED_BY_LABEL] = FIELD_MANAGER
     meta.setdefault("annotations", {}).pop(CONTENT_HASH, None)
     meta["annotations"][CONTENT_HASH] = content_hash(out)
     return out
@@ -74,7 +74,7 @@ def garbage(live_objects: Iterable[Mapping[str, Any]], desired_keys: set[Key]) -
     for obj in live_objects:
         meta = obj.get("metadata") or {}
         labels = meta.get("labels") or {}
-        if labels.get(MANAGED_BY) != FIELD_MANAGER or API_KEY_LABEL in labels:
+        if labels.get(MANAGED_BY_LABEL) != FIELD_MANAGER or API_KEY_LABEL in labels:
             continue
         if object_key(obj) not in desired_keys:
             out.append(obj)

@@ -21,12 +21,12 @@ from typing import Any
 
 from kubegate.generate import EgressTargets
 from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
-from kubegate.names import DATAPLANE_SELECTOR
+from kubegate.names import DATAPLANE_SELECTOR, MANAGED_SELECTOR
 from kubegate.resources import TranslationInput, TranslationResult
 from kubegate.translate import Translator
 
 from . import apikey_secrets, apiserver
-from .apply import MANAGED_BY, Applier, Key, garbage, needs_apply, object_key, with_content_hash
+from .apply import Applier, Key, garbage, needs_apply, object_key, with_content_hash
 from .debounce import DebounceWindow
 from .events import EventQueue
 from .metrics import OperatorMetrics
@@ -68,7 +68,7 @@ class Reconciler:
         self.window = DebounceWindow(debounce, max_wait, burst_events, burst_debounce, burst_max_wait)
         self._ack_deadline = 0.0  # until then, "Pending" is not worth a status write
         ns = state.gateway_namespace
-        managed = f"{MANAGED_BY}=kubegate"
+        managed = MANAGED_SELECTOR
         self.generated: dict[tuple[str, str], Informer] = {
             ("v1", "ConfigMap"): Informer(api, path_for("v1", "ConfigMap", ns), self._generated_event,
                                           label_selector=managed),

@@ -3,12 +3,13 @@
 from kubegate.operator.apply import (
     API_KEY_LABEL,
     CONTENT_HASH,
-    MANAGED_BY,
     garbage,
     needs_apply,
     object_key,
     with_content_hash,
 )
+
+from kubegate.names import MANAGED_BY_LABEL
 
 CM = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubegate-config", "namespace": "gw"},
       "data": {"hash": "abc"}}
@@ -22,7 +23,7 @@ def live_of(desired, rv="10", managers=("kubegate",)):
 
 def test_content_hash_is_stable_and_tracks_content():
     a, b = with_content_hash(CM), with_content_hash(CM)
-    assert a == b and a["metadata"]["labels"][MANAGED_BY] == "kubegate"
+    assert a == b and a["metadata"]["labels"][MANAGED_BY_LABEL] == "kubegate"
     changed = with_content_hash({**CM, "data": {"hash": "def"}})
     assert changed["metadata"]["annotations"][CONTENT_HASH] != a["metadata"]["annotations"][CONTENT_HASH]
     assert with_content_hash(a) == a  # idempotent
@@ -42,8 +43,8 @@ def test_needs_apply():
 def test_garbage_spares_desired_objects_and_api_key_secrets():
     desired = with_content_hash(CM)
     stale_cert = {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
-                  "metadata": {"name": "kubegate-shop-old", "namespace": "gw", "labels": {MANAGED_BY: "kubegate"}}}
+                  "metadata": {"name": "kubegate-shop-old", "namespace": "gw", "labels": {MANAGED_BY_LABEL: "kubegate"}}}
     key_secret = {"apiVersion": "v1", "kind": "Secret",
-                  "metadata": {"name": "k", "namespace": "gw", "labels": {MANAGED_BY: "kubegate", API_KEY_LABEL: "a"}}}
+                  "metadata": {"name": "k", "namespace": "gw", "labels": {MANAGED_BY_LABEL: "kubegate", API_KEY_LABEL: "a"}}}
     foreign = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "gw", "labels": {}}}
     assert garbage([desired, stale_cert, key_secret, foreign], {object_key(desired)}) == [stale_cert]
