@@ -30,6 +30,8 @@ CONFIG_KEY = "config.json.gz"
 SECRETS_KEY = "secrets.json.gz"
 HASH_KEY = "hash"
 HASH_ANNOTATION = "kubegate.dev/config-hash"
+# On a primary whose payload continues in shards: JSON [[shard name, sha256 hex of its bytes], ...].
+SHARDS_KEY = "shards"
 # On a data-plane Lease: JSON {"Kind/ns/name": reason} of the objects of that config the replica could not load.
 DROPPED_ANNOTATION = "kubegate.dev/dropped"
 
@@ -205,8 +207,29 @@ def encode_secrets(secrets: SecretBundle) -> str:
     return base64.b64encode(compress(canonical_json(secrets))).decode()
 
 
+# --- payloads larger than one object ----------------------------------------------------
+
+# The bytes of one payload piece per object: 700 KiB (933 KiB as base64) leaves room under the API
+# server's 1 MiB limit for the other keys, the metadata and the content-hash annotation.
+SHARD_BYTES = 700 * 1024
+
+
+def split_payload(payload: bytes, size: int = SHARD_BYTES) -> list[bytes]:
+    """The gzip payload in pieces of at most ``size`` bytes, in order (one piece for a small one)."""
+    return [payload[at:at + size] for at in range(0, len(payload), size)] or [b""]
+
+
+def piece_digest(piece: bytes) -> str:
+    """What a primary lists for each of its shards: sha256 of the shard's bytes, hex."""
+    return hashlib.sha256(piece).hexdigest()
+
+
 class ConfigDecodeError(ValueError):
     """The stored config is unreadable; the data plane keeps its last good one."""
+
+
+class ShardsIncomplete(ConfigDecodeError):
+    """A primary lists shards that are missing or belong to another config: not served (yet)."""
 
 
 def _decode(data: str | bytes, what: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 ``generate_objects`` is what ``kubegate render`` prints and what the operator
 server-side-applies: the ConfigMap ``kubegate-config`` (compiled config), the
-Secret ``kubegate-secrets`` (secret material), one cert-manager Certificate
+Secret ``kubegate-secrets`` (secret material), each continued in shards
+``<name>-1..N`` when its payload is larger than one object may be, one cert-manager Certificate
 per TLSPolicy with an ``issuerRef``, and NetworkPolicies that let backends
 accept traffic only from data-plane pods and let the data plane reach only
 declared backends, DNS, Redis and the API server.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -23,8 +25,12 @@ from kubegate.config import (
     HASH_ANNOTATION,
     HASH_KEY,
     SECRETS_KEY,
+    SHARD_BYTES,
+    SHARDS_KEY,
     canonical_json,
     compress,
+    piece_digest,
+    split_payload,
 )
 from kubegate.names import (
     BACKEND_POLICY_PREFIX,
@@ -32,7 +38,10 @@ from kubegate.names import (
     DATAPLANE_LABELS,
     EGRESS_POLICY_NAME,
     MANAGED_LABELS,
+    MAX_SHARDS,
     SECRET_NAME,
+    SHARD_LABEL,
+    shard_name,
 )
 from kubegate.resources import (
     BackendService,
@@ -67,36 +76,86 @@ def _metadata(name: str, namespace: str, annotations: dict[str, str] | None = No
     return meta
 
 
-def _encoded(model: BaseModel, canonical: bytes) -> str:
-    """base64(gzip(canonical JSON)), as ``encode_config``/``encode_secrets``, reusing the translator's JSON."""
-    return base64.b64encode(compress(canonical or canonical_json(model))).decode()
+def _payload(model: BaseModel, canonical: bytes) -> bytes:
+    """gzip(canonical JSON), as ``encode_config``/``encode_secrets``, reusing the translator's JSON."""
+    return compress(canonical or canonical_json(model))
 
 
-def config_map(result: TranslationResult, namespace: str) -> dict[str, Any]:
-    """ConfigMap with the gzip+base64 compiled config (binaryData) and its hash."""
-    return {
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+class ConfigTooLarge(ValueError):
+    """The compiled config needs more objects than the data plane may read (names.MAX_SHARDS)."""
+
+
+def _pieces(payload: bytes, primary: str) -> list[bytes]:
+    pieces = split_payload(payload)
+    if len(pieces) > MAX_SHARDS + 1:
+        raise ConfigTooLarge(f"{primary} would need {len(pieces)} objects of {SHARD_BYTES // 1024} KiB "
+                             f"({len(payload)} bytes gzipped); the data plane reads at most {MAX_SHARDS + 1}")
+    return pieces
+
+
+def _shard_metadata(primary: str, index: int, namespace: str, digest: str) -> dict[str, Any]:
+    meta = _metadata(shard_name(primary, index), namespace, {HASH_ANNOTATION: digest})
+    meta["labels"][SHARD_LABEL] = primary
+    return meta
+
+
+def _shard_list(primary: str, pieces: list[bytes]) -> str:
+    """The primary's SHARDS_KEY: JSON [[name, sha256 of its bytes], ...] of pieces[1:]."""
+    return json.dumps([[shard_name(primary, i), piece_digest(p)] for i, p in enumerate(pieces[1:], 1)],
+                      separators=(",", ":"))
+
+
+def config_map_objects(result: TranslationResult, namespace: str) -> list[dict[str, Any]]:
+    """The ConfigMap with the gzip compiled config (binaryData) and its hash; a config above
+    SHARD_BYTES continues in shards ``kubegate-config-1..N``, listed (with their digests) by the
+    primary, which comes last: the operator writes it after them (operator/apply.py)."""
+    pieces = _pieces(_payload(result.config, result.config_json), CONFIG_MAP_NAME)
+    shards = [{
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _shard_metadata(CONFIG_MAP_NAME, index, namespace, result.hash),
+        "binaryData": {CONFIG_KEY: _b64(piece)},
+        "data": {HASH_KEY: result.hash},
+    } for index, piece in enumerate(pieces[1:], 1)]
+    data = {HASH_KEY: result.hash}
+    if shards:
+        data[SHARDS_KEY] = _shard_list(CONFIG_MAP_NAME, pieces)
+    return [*shards, {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(CONFIG_MAP_NAME, namespace, {HASH_ANNOTATION: result.hash}),
-        "binaryData": {CONFIG_KEY: _encoded(result.config, result.config_json)},
-        "data": {HASH_KEY: result.hash},
-    }
+        "binaryData": {CONFIG_KEY: _b64(pieces[0])},
+        "data": data,
+    }]
 
 
-def secret(result: TranslationResult, namespace: str) -> dict[str, Any]:
-    """Secret with the gzip+base64 secret bundle; carries the same hash as the ConfigMap."""
-    return {
+def secret_objects(result: TranslationResult, namespace: str) -> list[dict[str, Any]]:
+    """The Secret with the gzip secret bundle, carrying the same hash as the ConfigMap; sharded
+    like it (``kubegate-secrets-1..N``, primary last). Secret data is base64 of the stored bytes,
+    like ConfigMap binaryData."""
+    pieces = _pieces(_payload(result.secrets, result.secrets_json), SECRET_NAME)
+    hashed = _b64(result.hash.encode())
+    shards = [{
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _shard_metadata(SECRET_NAME, index, namespace, result.hash),
+        "data": {SECRETS_KEY: _b64(piece), HASH_KEY: hashed},
+    } for index, piece in enumerate(pieces[1:], 1)]
+    data = {SECRETS_KEY: _b64(pieces[0]), HASH_KEY: hashed}
+    if shards:
+        data[SHARDS_KEY] = _b64(_shard_list(SECRET_NAME, pieces).encode())
+    return [*shards, {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": _metadata(SECRET_NAME, namespace, {HASH_ANNOTATION: result.hash}),
-        "data": {
-            # Secret data is base64 of the stored bytes, like ConfigMap binaryData: the
-            # stored bytes are the gzip JSON, so decode_secrets() reads either form.
-            SECRETS_KEY: _encoded(result.secrets, result.secrets_json),
-            HASH_KEY: base64.b64encode(result.hash.encode()).decode(),
-        },
-    }
+        "data": data,
+    }]
 
 
 def certificates(result: TranslationResult, inp: TranslationInput) -> list[dict[str, Any]]:
@@ -280,10 +339,11 @@ def network_policies(result: TranslationResult, inp: TranslationInput,
 
 def generate_objects(result: TranslationResult, inp: TranslationInput,
                      egress_targets: EgressTargets | None = None) -> list[dict[str, Any]]:
-    """Everything the operator writes, in a fixed order: ConfigMap, Secret, Certificates, NetworkPolicies."""
+    """Everything the operator writes, in a fixed order: ConfigMap (its shards first, if any), Secret
+    (likewise), Certificates, NetworkPolicies. ConfigTooLarge when the config needs too many shards."""
     return [
-        config_map(result, inp.gateway_namespace),
-        secret(result, inp.gateway_namespace),
+        *config_map_objects(result, inp.gateway_namespace),
+        *secret_objects(result, inp.gateway_namespace),
         *certificates(result, inp),
         *network_policies(result, inp, egress_targets),
     ]

@@ -12,6 +12,10 @@ from __future__ import annotations
 # Generated in the gateway namespace by the operator, read by the data plane.
 CONFIG_MAP_NAME = "kubegate-config"  # the compiled config (no secret material)
 SECRET_NAME = "kubegate-secrets"  # the secret material the config refers to
+# A payload larger than one object (the API server's 1 MiB limit) continues in shards
+# <name>-1 .. <name>-MAX_SHARDS, listed by the primary; the data plane's Role names each of them.
+MAX_SHARDS = 15
+SHARD_LABEL = "kubegate.dev/shard-of"  # on a shard: the name of its primary object
 EGRESS_POLICY_NAME = "kubegate-dataplane-egress"
 BACKEND_POLICY_PREFIX = "kubegate-backend-"
 # Leases: one per data-plane replica (heartbeat), one for the operator's leader.
@@ -31,3 +35,10 @@ DATAPLANE_LABELS = {NAME_LABEL: "kubegate", COMPONENT_LABEL: DATAPLANE_COMPONENT
 LEASE_LABELS = {**DATAPLANE_LABELS, MANAGED_BY_LABEL: "kubegate"}  # a data-plane replica's heartbeat Lease
 DATAPLANE_SELECTOR = f"{COMPONENT_LABEL}={DATAPLANE_COMPONENT}"
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}=kubegate"  # everything the operator generates
+
+
+def shard_name(primary: str, index: int) -> str:
+    """The name of shard ``index`` (1..MAX_SHARDS) of ``primary`` (CONFIG_MAP_NAME or SECRET_NAME)."""
+    if not 1 <= index <= MAX_SHARDS:
+        raise ValueError(f"shard index {index} is outside 1..{MAX_SHARDS}")
+    return f"{primary}-{index}"

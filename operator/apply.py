@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubegate.kubeapi import FIELD_MANAGER, ApiError, KubeApi, object_path
-from kubegate.names import MANAGED_BY_LABEL
+from kubegate.names import MANAGED_BY_LABEL, SHARD_LABEL
 
 log = logging.getLogger("kubegate.operator.apply")
 
@@ -91,25 +91,36 @@ class Applier:
         self.writes = 0  # objects written (created, changed, restored, deleted) since start
 
     async def sync(self, desired: Iterable[Mapping[str, Any]], live: Mapping[Key, Mapping[str, Any]]) -> int:
-        """Apply what changed, all at once (the data plane waits for both halves of a config); returns the count."""
-        pending = []
+        """Apply what changed, all at once (the data plane waits for both halves of a config), except
+        that shards go first: a primary (``kubegate-config``/``kubegate-secrets``) is written only once
+        every shard it lists is, so it never names a shard that is not there. Returns the count."""
+        shards, others = [], []
         for obj in desired:
             key = object_key(obj)
             current = live.get(key)
             if needs_apply(obj, current, self.settled.get(key)):
-                pending.append(self._apply(key, obj, (current or {}).get("metadata", {}).get("resourceVersion")))
+                before = (current or {}).get("metadata", {}).get("resourceVersion")
+                labels = (obj.get("metadata") or {}).get("labels") or {}
+                (shards if SHARD_LABEL in labels else others).append((key, obj, before, labels.get(SHARD_LABEL)))
             elif current is not None:
                 self.settled[key] = current["metadata"].get("resourceVersion", "")
-        written = sum(await asyncio.gather(*pending))
+        results = await asyncio.gather(*(self._apply(key, obj, before) for key, obj, before, _ in shards))
+        failed = {primary for (*_, primary), result in zip(shards, results, strict=True) if result is None}
+        for key in sorted({k for k, *_ in others if k[3] in failed}):
+            log.warning("not writing %s %s/%s: one of its shards could not be written", key[1], key[2], key[3])
+        results += await asyncio.gather(*(self._apply(key, obj, before) for key, obj, before, _ in others
+                                          if key[3] not in failed))
+        written = sum(result or 0 for result in results)
         self.writes += written
         return written
 
-    async def _apply(self, key: Key, obj: Mapping[str, Any], before: str | None) -> int:
+    async def _apply(self, key: Key, obj: Mapping[str, Any], before: str | None) -> int | None:
+        """1 when written, 0 when the API server already had it, None when the write failed."""
         try:
             result = await self.api.apply(dict(obj))
         except ApiError as exc:
             log.warning("apply %s/%s %s/%s failed: %s", *key, exc)
-            return 0
+            return None
         after = result.get("metadata", {}).get("resourceVersion", "")
         self.settled[key] = after
         if after == before:

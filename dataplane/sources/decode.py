@@ -27,17 +27,21 @@ from pydantic import BaseModel, ValidationError
 
 from kubegate.config import (
     CONFIG_KEY,
+    HASH_ANNOTATION,
     SECRETS_KEY,
+    SHARDS_KEY,
     CompiledApiKey,
     CompiledConfig,
     CompiledRoute,
     CompiledTls,
     ConfigDecodeError,
     SecretBundle,
+    ShardsIncomplete,
     decode_config,
     decode_secrets,
+    piece_digest,
 )
-from kubegate.names import CONFIG_MAP_NAME, SECRET_NAME
+from kubegate.names import CONFIG_MAP_NAME, MAX_SHARDS, SECRET_NAME, shard_name
 
 from ..snapshot import settle_heap as settle
 
@@ -160,19 +164,66 @@ def _gunzip(data: str | bytes, what: str) -> str:
         raise ConfigDecodeError(f"{what} is not valid base64 gzip JSON: {exc}") from None
 
 
-def halves(config_map: Mapping[str, Any], secret: Mapping[str, Any]) -> tuple[str, bytes]:
-    """The encoded config and the gzipped secrets; ConfigDecodeError when one is missing (pure)."""
-    payload = (config_map.get("binaryData") or {}).get(CONFIG_KEY) or (config_map.get("data") or {}).get(CONFIG_KEY)
-    if not payload:
-        raise ConfigDecodeError(f"ConfigMap {CONFIG_MAP_NAME} has no {CONFIG_KEY}")
-    sealed = (secret.get("data") or {}).get(SECRETS_KEY)
-    if not sealed:
-        raise ConfigDecodeError(f"Secret {SECRET_NAME} has no {SECRETS_KEY}")
+def announced_hash(obj: Mapping[str, Any] | None) -> str | None:
+    """The config hash an object of the operator's carries (annotation), or None (pure)."""
+    return ((obj or {}).get("metadata") or {}).get("annotations", {}).get(HASH_ANNOTATION)
+
+
+def _piece(obj: Mapping[str, Any], name: str, key: str, secret: bool) -> bytes:
+    """The payload bytes one object carries under ``key`` (ConfigDecodeError when absent)."""
+    text = (obj.get("data") or {}).get(key) if secret else \
+        (obj.get("binaryData") or {}).get(key) or (obj.get("data") or {}).get(key)
+    if not text:
+        raise ConfigDecodeError(f"{'Secret' if secret else 'ConfigMap'} {name} has no {key}")
     try:
-        raw = base64.b64decode(sealed, validate=True)
+        return base64.b64decode(text, validate=True)
     except ValueError:
-        raise ConfigDecodeError(f"Secret {SECRET_NAME} {SECRETS_KEY} is not base64") from None
-    return payload, raw
+        raise ConfigDecodeError(f"{'Secret' if secret else 'ConfigMap'} {name} {key} is not base64") from None
+
+
+def shards_listed(primary: Mapping[str, Any], name: str, secret: bool) -> list[tuple[str, str]]:
+    """The (shard name, sha256 hex) a primary lists, in order; [] for a config in one object (pure).
+    Only ``<name>-1..N`` in order are accepted: a primary never points anywhere else."""
+    text = (primary.get("data") or {}).get(SHARDS_KEY)
+    if not text:
+        return []
+    try:
+        listed = json.loads(base64.b64decode(text, validate=True) if secret else text)
+        pairs = [(str(n), str(d)) for n, d in listed]
+    except (ValueError, TypeError):
+        raise ConfigDecodeError(f"{name} {SHARDS_KEY} is not a list of [name, sha256] pairs") from None
+    for index, (shard, _) in enumerate(pairs, 1):
+        if index > MAX_SHARDS or shard != shard_name(name, index):
+            raise ConfigDecodeError(f"{name} {SHARDS_KEY} names {shard!r} as shard {index}")
+    return pairs
+
+
+def assemble(primary: Mapping[str, Any], shards: Mapping[str, Mapping[str, Any] | None], wanted: str,
+             secret: bool) -> bytes:
+    """The whole gzip payload: the primary's piece, then each listed shard's, in order (pure).
+    ShardsIncomplete when a listed shard is absent, carries another config's hash or not the bytes
+    the primary lists: an incomplete set is never served."""
+    name, key = (SECRET_NAME, SECRETS_KEY) if secret else (CONFIG_MAP_NAME, CONFIG_KEY)
+    pieces = [_piece(primary, name, key, secret)]
+    for shard, digest in shards_listed(primary, name, secret):
+        obj = shards.get(shard)
+        if obj is None:
+            raise ShardsIncomplete(f"config {wanted[:12]}: shard {shard} is missing")
+        if announced_hash(obj) != wanted:
+            raise ShardsIncomplete(f"config {wanted[:12]}: shard {shard} belongs to another config")
+        piece = _piece(obj, shard, key, secret)
+        if piece_digest(piece) != digest:
+            raise ShardsIncomplete(f"config {wanted[:12]}: shard {shard} is not the one {name} lists")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def halves(config_map: Mapping[str, Any], secret: Mapping[str, Any],
+           shards: Mapping[str, Mapping[str, Any] | None] | None = None) -> tuple[bytes, bytes]:
+    """The gzipped config and secrets from the two primaries and the shards they list (by name);
+    ConfigDecodeError (ShardsIncomplete) when something is missing (pure)."""
+    wanted = announced_hash(config_map) or ""
+    return assemble(config_map, shards or {}, wanted, False), assemble(secret, shards or {}, wanted, True)
 
 
 def decode_pair(config_map: Mapping[str, Any], secret: Mapping[str, Any]) -> tuple[CompiledConfig, SecretBundle]:

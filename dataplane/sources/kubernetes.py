@@ -5,6 +5,14 @@ the data plane's Role can be restricted to those names. A config is loaded
 only when both halves carry the same hash annotation (the operator writes
 them one after the other); undecodable or refused configs are rejected and
 the last good one keeps serving.
+
+A payload larger than one object continues in shards (``kubegate-config-1..N``,
+``kubegate-secrets-1..N``, see kubegate/generate.py) that the primary lists
+with their digests and that the operator writes before it. They are read by
+name (``get``) when a primary announces a new config; a shard that is missing,
+carries another config's hash or not the listed bytes leaves the last good
+config serving, and is asked for again (RETRY_SECONDS, doubling up to
+RETRY_MAX) as long as the primaries still announce that config.
 """
 
 from __future__ import annotations
@@ -14,18 +22,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubegate.config import HASH_ANNOTATION, ConfigDecodeError
-from kubegate.kubeapi import Informer, KubeApi, path_for
+from kubegate.config import ConfigDecodeError, ShardsIncomplete
+from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
 
 from ..snapshot import off_loop
-from .decode import CONFIG_MAP_NAME, SECRET_NAME, IncrementalDecoder, halves
+from .decode import CONFIG_MAP_NAME, SECRET_NAME, IncrementalDecoder, announced_hash, halves, shards_listed
 
 log = logging.getLogger("kubegate.dataplane.sources.kubernetes")
 
-
-
-def announced_hash(obj: Mapping[str, Any] | None) -> str | None:
-    return ((obj or {}).get("metadata") or {}).get("annotations", {}).get(HASH_ANNOTATION)
+RETRY_SECONDS, RETRY_MAX = 0.5, 8.0
 
 
 def matching_hash(config_map: Mapping[str, Any] | None, secret: Mapping[str, Any] | None) -> str | None:
@@ -40,6 +45,7 @@ class KubernetesConfigSource:
     def __init__(self, api: KubeApi, namespace: str, gateway: Any,
                  on_loaded: Callable[[str], None] | None = None) -> None:
         self.gateway, self.on_loaded = gateway, on_loaded
+        self.api = api
         self.config_maps = Informer(api, path_for("v1", "ConfigMap", namespace), self._changed,
                                     field_selector=f"metadata.name={CONFIG_MAP_NAME}")
         self.secrets = Informer(api, path_for("v1", "Secret", namespace), self._changed,
@@ -61,17 +67,54 @@ class KubernetesConfigSource:
             return
         self._last_attempt = wanted
         # Decoded and built off the event loop, reusing what did not change; applied one at a time.
-        task = asyncio.get_running_loop().create_task(self.load(config_map, secret, wanted))  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(self._load_when_complete(wanted))
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
 
+    def _announced(self, wanted: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The two primaries while they still announce ``wanted`` (and it is not served yet)."""
+        config_map, secret = self._current()
+        if matching_hash(config_map, secret) != wanted or self.gateway.loaded_hash == wanted:
+            return None
+        return config_map, secret  # type: ignore[return-value]
+
+    async def _load_when_complete(self, wanted: str) -> None:
+        delay = RETRY_SECONDS
+        while (primaries := self._announced(wanted)) is not None:
+            try:
+                await self.load(*primaries, wanted)
+                return
+            except ShardsIncomplete:
+                await asyncio.sleep(delay)  # the operator restores a shard it sees missing or edited
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _shards(self, config_map: Mapping[str, Any], secret: Mapping[str, Any]) -> dict[str, Any]:
+        """The shards both primaries list, by name (None: absent or not readable)."""
+        listed = [("ConfigMap", name) for name, _ in shards_listed(config_map, CONFIG_MAP_NAME, False)]
+        listed += [("Secret", name) for name, _ in shards_listed(secret, SECRET_NAME, True)]
+
+        async def read(kind: str, name: str) -> dict[str, Any] | None:
+            try:
+                return await self.api.get(path_for("v1", kind, self.namespace, name))
+            except ApiError as exc:
+                log.warning("cannot read %s %s: %s", kind, name, exc)
+                return None
+
+        found = await asyncio.gather(*(read(kind, name) for kind, name in listed))
+        return {name: obj for (_, name), obj in zip(listed, found, strict=True)}
+
     async def load(self, config_map: Mapping[str, Any], secret: Mapping[str, Any], wanted: str) -> str | None:
+        """Load the config the primaries announce; ShardsIncomplete (after rejecting it) when a shard is
+        not there yet, so the caller asks again."""
         from kubegate.dataplane.server import ConfigRejected
 
         try:
-            encoded = halves(config_map, secret)
+            encoded = halves(config_map, secret, await self._shards(config_map, secret))
             async with self._decoding:
                 config, secrets, digest = await off_loop(self._decoder.decode, *encoded)
+        except ShardsIncomplete as exc:
+            self.gateway.reject(str(exc))
+            raise
         except ConfigDecodeError as exc:
             self.gateway.reject(str(exc))
             return None
