@@ -94,6 +94,10 @@ DATAPLANE_MUST = [
     ("list", "configmaps/kubegate-config", "-n", SYSTEM),
     ("get", "secrets/kubegate-secrets", "-n", SYSTEM),
     ("watch", "secrets/kubegate-secrets", "-n", SYSTEM),
+    ("get", "configmaps/kubegate-config-1", "-n", SYSTEM),  # the shards of a config above one object
+    ("get", "configmaps/kubegate-config-15", "-n", SYSTEM),
+    ("get", "secrets/kubegate-secrets-1", "-n", SYSTEM),
+    ("get", "secrets/kubegate-secrets-15", "-n", SYSTEM),
     ("create", "leases.coordination.k8s.io", "-n", SYSTEM),
     ("update", "leases.coordination.k8s.io/kubegate-dataplane-a", "-n", SYSTEM),
     ("delete", "leases.coordination.k8s.io/kubegate-dataplane-a", "-n", SYSTEM),
@@ -105,6 +109,11 @@ DATAPLANE_MUST_NOT = [
     ("get", "secrets/acme-api-key", "-n", USER_NS),
     ("get", "secrets/other", "-n", SYSTEM),
     ("get", "configmaps/other", "-n", SYSTEM),
+    ("get", "configmaps/kubegate-config-16", "-n", SYSTEM),  # beyond names.MAX_SHARDS
+    ("get", "secrets/kubegate-secrets-16", "-n", SYSTEM),
+    ("get", "secrets/kubegate-secrets-0", "-n", SYSTEM),
+    ("patch", "secrets/kubegate-secrets-1", "-n", SYSTEM),
+    ("list", "configmaps", "-n", SYSTEM),
     ("patch", "configmaps/kubegate-config", "-n", SYSTEM),
     ("update", "secrets/kubegate-secrets", "-n", SYSTEM),
     ("get", "configmaps/kubegate-config", "-n", USER_NS),

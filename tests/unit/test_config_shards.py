@@ -158,3 +158,20 @@ def test_a_shard_that_cannot_be_written_holds_its_primary_back(big):
     api = RecordingApi(fail="kubegate-config-2")
     asyncio.run(Applier(api).sync([with_content_hash(o) for o in objects], {}))
     assert CONFIG_MAP_NAME not in api.order and "kubegate-config-1" in api.order
+
+
+def test_the_data_plane_role_names_exactly_the_shards_it_may_read():
+    from pathlib import Path
+
+    import yaml
+
+    from kubegate.names import MAX_SHARDS, shard_name
+
+    docs = yaml.safe_load_all((Path(__file__).parents[2] / "manifests/base/rbac-dataplane.yaml").read_text())
+    role = next(d for d in docs if d and d["kind"] == "Role")
+    readable = {(rule["resources"][0], name): rule["verbs"] for rule in role["rules"]
+                for name in rule.get("resourceNames", ())}
+    for resource, primary in (("configmaps", CONFIG_MAP_NAME), ("secrets", SECRET_NAME)):
+        shards = {name for (kind, name) in readable if kind == resource and name != primary}
+        assert shards == {shard_name(primary, i) for i in range(1, MAX_SHARDS + 1)}
+        assert all(readable[(resource, name)] == ["get"] for name in shards)
