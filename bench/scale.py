@@ -4,7 +4,9 @@
 
 1. The compiled config at --routes routes + --keys API keys (bench/dataplane.py's
    big_config, the shape the translator writes): the ConfigMap and Secret
-   payload sizes against the 1 MiB object limit.
+   payload sizes, and the objects they are written in (kubegate/generate.py
+   shards a payload above config.SHARD_BYTES): the largest against the 1 MiB
+   object limit.
 2. A data-plane process holding that config, loaded the way ``kubegate
    dataplane`` loads it (sources/decode.py's IncrementalDecoder on the encoded
    ConfigMap/Secret payloads, then the snapshot build): its RSS against 250 MiB.
@@ -87,12 +89,19 @@ def main() -> int:
         hold(args.routes, args.keys)
         return 0
 
+    from kubegate.config import SHARD_BYTES, split_payload
+    from kubegate.names import MAX_SHARDS
+
     config_payload, secrets_payload = payloads(args.routes, args.keys)
     for what, payload in (("ConfigMap kubegate-config", config_payload), ("Secret kubegate-secrets", secrets_payload)):
-        size = len(payload)
-        print(f"{what} at {args.routes} routes + {args.keys} keys: {size / 2**20:.2f} MiB "
-              f"({size / OBJECT_LIMIT:.2f}x the 1 MiB object limit): "
-              f"{'fits' if size < OBJECT_LIMIT else 'does NOT fit in one object'}", flush=True)
+        raw = base64.b64decode(payload)
+        pieces = split_payload(raw)
+        largest = max(len(base64.b64encode(piece)) for piece in pieces)  # as base64: what a JSON body carries
+        print(f"{what} at {args.routes} routes + {args.keys} keys: {len(payload) / 2**20:.2f} MiB as base64 "
+              f"({len(raw) / 2**20:.2f} MiB gzip) in {len(pieces)} object(s) of <= {SHARD_BYTES // 1024} KiB; "
+              f"largest {largest / 2**20:.2f} MiB as base64 = {largest / OBJECT_LIMIT:.2f}x the 1 MiB object limit "
+              f"({len(pieces) - 1} of {MAX_SHARDS} shards): "
+              f"{verdict(largest < OBJECT_LIMIT and len(pieces) <= MAX_SHARDS + 1)}", flush=True)
     del config_payload, secrets_payload
 
     done = subprocess.run([sys.executable, __file__, "--hold", "--routes", str(args.routes), "--keys", str(args.keys)],

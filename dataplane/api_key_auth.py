@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kubegate.dataplane.ipfilter import CidrSet, parse_ip
@@ -23,6 +24,7 @@ from kubegate.config import CompiledApiKey, CompiledLimit, CompiledRoute, Secret
 
 _HEX = frozenset("0123456789abcdef")
 _UNSEEN = object()
+_EVERY_ROUTE: frozenset[str] = frozenset()  # one object for every key without routes (216 B each otherwise)
 
 
 @dataclass(slots=True, frozen=True)
@@ -61,7 +63,7 @@ def extract_api_key(x_api_key: str | None, authorization: str | None) -> str | N
 class ApiKeyTable:
     SEEN_KEPT = 4096  # digests of presented keys whose lookup is remembered (then the memory starts afresh)
 
-    def __init__(self, keys: tuple[CompiledApiKey, ...], secrets: SecretBundle,
+    def __init__(self, keys: Iterable[CompiledApiKey], secrets: SecretBundle,
                  dropped: dict[str, str] | None = None) -> None:
         """Unusable keys raise ValueError, or with ``dropped`` are left out and named there."""
         self._by_hash: dict[bytes, KeyRecord] = {}  # sha256 digest -> record
@@ -77,7 +79,7 @@ class ApiKeyTable:
             self._by_hash[bytes.fromhex(hashed)] = KeyRecord(
                 id=key.id,
                 namespace=key.namespace,
-                routes=frozenset(key.routes),
+                routes=frozenset(key.routes) if key.routes else _EVERY_ROUTE,
                 cidrs=CidrSet(key.allowed_cidrs) if key.allowed_cidrs else None,
                 rate_limit=key.rate_limit,
                 expires_at=key.expires_at,

@@ -14,16 +14,16 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel
 
-from kubegate.config import CompiledConfig, canonical_json
+from kubegate.config import CompiledConfig, canonical_json, plain
 
 # Exactly json.dumps(..., sort_keys=True, separators=(",", ":")), i.e. config.canonical_json, built once.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
-def item_json(model: BaseModel) -> bytes:
-    return _CANONICAL.encode(model.model_dump(mode="json")).encode()
+def item_json(model: Any) -> bytes:
+    """The canonical JSON of one compiled element (a model, or the CompiledApiKey dataclass)."""
+    return _CANONICAL.encode(plain(model)).encode()
 
 
 def assemble_json(config: CompiledConfig, lists: dict[str, list[bytes]]) -> bytes:

@@ -87,6 +87,37 @@ def test_a_second_decode_reuses_every_unchanged_element_and_parses_the_changed_o
     assert all(a is b for a, b in zip(first.api_keys, second.api_keys, strict=True))
 
 
+def test_api_keys_hash_the_same_in_any_text_order_form_or_repetition_and_keep_their_form_on_reuse():
+    """api_keys go straight into the content hash as they are read (not kept as text): wherever they
+    stand in the document, however they are formatted, decoded twice, the hash is config_hash's."""
+    config, secrets = _config(3), SecretBundle(values={})
+    document = config.model_dump(mode="json")
+    spaced = {"routes": document["routes"], "api_keys": document["api_keys"],
+              **{k: v for k, v in document.items() if k not in ("routes", "api_keys")}}
+    decoder = IncrementalDecoder()
+    for _ in range(2):  # the second decode reuses every element and its remembered canonical form
+        got, _, digest = decoder.decode(_gz(spaced, indent=1), _secrets(secrets))
+        assert got == config and digest == config_hash(config, secrets)
+    twice = _gz(spaced)
+    repeated = base64.b64encode(gzip.compress(gzip.decompress(base64.b64decode(twice)).replace(
+        b'"routes":', b'"api_keys":[],"routes":', 1))).decode()
+    got, _, digest = IncrementalDecoder().decode(repeated, _secrets(secrets))  # the last one counts
+    assert got == decode_config(repeated) and digest == config_hash(got, secrets)
+
+
+def test_secrets_in_another_form_hash_as_their_canonical_form_and_bad_ones_are_refused():
+    config = _config(1)
+    for document in ({}, {"values": {"b": "2", "a": "1"}}):
+        raw = gzip.compress(json.dumps(document, indent=2).encode())
+        _, got, digest = IncrementalDecoder().decode(encode_config(config), raw)
+        assert got == SecretBundle.model_validate(document) and digest == config_hash(config, got)
+    for document, reason in (([1], "secrets do not match the schema"), ({"values": {"a": 1}}, "do not match")):
+        with pytest.raises(ConfigDecodeError, match=reason):
+            IncrementalDecoder().decode(encode_config(config), gzip.compress(json.dumps(document).encode()))
+    with pytest.raises(ConfigDecodeError, match="secrets is not valid base64 gzip JSON"):
+        IncrementalDecoder().decode(encode_config(config), gzip.compress(b"{nope"))
+
+
 @pytest.mark.parametrize("document", [
     {"routes": [{"id": "ns/r", "namespace": "ns", "name": "r", "path": "/", "backends": "nope"}]},
     {"routes": None},
