@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubegate.generate import EgressTargets
+from kubegate.generate import ConfigTooLarge, EgressTargets
 from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
 from kubegate.names import DATAPLANE_SELECTOR, MANAGED_SELECTOR
 from kubegate.resources import TranslationInput, TranslationResult
@@ -180,7 +180,7 @@ class Reconciler:
                 try:
                     await self.reconcile_once()
                     self.reconciled = True
-                except (TimeoutError, ApiError, OSError) as exc:
+                except (TimeoutError, ApiError, OSError, ConfigTooLarge) as exc:
                     self.metrics.reconcile_errors.inc()
                     log.warning("reconcile failed: %s; retrying", exc)
                     await asyncio.sleep(1)

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from kubegate.commands.validate import check, report
-from kubegate.generate import generate_objects
+from kubegate.generate import ConfigTooLarge, generate_objects
 
 REDACTED = "<redacted>"
 
@@ -40,5 +40,10 @@ def main(args: argparse.Namespace) -> int:
     if not report(checked):
         print(f"{len(checked.problems)} problem(s) found; nothing rendered", file=sys.stderr)
         return 1
-    sys.stdout.write(render_yaml(generate_objects(checked.result, checked.inp), args.show_secrets))
+    try:
+        objects = generate_objects(checked.result, checked.inp)
+    except ConfigTooLarge as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_yaml(objects, args.show_secrets))
     return 0

@@ -175,3 +175,15 @@ def test_the_data_plane_role_names_exactly_the_shards_it_may_read():
         shards = {name for (kind, name) in readable if kind == resource and name != primary}
         assert shards == {shard_name(primary, i) for i in range(1, MAX_SHARDS + 1)}
         assert all(readable[(resource, name)] == ["get"] for name in shards)
+
+
+def test_a_payload_beyond_the_shards_the_data_plane_may_read_is_refused_with_a_reason():
+    import os
+
+    from kubegate.config import SHARD_BYTES
+    from kubegate.generate import ConfigTooLarge, _pieces
+    from kubegate.names import MAX_SHARDS
+
+    assert len(_pieces(os.urandom((MAX_SHARDS + 1) * SHARD_BYTES), CONFIG_MAP_NAME)) == MAX_SHARDS + 1
+    with pytest.raises(ConfigTooLarge, match=f"kubegate-secrets would need {MAX_SHARDS + 2} objects"):
+        _pieces(os.urandom((MAX_SHARDS + 1) * SHARD_BYTES + 1), SECRET_NAME)
