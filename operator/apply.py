@@ -88,6 +88,7 @@ class Applier:
         self.api = api
         self.on_write = on_write or (lambda _kind: None)  # called with the kind of every object written
         self.settled: dict[Key, str] = {}
+        self.held_back: set[str] = set()  # primaries the last sync did not write: their shards are kept
         self.writes = 0  # objects written (created, changed, restored, deleted) since start
 
     async def sync(self, desired: Iterable[Mapping[str, Any]], live: Mapping[Key, Mapping[str, Any]]) -> int:
@@ -108,9 +109,12 @@ class Applier:
         failed = {primary for (*_, primary), result in zip(shards, results, strict=True) if result is None}
         for key in sorted({k for k, *_ in others if k[3] in failed}):
             log.warning("not writing %s %s/%s: one of its shards could not be written", key[1], key[2], key[3])
-        results += await asyncio.gather(*(self._apply(key, obj, before) for key, obj, before, _ in others
-                                          if key[3] not in failed))
-        written = sum(result or 0 for result in results)
+        ready = [entry for entry in others if entry[0][3] not in failed]
+        written_others = await asyncio.gather(*(self._apply(key, obj, before) for key, obj, before, _ in ready))
+        # A primary that did not move on still lists its shards: collect() keeps them.
+        self.held_back = failed | {key[3] for (key, *_), result in zip(ready, written_others, strict=True)
+                                   if result is None}
+        written = sum(result or 0 for result in [*results, *written_others])
         self.writes += written
         return written
 
@@ -132,6 +136,8 @@ class Applier:
     async def collect(self, stale: Iterable[Mapping[str, Any]], api_version: str, kind: str) -> int:
         deleted = 0
         for obj in stale:
+            if ((obj.get("metadata") or {}).get("labels") or {}).get(SHARD_LABEL) in self.held_back:
+                continue
             body = {**obj, "apiVersion": api_version, "kind": kind}
             try:
                 if await self.api.delete(object_path(body)):

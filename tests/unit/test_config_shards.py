@@ -153,11 +153,24 @@ def test_the_operator_writes_a_primary_only_after_all_its_shards(big):
         assert shard_positions and api.order.index(primary) > max(shard_positions)
 
 
-def test_a_shard_that_cannot_be_written_holds_its_primary_back(big):
+def test_a_shard_that_cannot_be_written_holds_its_primary_back_and_keeps_the_old_shards(big):
     _, objects = big
     api = RecordingApi(fail="kubegate-config-2")
-    asyncio.run(Applier(api).sync([with_content_hash(o) for o in objects], {}))
+    applier = Applier(api)
+    asyncio.run(applier.sync([with_content_hash(o) for o in objects], {}))
     assert CONFIG_MAP_NAME not in api.order and "kubegate-config-1" in api.order
+    stale = [{"metadata": {"name": name, "namespace": "kubegate-system", "labels": {SHARD_LABEL: primary}}}
+             for name, primary in (("kubegate-config-9", CONFIG_MAP_NAME), ("kubegate-secrets-9", SECRET_NAME))]
+    deleted = []
+
+    async def delete(path):
+        deleted.append(path.rsplit("/", 1)[1])
+        return True
+
+    api.delete = delete
+    asyncio.run(applier.collect(stale[:1], "v1", "ConfigMap"))
+    asyncio.run(applier.collect(stale[1:], "v1", "Secret"))
+    assert deleted == ["kubegate-secrets-9"]  # the old kubegate-config still lists its shards
 
 
 def test_the_data_plane_role_names_exactly_the_shards_it_may_read():
