@@ -200,3 +200,13 @@ def test_a_payload_beyond_the_shards_the_data_plane_may_read_is_refused_with_a_r
     assert len(_pieces(os.urandom((MAX_SHARDS + 1) * SHARD_BYTES), CONFIG_MAP_NAME)) == MAX_SHARDS + 1
     with pytest.raises(ConfigTooLarge, match=f"kubegate-secrets would need {MAX_SHARDS + 2} objects"):
         _pieces(os.urandom((MAX_SHARDS + 1) * SHARD_BYTES + 1), SECRET_NAME)
+
+
+def test_render_prints_the_shards_and_redacts_the_secret_ones(big):
+    from kubegate.commands.render import REDACTED, render_yaml
+
+    result, objects = big
+    text = render_yaml(objects)
+    assert "name: kubegate-config-1\n" in text and "name: kubegate-secrets-1\n" in text
+    secret_shard = next(o for o in objects if o["metadata"]["name"] == "kubegate-secrets-1")
+    assert secret_shard["data"]["secrets.json.gz"] not in text and f"secrets.json.gz: {REDACTED}" in text
