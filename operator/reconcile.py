@@ -41,6 +41,8 @@ from .status_writer import StatusWriter
 
 log = logging.getLogger("kubegate.operator.reconcile")
 
+MAX_ACK_GRACE = 5.0  # seconds "Pending" may wait for a slow data plane's acknowledgement
+
 
 def compute(translator: Translator, inp: TranslationInput, targets: EgressTargets | None = None
             ) -> tuple[TranslationResult, list[dict[str, Any]]]:
@@ -63,7 +65,8 @@ class Reconciler:
         self.redis_url = redis_url  # the data plane's, for its egress policy only: never logged
         self.api_host = api_host  # the URL this process dials the API server at
         self.metrics = metrics or OperatorMetrics()
-        self.ack_grace = ack_grace
+        self.ack_grace = ack_grace  # at least; stretched to twice the last acknowledgement, up to MAX_ACK_GRACE
+        self._last_ack = 0.0  # seconds from the last config's translation to its first live replica's announcement
         self.translator = Translator()  # its memo makes each translation after the first incremental
         self.window = DebounceWindow(debounce, max_wait, burst_events, burst_debounce, burst_max_wait)
         self._ack_deadline = 0.0  # until then, "Pending" is not worth a status write
@@ -138,7 +141,8 @@ class Reconciler:
             self.replicas[name] = lease
             written = self._written_at.pop(lease.config_hash, None)
             if written is not None and lease.live(time.time()):
-                self.metrics.acknowledgement.observe(time.monotonic() - written)
+                self._last_ack = time.monotonic() - written
+                self.metrics.acknowledgement.observe(self._last_ack)
         now = time.time()
         if (old is None) != (lease is None) or (
             old is not None and lease is not None
@@ -230,8 +234,9 @@ class Reconciler:
             timing.labels("apply").observe(time.monotonic() - translated)
             if result.hash != self.config_hash and self.replicas:
                 # Live replicas usually acknowledge within milliseconds: write Ready once, not Pending then Ready.
-                self._ack_deadline = time.monotonic() + self.ack_grace
-                asyncio.get_running_loop().call_later(self.ack_grace + 0.01, self.mark, False)
+                grace = self.hold_for()
+                self._ack_deadline = time.monotonic() + grace
+                asyncio.get_running_loop().call_later(grace + 0.01, self.mark, False)
             self.result, self.config_hash = result, result.hash
         middle = time.monotonic()
         writes = self.status_writes
@@ -241,6 +246,16 @@ class Reconciler:
         timing.labels("total").observe(finished - started)
         log.debug("pass %d: config %.3fs (computed: %s), %d status writes in %.3fs", self.passes,
                   middle - started, computed, self.status_writes - writes, finished - middle)
+
+    def hold_for(self) -> float:
+        """How long "Pending" waits for a new config's acknowledgement before it is worth a status write.
+
+        A data plane loading 10,000 routes on a busy machine takes seconds, not milliseconds: with a
+        fixed second, every route of a burst would be written twice (Pending, then Ready).
+        """
+        if self.ack_grace <= 0:
+            return 0.0
+        return min(MAX_ACK_GRACE, max(self.ack_grace, 2 * self._last_ack))
 
     def egress_targets(self) -> EgressTargets:
         """What the data plane reaches besides backends: the API server's endpoints and its Redis URL."""
