@@ -183,32 +183,15 @@ class OperatorCounters:
                 f"(mean {ack_mean * 1000:.0f} ms after translation)")
 
 
-WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
-
-
 class ApiServerRequests:
     """The API server's own request counters (apiserver_request_total): writes per resource between laps."""
 
     def __init__(self, cluster: devcluster.DevCluster) -> None:
         self.cluster = cluster
-        self.last = self._read()
-
-    def _read(self) -> dict[tuple[str, str], float]:
-        text = self.cluster.kubectl("get", "--raw", "/metrics").stdout
-        out: dict[tuple[str, str], float] = {}
-        for line in text.splitlines():
-            if not line.startswith("apiserver_request_total{"):
-                continue
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            if labels.get("verb") not in WRITE_VERBS:
-                continue
-            what = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
-            key = (labels["verb"], what)
-            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-        return out
+        self.last = cluster.write_requests()
 
     def lap(self) -> dict[tuple[str, str], float]:
-        now = self._read()
+        now = self.cluster.write_requests()
         spent = {k: v - self.last.get(k, 0.0) for k, v in now.items() if v - self.last.get(k, 0.0) > 0}
         self.last = now
         return spent
