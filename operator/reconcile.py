@@ -29,6 +29,7 @@ from . import apikey_secrets, apiserver
 from .apply import Applier, Key, garbage, needs_apply, object_key, with_content_hash
 from .debounce import DebounceWindow
 from .events import EventQueue
+from .heap import Heap
 from .metrics import OperatorMetrics
 from .programmed import (
     GenerationHistory,
@@ -107,6 +108,7 @@ class Reconciler:
         self._waiting = False  # the loop is parked in _next_wake
         self._written_at: dict[str, float] = {}  # config hash -> when written, until a replica announces it
         self._config_dirty = True
+        self.heap = Heap()
 
     @property
     def status_writes(self) -> int:
@@ -241,6 +243,8 @@ class Reconciler:
         middle = time.monotonic()
         writes = self.status_writes
         self._sync_statuses()
+        if computed:
+            self.heap.settle()  # the new result, memo and status facts: out of the collector's sight
         finished = time.monotonic()
         timing.labels("status").observe(finished - middle)
         timing.labels("total").observe(finished - started)
