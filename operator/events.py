@@ -74,7 +74,7 @@ class EventQueue:
     would double the API requests standing between an object and its Ready
     status, so they wait for a quiet moment (``gate``) instead. Normal Events
     (an object turned Ready) have a budget (``normal_burst`` at once, then
-    ``normal_rate`` a second): beyond it they are dropped, so 10,000 routes
+    ``normal_rate`` a second, one by default): beyond it they are dropped, so 10,000 routes
     created at once cost the API server 10,000 status writes, not 20,000
     writes (an Event costs about what a status patch does, and they would
     still be posting while the next changes wait). Warnings are never
@@ -82,7 +82,7 @@ class EventQueue:
     """
 
     def __init__(self, api: KubeApi, instance: str, *, concurrency: int = 4, limit: int = 10_000,
-                 gate: asyncio.Event | None = None, normal_burst: float = 100, normal_rate: float = 5) -> None:
+                 gate: asyncio.Event | None = None, normal_burst: float = 100, normal_rate: float = 1) -> None:
         self.api, self.instance, self.concurrency = api, instance, concurrency
         self.gate = gate  # when given, post only while it is set (the reconciler is idle)
         self._queue: asyncio.Queue[tuple[Mapping[str, str], str, str, str]] = asyncio.Queue(limit)
