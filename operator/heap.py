@@ -5,11 +5,15 @@ the cluster, the translator's memo, the last result). Every pass allocates a
 few tens of thousands more (verdicts, acknowledgements, status facts), which
 makes Python run full collections that walk all of them: measured at 10,000
 routes, 12 full collections in 40 single-route changes, 16 s in total and up
-to 2.8 s each, landing on whichever change comes next. After a pass built new
-state, it is moved out of the collector's sight (``gc.freeze``, O(1)) once the
-young generations were collected. A frozen object is still freed by reference
-counting; only cyclic garbage among frozen objects would stay, so once in a
-while (``full_every``) a full collection runs over everything, after a pass.
+to 2.8 s each, landing on whichever change comes next. The translator pauses
+the collector while it runs (in a worker thread, so for the whole process):
+what piled up meanwhile was then collected on the event loop by the next
+allocation, inside the status sync (bench/operator.py at 3,000 routes: the
+sync's loop header was its most expensive line). So right after a
+translation everything is frozen (``gc.freeze``, O(1), no collection): out
+of the collector's sight. A frozen object is still freed by reference
+counting; only cyclic garbage among frozen objects would stay, so every
+``full_every`` seconds a full collection runs over everything first.
 """
 
 from __future__ import annotations
@@ -26,12 +30,10 @@ class Heap:
         self.settled = 0  # times the state was frozen (for tests and metrics)
 
     def settle(self) -> None:
-        """After a pass that built new long-lived state: collect the young, freeze the rest."""
+        """After a translation: freeze what is there (now and then after a full collection)."""
         if self.clock() - self._full_at >= self.full_every:
             gc.unfreeze()
             gc.collect()
             self._full_at = self.clock()
-        else:
-            gc.collect(1)
         gc.freeze()
         self.settled += 1

@@ -223,6 +223,7 @@ class Reconciler:
             inp = (self.state.translation_input(), self.egress_targets())
             if self.result is None or inp != self._input:
                 result, desired = await asyncio.to_thread(compute, self.translator, *inp)
+                self.heap.settle()  # the new result and memo (and what piled up meanwhile): out of the collector's sight
                 self._input, self._desired = inp, {object_key(o): o for o in desired}
                 computed = True
             else:  # nothing the translator reads changed: only check the live objects for drift
@@ -243,8 +244,6 @@ class Reconciler:
         middle = time.monotonic()
         writes = self.status_writes
         self._sync_statuses()
-        if computed:
-            self.heap.settle()  # the new result, memo and status facts: out of the collector's sight
         finished = time.monotonic()
         timing.labels("status").observe(finished - middle)
         timing.labels("total").observe(finished - started)
