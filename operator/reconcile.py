@@ -71,6 +71,7 @@ class Reconciler:
         self.translator = Translator()  # its memo makes each translation after the first incremental
         self.window = DebounceWindow(debounce, max_wait, burst_events, burst_debounce, burst_max_wait)
         self._ack_deadline = 0.0  # until then, "Pending" is not worth a status write
+        self._hold_timer: asyncio.TimerHandle | None = None  # the pass at _ack_deadline
         ns = state.gateway_namespace
         managed = MANAGED_SELECTOR
         self.generated: dict[tuple[str, str], Informer] = {
@@ -145,6 +146,11 @@ class Reconciler:
             if written is not None and lease.live(time.time()):
                 self._last_ack = time.monotonic() - written
                 self.metrics.acknowledgement.observe(self._last_ack)
+                # Acknowledged: nothing is held any more, so the pass at the deadline would find nothing.
+                self._ack_deadline = 0.0
+                if self._hold_timer is not None:
+                    self._hold_timer.cancel()
+                    self._hold_timer = None
         now = time.time()
         if (old is None) != (lease is None) or (
             old is not None and lease is not None
@@ -239,7 +245,9 @@ class Reconciler:
                 # Live replicas usually acknowledge within milliseconds: write Ready once, not Pending then Ready.
                 grace = self.hold_for()
                 self._ack_deadline = time.monotonic() + grace
-                asyncio.get_running_loop().call_later(grace + 0.01, self.mark, False)
+                if self._hold_timer is not None:
+                    self._hold_timer.cancel()
+                self._hold_timer = asyncio.get_running_loop().call_later(grace + 0.01, self.mark, False)
             self.result, self.config_hash = result, result.hash
         middle = time.monotonic()
         writes = self.status_writes
