@@ -114,7 +114,7 @@ def main() -> int:
     if not args.no_cluster:
         operator_bench = _load("operator")
         cluster_args = argparse.Namespace(routes=args.routes, changes=args.changes, rss_routes=args.routes,
-                                          profile=False, ready_target=30.0, p99_target=1.0, rss_target=400.0)
+                                          profile=False, floor=True, ready_target=30.0, p99_target=1.0, rss_target=400.0)
         operator_bench.run(cluster_args)
     return 0
 

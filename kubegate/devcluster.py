@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -40,6 +41,7 @@ CRDS_DIR = REPO_ROOT / "crds"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 READY_TIMEOUT_S = 90.0
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
 
 
 def default_state_dir() -> Path:
@@ -233,15 +235,35 @@ class DevCluster:
         self.wait_established(names)
         return names
 
-    def readyz(self) -> bool:
+    def _admin_context(self) -> ssl.SSLContext:
         pki = self.state_dir / "pki"
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        return ctx
+
+    def readyz(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=2) as resp:
+            with urllib.request.urlopen(f"{self.server}/readyz", context=self._admin_context(), timeout=2) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def write_requests(self) -> dict[tuple[str, str], float]:
+        """The API server's own count of write requests so far, {(verb, resource[/subresource]): n}
+        (``apiserver_request_total``: what benches and tests diff to count writes per object)."""
+        with urllib.request.urlopen(f"{self.server}/metrics", context=self._admin_context(), timeout=30) as resp:
+            text = resp.read().decode()
+        out: dict[tuple[str, str], float] = {}
+        for line in text.splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("verb") not in WRITE_VERBS:
+                continue
+            sub = labels.get("subresource")
+            key = (labels["verb"], labels.get("resource", "") + (f"/{sub}" if sub else ""))
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return out
 
 
 def up(state_dir: Path | None = None, *, install_crds: bool = True, log=print, address: str = "127.0.0.1",

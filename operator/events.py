@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,23 +50,49 @@ async def post_event(api: KubeApi, involved: Mapping[str, str], type_: str, reas
         log.debug("event %s on %s/%s not posted: %s", reason, involved["namespace"], involved["name"], exc)
 
 
+class Budget:
+    """A token bucket: ``burst`` at once, then ``rate`` per second."""
+
+    def __init__(self, burst: float, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.rate, self.clock = burst, rate, clock
+        self.tokens, self.at = burst, clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class EventQueue:
     """Events posted in the background, a few at a time, after the status writes they describe.
 
     A burst of 1,000 objects turning Ready is 1,000 Events: posting each inline
     would double the API requests standing between an object and its Ready
-    status, so they wait for a quiet moment (``gate``) instead. A full queue
-    drops the newest notes (events are best effort).
+    status, so they wait for a quiet moment (``gate``) instead. Normal Events
+    (an object turned Ready) have a budget (``normal_burst`` at once, then
+    ``normal_rate`` a second, one by default): beyond it they are dropped, so 10,000 routes
+    created at once cost the API server 10,000 status writes, not 20,000
+    writes (an Event costs about what a status patch does, and they would
+    still be posting while the next changes wait). Warnings are never
+    budgeted. A full queue drops the newest notes (events are best effort).
     """
 
     def __init__(self, api: KubeApi, instance: str, *, concurrency: int = 4, limit: int = 10_000,
-                 gate: asyncio.Event | None = None) -> None:
+                 gate: asyncio.Event | None = None, normal_burst: float = 100, normal_rate: float = 1) -> None:
         self.api, self.instance, self.concurrency = api, instance, concurrency
         self.gate = gate  # when given, post only while it is set (the reconciler is idle)
         self._queue: asyncio.Queue[tuple[Mapping[str, str], str, str, str]] = asyncio.Queue(limit)
+        self.normal = Budget(normal_burst, normal_rate)
         self.dropped = 0
 
     def put(self, involved: Mapping[str, str], type_: str, reason: str, message: str) -> None:
+        if type_ == "Normal" and not self.normal.take():
+            self.dropped += 1
+            return
         try:
             self._queue.put_nowait((dict(involved), type_, reason, message))
         except asyncio.QueueFull:

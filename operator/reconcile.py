@@ -29,6 +29,7 @@ from . import apikey_secrets, apiserver
 from .apply import Applier, Key, garbage, needs_apply, object_key, with_content_hash
 from .debounce import DebounceWindow
 from .events import EventQueue
+from .heap import Heap
 from .metrics import OperatorMetrics
 from .programmed import (
     GenerationHistory,
@@ -40,6 +41,8 @@ from .state import ClusterState
 from .status_writer import StatusWriter
 
 log = logging.getLogger("kubegate.operator.reconcile")
+
+MAX_ACK_GRACE = 5.0  # seconds "Pending" may wait for a slow data plane's acknowledgement
 
 
 def compute(translator: Translator, inp: TranslationInput, targets: EgressTargets | None = None
@@ -63,10 +66,12 @@ class Reconciler:
         self.redis_url = redis_url  # the data plane's, for its egress policy only: never logged
         self.api_host = api_host  # the URL this process dials the API server at
         self.metrics = metrics or OperatorMetrics()
-        self.ack_grace = ack_grace
+        self.ack_grace = ack_grace  # at least; stretched to twice the last acknowledgement, up to MAX_ACK_GRACE
+        self._last_ack = 0.0  # seconds from the last config's translation to its first live replica's announcement
         self.translator = Translator()  # its memo makes each translation after the first incremental
         self.window = DebounceWindow(debounce, max_wait, burst_events, burst_debounce, burst_max_wait)
         self._ack_deadline = 0.0  # until then, "Pending" is not worth a status write
+        self._hold_timer: asyncio.TimerHandle | None = None  # the pass at _ack_deadline
         ns = state.gateway_namespace
         managed = MANAGED_SELECTOR
         self.generated: dict[tuple[str, str], Informer] = {
@@ -104,6 +109,7 @@ class Reconciler:
         self._waiting = False  # the loop is parked in _next_wake
         self._written_at: dict[str, float] = {}  # config hash -> when written, until a replica announces it
         self._config_dirty = True
+        self.heap = Heap()
 
     @property
     def status_writes(self) -> int:
@@ -138,7 +144,13 @@ class Reconciler:
             self.replicas[name] = lease
             written = self._written_at.pop(lease.config_hash, None)
             if written is not None and lease.live(time.time()):
-                self.metrics.acknowledgement.observe(time.monotonic() - written)
+                self._last_ack = time.monotonic() - written
+                self.metrics.acknowledgement.observe(self._last_ack)
+                # Acknowledged: nothing is held any more, so the pass at the deadline would find nothing.
+                self._ack_deadline = 0.0
+                if self._hold_timer is not None:
+                    self._hold_timer.cancel()
+                    self._hold_timer = None
         now = time.time()
         if (old is None) != (lease is None) or (
             old is not None and lease is not None
@@ -217,6 +229,7 @@ class Reconciler:
             inp = (self.state.translation_input(), self.egress_targets())
             if self.result is None or inp != self._input:
                 result, desired = await asyncio.to_thread(compute, self.translator, *inp)
+                self.heap.settle()  # the new result and memo (and what piled up meanwhile): out of the collector's sight
                 self._input, self._desired = inp, {object_key(o): o for o in desired}
                 computed = True
             else:  # nothing the translator reads changed: only check the live objects for drift
@@ -230,8 +243,11 @@ class Reconciler:
             timing.labels("apply").observe(time.monotonic() - translated)
             if result.hash != self.config_hash and self.replicas:
                 # Live replicas usually acknowledge within milliseconds: write Ready once, not Pending then Ready.
-                self._ack_deadline = time.monotonic() + self.ack_grace
-                asyncio.get_running_loop().call_later(self.ack_grace + 0.01, self.mark, False)
+                grace = self.hold_for()
+                self._ack_deadline = time.monotonic() + grace
+                if self._hold_timer is not None:
+                    self._hold_timer.cancel()
+                self._hold_timer = asyncio.get_running_loop().call_later(grace + 0.01, self.mark, False)
             self.result, self.config_hash = result, result.hash
         middle = time.monotonic()
         writes = self.status_writes
@@ -241,6 +257,16 @@ class Reconciler:
         timing.labels("total").observe(finished - started)
         log.debug("pass %d: config %.3fs (computed: %s), %d status writes in %.3fs", self.passes,
                   middle - started, computed, self.status_writes - writes, finished - middle)
+
+    def hold_for(self) -> float:
+        """How long "Pending" waits for a new config's acknowledgement before it is worth a status write.
+
+        A data plane loading 10,000 routes on a busy machine takes seconds, not milliseconds: with a
+        fixed second, every route of a burst would be written twice (Pending, then Ready).
+        """
+        if self.ack_grace <= 0:
+            return 0.0
+        return min(MAX_ACK_GRACE, max(self.ack_grace, 2 * self._last_ack))
 
     def egress_targets(self) -> EgressTargets:
         """What the data plane reaches besides backends: the API server's endpoints and its Redis URL."""

@@ -81,8 +81,13 @@ class ClusterState:
         kind = body.get("kind", "")
         if kind not in KINDS:
             return False
-        source = SourceObject.from_manifest(dict(body))
         meta = body.get("metadata") or {}
+        known = self.objects.get(ObjectRef(kind, meta.get("namespace") or "default", meta.get("name", "")))
+        if known is not None and known.resource_version and known.resource_version == meta.get("resourceVersion") \
+                and known.source.generation == (meta.get("generation") or 1):
+            return False  # this very version is known: usually the echo of our own status write
+        # (a status write's answer may carry a newer generation than the spec seen so far: then parse it)
+        source = SourceObject.from_manifest(dict(body))
         old = self.objects.get(source.ref)
         if old is not None and _newer(old.resource_version, meta.get("resourceVersion", "")):
             return False  # a stale replay

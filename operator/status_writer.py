@@ -140,8 +140,8 @@ class StatusWriter:
             if unchanged and seen.ack == ack and seen.cert == cert:
                 seen_of[ref] = Seen(verdict, ack, cert, live.status, epoch)
                 continue
-            if holding and ack.live_replicas and not ack.acknowledged_by and verdict.programmable \
-                    and verdict.accepted.status == "True":
+            if holding and ack.live_replicas and not ack.acknowledged_by and not ack.refused \
+                    and verdict.programmable and verdict.accepted.status == "True":
                 continue  # the acknowledgement is probably on its way
             desired = desired_status(verdict, ack, live.status, stamp, cert)
             if status_changed(live.status, desired):

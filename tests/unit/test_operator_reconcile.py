@@ -106,6 +106,30 @@ async def test_event_queue_drops_beyond_its_limit():
     assert api.count("CREATE") == 2
 
 
+async def test_normal_events_have_a_budget_and_warnings_do_not():
+    """10,000 routes turning Ready at once must not cost 10,000 Event writes; a Warning always gets through."""
+    from kubegate.operator.events import EventQueue
+
+    queue = EventQueue(RecordingApi(), "op", normal_burst=5, normal_rate=0)  # type: ignore[arg-type]
+    involved = {"apiVersion": "v1", "kind": "X", "name": "n", "namespace": "shop", "uid": "u"}
+    for _ in range(20):
+        queue.put(involved, "Normal", "Ready", "ok")
+    for _ in range(3):
+        queue.put(involved, "Warning", "Conflicted", "taken")
+    assert queue.dropped == 15
+    assert [queue._queue.get_nowait()[1] for _ in range(8)] == ["Normal"] * 5 + ["Warning"] * 3
+
+
+def test_the_normal_event_budget_refills():
+    from kubegate.operator.events import Budget
+
+    now = [0.0]
+    budget = Budget(2, 4, clock=lambda: now[0])
+    assert [budget.take() for _ in range(3)] == [True, True, False]
+    now[0] = 0.5  # 2 tokens back, never more than the burst
+    assert [budget.take() for _ in range(3)] == [True, True, False]
+
+
 class SlowStatusApi(RecordingApi):
     """Status patches hang until released, as on a busy API server."""
 
@@ -208,3 +232,17 @@ async def test_a_new_config_rewrites_only_the_statuses_it_changes():
     await reconciler.settle()
     patched = [path for verb, path in api.calls if verb == "PATCH"]
     assert patched and all(path.endswith("/r10/status") for path in patched)
+
+
+def test_pending_waits_longer_for_a_data_plane_that_was_slow_to_acknowledge():
+    """A data plane that took 2 s to load the last config: Pending is held 4 s (then 5 s at most), so a
+    burst's routes get one status write (Ready), not two (Pending, then Ready)."""
+    from kubegate.operator.reconcile import MAX_ACK_GRACE
+
+    reconciler = Reconciler(RecordingApi(), ClusterState("gw"), identity="op")  # type: ignore[arg-type]
+    assert reconciler.hold_for() == 1.0
+    reconciler._last_ack = 2.0
+    assert reconciler.hold_for() == 4.0
+    reconciler._last_ack = 30.0
+    assert reconciler.hold_for() == MAX_ACK_GRACE
+    assert Reconciler(RecordingApi(), ClusterState("gw"), identity="op", ack_grace=0).hold_for() == 0  # type: ignore[arg-type]

@@ -41,6 +41,25 @@ def test_status_only_updates_and_stale_replays_do_not_mark_dirty():
     assert not state.delete_object(cr("GatewayRoute", "r", {}))
 
 
+def test_the_echo_of_our_status_write_is_skipped_but_a_spec_change_it_overtook_is_not():
+    from kubegate.resources import ObjectRef
+
+    state = ClusterState("gw")
+    ref = ObjectRef("GatewayRoute", "shop", "r")
+    assert state.upsert_object(cr("GatewayRoute", "r", {"path": "/a"}, rv="5"))
+    state.set_status(ref, {"observedGeneration": 1}, "6")  # our status patch's answer
+    live = state.objects[ref]
+    assert not state.upsert_object(cr("GatewayRoute", "r", {"path": "/a"}, rv="6", status={"observedGeneration": 1}))
+    assert state.objects[ref] is live  # the echo: not parsed again, the same live status dict stays
+    # A status patch that landed after a spec change whose event has not arrived yet: its answer
+    # (rv 9, generation 2) overtakes the spec's own event (rv 8, dropped as older); the echo at rv 9
+    # carries generation 2 and must be read.
+    state.set_status(ref, {"observedGeneration": 1}, "9")
+    assert not state.upsert_object(cr("GatewayRoute", "r", {"path": "/b"}, rv="8", generation=2))
+    assert state.upsert_object(cr("GatewayRoute", "r", {"path": "/b"}, rv="9", generation=2))
+    assert state.objects[ref].source.spec == {"path": "/b"}
+
+
 def test_only_referenced_secret_data_is_kept():
     state = ClusterState("gw")
     assert not state.secret_event("ADDED", secret("unrelated", token="t0p"))
