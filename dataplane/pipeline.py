@@ -24,7 +24,7 @@ from .bodies import BodyTooLarge, is_json
 from .clientip import ClientAddress
 from .framing import Front
 from .messages import Answer, Refusal, Request, Sent, Upgrade
-from .metrics import Metrics, counting, observing
+from .metrics import Metrics, observing, recording
 from .mtls_auth import client_identity
 from .observe import Note
 from .router import MethodNotAllowed
@@ -63,7 +63,6 @@ class Pipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         # metric children by label values, created on first use (an idle route costs no buckets)
         self._counters: dict[tuple[str, str, int], Callable[[float], None]] = {}
-        self._latency: dict[str, Callable[[float], None]] = {}
         self._upstream: dict[str, Callable[[float], None]] = {}
 
     def open(self) -> None:
@@ -260,15 +259,12 @@ class Pipeline:
         if method not in KNOWN_METHODS:
             method = "OTHER"
         key = (route, method, status // 100)
-        count = self._counters.get(key)
-        if count is None:
-            count = self._counters[key] = counting(
-                self.metrics.requests.labels(route, method, _CLASSES.get(status // 100, "other")))
-        count(1)
-        observe = self._latency.get(route)
-        if observe is None:
-            observe = self._latency[route] = observing(self.metrics.request_latency.labels(route))
-        observe(self._loop.time() - started)
+        record = self._counters.get(key)
+        if record is None:  # the request counter and the latency histogram, both in one call
+            record = self._counters[key] = recording(
+                self.metrics.requests.labels(route, method, _CLASSES.get(status // 100, "other")),
+                self.metrics.request_latency.labels(route))
+        record(self._loop.time() - started)
 
     def _upstream_observer(self, route: str) -> Callable[[float], None]:
         observe = self._upstream[route] = observing(self.metrics.upstream_latency.labels(route))
