@@ -31,6 +31,7 @@ SMALL_BODY = 64 * 1024  # responses up to this size (with Content-Length) are re
 MAX_HEAD = 64 * 1024  # upstream response head size limit
 HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is buffered unread
 _NO_BODY_STATUSES = frozenset({204, 304})
+_READ_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date"})  # on_header's
 
 
 class UpstreamError(Exception):
@@ -208,6 +209,9 @@ class Connection(WriteFlowControl, asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._state != 1:  # a second response after the complete one: nothing asked for it
             raise BadResponse("unsolicited response")
+
+    def _new_head(self) -> None:
+        """Forget the head read so far: a new exchange's, or the next one after an interim 1xx."""
         self._reason = b""
         self._headers = []
         self._header_bytes = 0
@@ -227,19 +231,21 @@ class Connection(WriteFlowControl, asyncio.Protocol):
             raise BadResponse("response head too large")
         value = value.rstrip(b" \t")  # llhttp keeps trailing OWS
         lower = name.lower()
-        if lower == b"content-length":
-            self._length = int(value)  # digits only, never repeated: llhttp checked
-        elif lower == b"transfer-encoding":  # llhttp's rule: chunked iff it is the final coding
-            self._chunked = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
-        elif lower == b"connection":
-            self._connection = frozenset(map(bytes.strip, value.lower().split(b",")))
-        elif lower == b"date":
-            self._dated = True
+        if lower in _READ_HEADERS:
+            if lower == b"content-length":
+                self._length = int(value)  # digits only, never repeated: llhttp checked
+            elif lower == b"transfer-encoding":  # llhttp's rule: chunked iff it is the final coding
+                self._chunked = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
+            elif lower == b"connection":
+                self._connection = frozenset(map(bytes.strip, value.lower().split(b",")))
+            else:
+                self._dated = True
         self._headers.append((lower, b"%s: %s\r\n" % (name, value)))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
+            self._new_head()
             return  # interim (100 Continue, 103 Early Hints): the final response follows; 101 fails the feed
         self._keep_alive = self._parser.should_keep_alive()
         response = self._response = UpstreamResponse(
@@ -283,6 +289,7 @@ class Connection(WriteFlowControl, asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head_request = head_request
         self._head_size = 0
+        self._new_head()
         self._keep_alive = True
         self._got_bytes = False
         self._parts = []

@@ -54,6 +54,17 @@ def _date_line() -> bytes:
     return _date[1]
 
 
+_STATUS_LINES: dict[tuple[int, str], bytes] = {}
+
+
+def _status_line(status: int, reason: str) -> bytes:
+    """``HTTP/1.1 200 OK\\r\\n``; those with the standard phrase (or none) are kept in _STATUS_LINES."""
+    line = f"HTTP/1.1 {status} {reason or _PHRASES.get(status, '')}\r\n".encode("utf-8", "surrogateescape")
+    if reason in ("", _PHRASES.get(status)) and len(_STATUS_LINES) < 1024:  # never an upstream's own words
+        _STATUS_LINES[(status, reason)] = line
+    return line
+
+
 def _kept(upstream: UpstreamResponse, extra: dict[str, str]) -> tuple[list[bytes], frozenset[bytes]]:
     """The upstream's header lines a client gets, and the gateway's own header names (lower-case):
     hop-by-hop ones (and those its Connection names) go, the gateway's values replace the upstream's."""
@@ -77,10 +88,9 @@ def response_headers(upstream: UpstreamResponse, extra: dict[str, str]) -> list[
 
 def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes, close: bool) -> bytes:
     """The head of a relayed response, from the upstream's header lines as received."""
-    lines, ours = _kept(upstream, extra)
-    status = upstream.status
-    parts = [f"HTTP/1.1 {status} {upstream.reason or _PHRASES.get(status, '')}\r\n".encode("utf-8", "surrogateescape")]
-    parts += lines
+    parts, ours = _kept(upstream, extra)
+    status, reason = upstream.status, upstream.reason
+    parts.insert(0, _STATUS_LINES.get((status, reason)) or _status_line(status, reason))
     for name, value in extra.items():
         parts.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
     if b"date" not in ours and (not upstream.dated or b"date" in upstream.connection):

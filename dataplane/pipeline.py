@@ -176,8 +176,9 @@ class Pipeline:
                      extra: dict[str, str], claim_headers: dict[str, str] | None, note: Note | None) -> Answer:
         headers = request.headers
         query = request.query
-        target = rt.plan.upstream_path(path) + ("?" + query if query else "")
-        websocket = proxy.is_websocket_upgrade(headers)
+        plan = rt.plan
+        target = (plan.upstream_path(path) if plan.strip_prefix else path) + ("?" + query if query else "")
+        websocket = "Upgrade" in headers and proxy.is_websocket_upgrade(headers)
         upstream_headers = proxy.upstream_headers(
             headers, peer=request.remote, proto="https" if request.tls else "http", host=host_header,
             rid=rid, drop=rt.claim_headers, websocket=websocket, hide_api_key=rt.hide_api_key,
@@ -207,7 +208,7 @@ class Pipeline:
             else:
                 body = proxy.stream_body(content, rt.max_body)
         observe = self._upstream.get(rt.id) or self._upstream_observer(rt.id)
-        relay = await proxy.forward(request, self.pool, rt.plan, target, upstream_headers, body, extra,
+        relay = await proxy.forward(request, self.pool, plan, target, upstream_headers, body, extra,
                                     observe if note is None else note.timed(observe))
         relay.route = rt
         return relay
