@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
@@ -137,9 +137,11 @@ def refusal_bytes(status: int, message: str) -> bytes:
 
 
 class Front(Protocol):
-    """Where a request's answer is written."""
+    """Where a request's answer is written: ``write`` gives what it wrote, or, when it has to wait
+    (a streamed body, aiohttp's writer), an awaitable of it (``await`` only then: a coroutine per
+    answer is a cost the whole answers written at once do not pay)."""
 
-    async def write(self, request: Request, answer: Answer) -> Sent: ...
+    def write(self, request: Request, answer: Answer) -> Sent | Awaitable[Sent]: ...
 
 
 class Connection(Protocol):
@@ -161,7 +163,7 @@ class TransportFront:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def write(self, request: Request, answer: Answer) -> Sent:
+    def write(self, request: Request, answer: Answer) -> Sent | Awaitable[Sent]:
         if type(answer) is not Relay:
             return self._refusal(request, answer)
         transport = self._conn.transport
@@ -189,8 +191,11 @@ class TransportFront:
             transport.write(head if no_body else head + body)
             return sent
         transport.write(head)
+        return self._stream(upstream.stream, length is None, sent)
+
+    async def _stream(self, stream: AsyncIterator[bytes] | None, chunked: bool, sent: Sent) -> Sent:
         try:
-            await self._copy(upstream.stream, chunked=length is None)
+            await self._copy(stream, chunked=chunked)
         except Exception:  # noqa: BLE001 - headers are out: a cut connection is the only honest signal
             self._conn.cut()
         return sent

@@ -27,9 +27,9 @@ from .messages import Answer, Refusal, Request, Sent, Upgrade
 from .metrics import Metrics, observing, recording
 from .mtls_auth import client_identity
 from .observe import Note
-from .router import MethodNotAllowed
+from .router import MEMO_SIZE, MethodNotAllowed
 from .snapshot import GUARDED_METHODS
-from .target import PathRefused, normalise_request_path, parse_host
+from .target import PathRefused, RequestPath, normalise_request_path, parse_host
 from .tls import PolicyContext, TlsSet
 from .upstream import UpstreamPool
 
@@ -84,7 +84,9 @@ class Pipeline:
         started = self._loop.time()
         answer = await self.answer(request, note)
         try:
-            sent = await front.write(request, answer)
+            sent = front.write(request, answer)
+            if type(sent) is not Sent:  # it has to wait: a streamed body, or aiohttp's writer
+                sent = await sent
         finally:
             answer.release()
         self._count(answer.route, request.method, sent.status, started)
@@ -140,10 +142,19 @@ class Pipeline:
         if method in GUARDED_METHODS and method not in snap.guarded_methods:
             extra["Allow"] = _ALLOW_DEFAULT
             return Refusal(405, "method_not_allowed", "method not allowed", extra)
-        normalised = normalise_request_path(request.path)
-        if isinstance(normalised, PathRefused):
+        table = snap.table
+        key = (host, method, request.path)
+        memo = table.memo.get(key)  # the same request target again: normalised and matched already
+        if memo is None:
+            normalised = normalise_request_path(request.path)
+            found = table.lookup(host, method, normalised[1]) if type(normalised) is RequestPath else None
+            if len(table.memo) >= MEMO_SIZE:
+                table.memo.clear()
+            memo = table.memo[key] = (normalised, found)
+        normalised, found = memo
+        if type(normalised) is PathRefused:
             return Refusal(400, "bad_path", normalised.reason, extra)
-        path, segments = normalised
+        path = normalised[0]
         if request.tls:
             refused = self._tls_refusal(snap.tls, request, host, extra)
             if refused is not None:
@@ -152,7 +163,6 @@ class Pipeline:
             # never proxied in plaintext (API.md): the same request, over HTTPS
             extra["Location"] = self._https_location(host_header, path, request.query)
             return Refusal(308, "https_required", "this host is served over HTTPS only", extra)
-        found = snap.table.lookup(host, method, segments)
         if found is None:
             return Refusal(404, "no_route", "no route matches", extra)
         if isinstance(found, MethodNotAllowed):

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 V = TypeVar("V")
 
 ANY_METHOD = "*"
+MEMO_SIZE = 4096  # RouteTable.memo entries before it starts again (paths with ids do not repeat)
 
 
 def wildcard_suffixes(host: str) -> Iterable[str]:
@@ -60,7 +61,7 @@ def split_pattern(pattern: str) -> list[str]:
 class RouteTable(Generic[V]):
     """Immutable once built; ``lookup`` is safe to call concurrently."""
 
-    __slots__ = ("_any", "_exact", "_has_wildcards", "_wildcard", "size")
+    __slots__ = ("_any", "_exact", "_has_wildcards", "_wildcard", "memo", "size")
 
     def __init__(self, entries: Iterable[tuple[Sequence[str], str, Sequence[str], V]]) -> None:
         """entries: (hosts, path pattern, methods, value); first entry wins a duplicate claim."""
@@ -68,6 +69,9 @@ class RouteTable(Generic[V]):
         self._wildcard: dict[str, _Node[V]] = {}  # ".example.com" -> trie
         self._any: _Node[V] | None = None
         self.size = 0
+        # what its user derived from a lookup, by the request's (host, method, raw path): the pipeline
+        # keeps normalised path + match here (both pure), bounded by MEMO_SIZE; a new table starts empty
+        self.memo: dict[tuple[str, str, str], Any] = {}
         for hosts, pattern, methods, value in entries:
             self.size += 1
             for host in hosts or (None,):
