@@ -139,8 +139,9 @@ class Connection(WriteFlowControl, asyncio.Protocol):
     CR/LF, controls or obs-fold), framing (Content-Length, chunked, until EOF) and
     the smuggling checks (duplicate Content-Length, Content-Length with
     Transfer-Encoding). This class only decides what to hand back and whether the
-    connection can be reused. Each exchange gets a fresh (cheap) parser: no parser
-    state (a HEAD response's advertised body, an error) carries over to the next.
+    connection can be reused. An exchange gets a fresh parser unless llhttp itself ended the
+    previous response (``_parser_at_rest``): no parser state (a HEAD response's advertised body,
+    an error) carries over to the next.
     """
 
     def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
@@ -152,6 +153,12 @@ class Connection(WriteFlowControl, asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
+        # llhttp itself ended the last response (its body framed by Content-Length or chunks): the
+        # parser is at a message boundary, in the state a fresh one starts in, and the next exchange
+        # keeps it (no parser per exchange). Never after a HEAD / 204 / 304 answer (which the
+        # exchange ends, not llhttp: a HEAD answer's advertised body would be expected next), an
+        # interim-only exchange or an error (the connection is not reused then).
+        self._parser_at_rest = False
         self._state = 0  # 0 idle, 1 head, 2 small body (kept whole), 3 streamed body, 5 complete
         self._head_request = False
         self._head_size = 0  # bytes received while no head was complete
@@ -240,7 +247,7 @@ class Connection(WriteFlowControl, asyncio.Protocol):
                 self._connection = frozenset(map(bytes.strip, value.lower().split(b",")))
             else:
                 self._dated = True
-        self._headers.append((lower, b"%s: %s\r\n" % (name, value)))
+        self._headers.append((lower, name + b": " + value + b"\r\n"))  # (cheaper than % formatting)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -277,16 +284,20 @@ class Connection(WriteFlowControl, asyncio.Protocol):
             parts, self._parts = self._parts, []
             self._response.body = parts[0] if len(parts) == 1 else b"".join(parts)
             self._complete()
+            self._parser_at_rest = True
             self._resolve()
         elif state == 3:
             self._complete()
+            self._parser_at_rest = True
         # state 1: an interim response ended; state 5: a HEAD/204/304 answer, already complete
 
     # --- exchange ---------------------------------------------------------------------------
 
     def begin(self, head_request: bool, deadline: float | None) -> asyncio.Future[UpstreamResponse]:
         self._state = 1
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._parser_at_rest:  # a fresh parser unless llhttp ended the last response itself
+            self._parser = httptools.HttpResponseParser(self)
+        self._parser_at_rest = False
         self._head_request = head_request
         self._head_size = 0
         self._new_head()
@@ -326,7 +337,6 @@ class Connection(WriteFlowControl, asyncio.Protocol):
             self._state = 0
             self._response = None
             self._future = None
-            self._parser = None
             self.pool.put_idle(self)
         else:
             self.abort()

@@ -105,7 +105,7 @@ def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes
 
 def request_head(method: str, origin: Origin, target: str, headers: list[tuple[str, str]], framing: str) -> bytes:
     """An upstream request's head; ``framing`` is its Content-Length / Transfer-Encoding line and blank line."""
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    fields = "\r\n".join(map(": ".join, headers)) + "\r\n" if headers else ""  # no Python frame per header
     return f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n{fields}{framing}".encode(
         "utf-8", "surrogateescape")
 
