@@ -39,6 +39,7 @@ HOP_BY_HOP = frozenset({
 # The gateway says `Server: kubegate` itself (like Envoy); a backend's would advertise its versions.
 _RESPONSE_SKIP = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server"})
 _REQUEST_ID_ONLY = frozenset({b"x-request-id"})
+_SKIP_WITH_REQUEST_ID = _RESPONSE_SKIP | _REQUEST_ID_ONLY  # when Connection names nothing else
 EMPTY_STATUSES = frozenset({204, 304})
 _JSON = ("Content-Type", "application/json")
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
@@ -55,6 +56,16 @@ def _date_line() -> bytes:
 
 
 _STATUS_LINES: dict[tuple[int, str], bytes] = {}
+_LENGTH_LINES: dict[int, bytes] = {}
+_new_tuple = tuple.__new__  # a Sent without NamedTuple's Python-level __new__ (once per answer)
+
+
+def _length_line(length: int) -> bytes:
+    """``Content-Length: N`` and the blank line; those of small bodies are kept in _LENGTH_LINES."""
+    line = b"Content-Length: %d\r\n\r\n" % length
+    if length < 4096:
+        _LENGTH_LINES[length] = line
+    return line
 
 
 def _status_line(status: int, reason: str) -> bytes:
@@ -69,8 +80,9 @@ def _kept(upstream: UpstreamResponse, extra: dict[str, str]) -> tuple[list[bytes
     """The upstream's header lines a client gets, and the gateway's own header names (lower-case):
     hop-by-hop ones (and those its Connection names) go, the gateway's values replace the upstream's."""
     named = upstream.connection
-    ours = _REQUEST_ID_ONLY if len(extra) == 1 and "X-Request-Id" in extra else \
-        frozenset(name.lower().encode("latin-1") for name in extra)
+    if len(extra) == 1 and "X-Request-Id" in extra and named <= _RESPONSE_SKIP:  # the usual answer: one check
+        return [line for lower, line in upstream.raw if lower not in _SKIP_WITH_REQUEST_ID], _REQUEST_ID_ONLY
+    ours = frozenset(name.lower().encode("latin-1") for name in extra)
     return [line for lower, line in upstream.raw
             if lower not in _RESPONSE_SKIP and lower not in named and lower not in ours], ours
 
@@ -178,7 +190,7 @@ class TransportFront:
             framing = b"\r\n"
         elif body is not None and not no_body:
             length = len(body)
-            framing = b"Content-Length: %d\r\n\r\n" % length
+            framing = _LENGTH_LINES.get(length) or _length_line(length)
         elif length is not None:
             framing = b"Content-Length: %d\r\n\r\n" % length
         elif no_body:
@@ -186,7 +198,7 @@ class TransportFront:
         else:
             framing = b"Transfer-Encoding: chunked\r\n\r\n"
         head = relay_head(upstream, answer.extra, framing, request.close)
-        sent = Sent(status, 0 if head_only else len(body) if body is not None else upstream.content_length)
+        sent = _new_tuple(Sent, (status, 0 if head_only else len(body) if body is not None else upstream.content_length))
         if body is not None or no_body:
             transport.write(head if no_body else head + body)
             return sent
