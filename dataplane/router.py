@@ -59,7 +59,8 @@ def split_pattern(pattern: str) -> list[str]:
 
 
 class RouteTable(Generic[V]):
-    """Immutable once built; ``lookup`` is safe to call concurrently."""
+    """Its routes are immutable once built and ``lookup`` is safe to call concurrently; ``memo`` is a
+    cache its user fills (the pipeline, on the event loop)."""
 
     __slots__ = ("_any", "_exact", "_has_wildcards", "_wildcard", "memo", "size")
 
