@@ -31,6 +31,7 @@ SMALL_BODY = 64 * 1024  # responses up to this size (with Content-Length) are re
 MAX_HEAD = 64 * 1024  # upstream response head size limit
 HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is buffered unread
 _NO_BODY_STATUSES = frozenset({204, 304})
+_READ_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date"})  # on_header's
 
 
 class UpstreamError(Exception):
@@ -138,8 +139,9 @@ class Connection(WriteFlowControl, asyncio.Protocol):
     CR/LF, controls or obs-fold), framing (Content-Length, chunked, until EOF) and
     the smuggling checks (duplicate Content-Length, Content-Length with
     Transfer-Encoding). This class only decides what to hand back and whether the
-    connection can be reused. Each exchange gets a fresh (cheap) parser: no parser
-    state (a HEAD response's advertised body, an error) carries over to the next.
+    connection can be reused. An exchange gets a fresh parser unless llhttp itself ended the
+    previous response (``_parser_at_rest``): no parser state (a HEAD response's advertised body,
+    an error) carries over to the next.
     """
 
     def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
@@ -151,6 +153,12 @@ class Connection(WriteFlowControl, asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
+        # llhttp itself ended the last response (its body framed by Content-Length or chunks): the
+        # parser is at a message boundary, in the state a fresh one starts in, and the next exchange
+        # keeps it (no parser per exchange). Never after a HEAD / 204 / 304 answer (which the
+        # exchange ends, not llhttp: a HEAD answer's advertised body would be expected next), an
+        # interim-only exchange or an error (the connection is not reused then).
+        self._parser_at_rest = False
         self._state = 0  # 0 idle, 1 head, 2 small body (kept whole), 3 streamed body, 5 complete
         self._head_request = False
         self._head_size = 0  # bytes received while no head was complete
@@ -208,6 +216,9 @@ class Connection(WriteFlowControl, asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._state != 1:  # a second response after the complete one: nothing asked for it
             raise BadResponse("unsolicited response")
+
+    def _new_head(self) -> None:
+        """Forget the head read so far: a new exchange's, or the next one after an interim 1xx."""
         self._reason = b""
         self._headers = []
         self._header_bytes = 0
@@ -227,19 +238,21 @@ class Connection(WriteFlowControl, asyncio.Protocol):
             raise BadResponse("response head too large")
         value = value.rstrip(b" \t")  # llhttp keeps trailing OWS
         lower = name.lower()
-        if lower == b"content-length":
-            self._length = int(value)  # digits only, never repeated: llhttp checked
-        elif lower == b"transfer-encoding":  # llhttp's rule: chunked iff it is the final coding
-            self._chunked = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
-        elif lower == b"connection":
-            self._connection = frozenset(map(bytes.strip, value.lower().split(b",")))
-        elif lower == b"date":
-            self._dated = True
-        self._headers.append((lower, b"%s: %s\r\n" % (name, value)))
+        if lower in _READ_HEADERS:
+            if lower == b"content-length":
+                self._length = int(value)  # digits only, never repeated: llhttp checked
+            elif lower == b"transfer-encoding":  # llhttp's rule: chunked iff it is the final coding
+                self._chunked = value.rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
+            elif lower == b"connection":
+                self._connection = frozenset(map(bytes.strip, value.lower().split(b",")))
+            else:
+                self._dated = True
+        self._headers.append((lower, name + b": " + value + b"\r\n"))  # (cheaper than % formatting)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
+            self._new_head()
             return  # interim (100 Continue, 103 Early Hints): the final response follows; 101 fails the feed
         self._keep_alive = self._parser.should_keep_alive()
         response = self._response = UpstreamResponse(
@@ -271,18 +284,23 @@ class Connection(WriteFlowControl, asyncio.Protocol):
             parts, self._parts = self._parts, []
             self._response.body = parts[0] if len(parts) == 1 else b"".join(parts)
             self._complete()
+            self._parser_at_rest = True
             self._resolve()
         elif state == 3:
             self._complete()
+            self._parser_at_rest = True
         # state 1: an interim response ended; state 5: a HEAD/204/304 answer, already complete
 
     # --- exchange ---------------------------------------------------------------------------
 
     def begin(self, head_request: bool, deadline: float | None) -> asyncio.Future[UpstreamResponse]:
         self._state = 1
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._parser_at_rest:  # a fresh parser unless llhttp ended the last response itself
+            self._parser = httptools.HttpResponseParser(self)
+        self._parser_at_rest = False
         self._head_request = head_request
         self._head_size = 0
+        self._new_head()
         self._keep_alive = True
         self._got_bytes = False
         self._parts = []
@@ -319,7 +337,6 @@ class Connection(WriteFlowControl, asyncio.Protocol):
             self._state = 0
             self._response = None
             self._future = None
-            self._parser = None
             self.pool.put_idle(self)
         else:
             self.abort()

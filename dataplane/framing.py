@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
@@ -39,6 +39,7 @@ HOP_BY_HOP = frozenset({
 # The gateway says `Server: kubegate` itself (like Envoy); a backend's would advertise its versions.
 _RESPONSE_SKIP = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server"})
 _REQUEST_ID_ONLY = frozenset({b"x-request-id"})
+_SKIP_WITH_REQUEST_ID = _RESPONSE_SKIP | _REQUEST_ID_ONLY  # when Connection names nothing else
 EMPTY_STATUSES = frozenset({204, 304})
 _JSON = ("Content-Type", "application/json")
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
@@ -54,12 +55,34 @@ def _date_line() -> bytes:
     return _date[1]
 
 
+_STATUS_LINES: dict[tuple[int, str], bytes] = {}
+_LENGTH_LINES: dict[int, bytes] = {}
+_new_tuple = tuple.__new__  # a Sent without NamedTuple's Python-level __new__ (once per answer)
+
+
+def _length_line(length: int) -> bytes:
+    """``Content-Length: N`` and the blank line; those of small bodies are kept in _LENGTH_LINES."""
+    line = b"Content-Length: %d\r\n\r\n" % length
+    if length < 4096:
+        _LENGTH_LINES[length] = line
+    return line
+
+
+def _status_line(status: int, reason: str) -> bytes:
+    """``HTTP/1.1 200 OK\\r\\n``; those with the standard phrase (or none) are kept in _STATUS_LINES."""
+    line = f"HTTP/1.1 {status} {reason or _PHRASES.get(status, '')}\r\n".encode("utf-8", "surrogateescape")
+    if reason in ("", _PHRASES.get(status)) and len(_STATUS_LINES) < 1024:  # never an upstream's own words
+        _STATUS_LINES[(status, reason)] = line
+    return line
+
+
 def _kept(upstream: UpstreamResponse, extra: dict[str, str]) -> tuple[list[bytes], frozenset[bytes]]:
     """The upstream's header lines a client gets, and the gateway's own header names (lower-case):
     hop-by-hop ones (and those its Connection names) go, the gateway's values replace the upstream's."""
     named = upstream.connection
-    ours = _REQUEST_ID_ONLY if len(extra) == 1 and "X-Request-Id" in extra else \
-        frozenset(name.lower().encode("latin-1") for name in extra)
+    if len(extra) == 1 and "X-Request-Id" in extra and named <= _RESPONSE_SKIP:  # the usual answer: one check
+        return [line for lower, line in upstream.raw if lower not in _SKIP_WITH_REQUEST_ID], _REQUEST_ID_ONLY
+    ours = frozenset(name.lower().encode("latin-1") for name in extra)
     return [line for lower, line in upstream.raw
             if lower not in _RESPONSE_SKIP and lower not in named and lower not in ours], ours
 
@@ -77,10 +100,9 @@ def response_headers(upstream: UpstreamResponse, extra: dict[str, str]) -> list[
 
 def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes, close: bool) -> bytes:
     """The head of a relayed response, from the upstream's header lines as received."""
-    lines, ours = _kept(upstream, extra)
-    status = upstream.status
-    parts = [f"HTTP/1.1 {status} {upstream.reason or _PHRASES.get(status, '')}\r\n".encode("utf-8", "surrogateescape")]
-    parts += lines
+    parts, ours = _kept(upstream, extra)
+    status, reason = upstream.status, upstream.reason
+    parts.insert(0, _STATUS_LINES.get((status, reason)) or _status_line(status, reason))
     for name, value in extra.items():
         parts.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
     if b"date" not in ours and (not upstream.dated or b"date" in upstream.connection):
@@ -95,7 +117,7 @@ def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes
 
 def request_head(method: str, origin: Origin, target: str, headers: list[tuple[str, str]], framing: str) -> bytes:
     """An upstream request's head; ``framing`` is its Content-Length / Transfer-Encoding line and blank line."""
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    fields = "\r\n".join(map(": ".join, headers)) + "\r\n" if headers else ""  # no Python frame per header
     return f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n{fields}{framing}".encode(
         "utf-8", "surrogateescape")
 
@@ -127,9 +149,11 @@ def refusal_bytes(status: int, message: str) -> bytes:
 
 
 class Front(Protocol):
-    """Where a request's answer is written."""
+    """Where a request's answer is written: ``write`` gives what it wrote, or, when it has to wait
+    (a streamed body, aiohttp's writer), an awaitable of it (``await`` only then: a coroutine per
+    answer is a cost the whole answers written at once do not pay)."""
 
-    async def write(self, request: Request, answer: Answer) -> Sent: ...
+    def write(self, request: Request, answer: Answer) -> Sent | Awaitable[Sent]: ...
 
 
 class Connection(Protocol):
@@ -151,7 +175,7 @@ class TransportFront:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def write(self, request: Request, answer: Answer) -> Sent:
+    def write(self, request: Request, answer: Answer) -> Sent | Awaitable[Sent]:
         if type(answer) is not Relay:
             return self._refusal(request, answer)
         transport = self._conn.transport
@@ -166,7 +190,7 @@ class TransportFront:
             framing = b"\r\n"
         elif body is not None and not no_body:
             length = len(body)
-            framing = b"Content-Length: %d\r\n\r\n" % length
+            framing = _LENGTH_LINES.get(length) or _length_line(length)
         elif length is not None:
             framing = b"Content-Length: %d\r\n\r\n" % length
         elif no_body:
@@ -174,13 +198,16 @@ class TransportFront:
         else:
             framing = b"Transfer-Encoding: chunked\r\n\r\n"
         head = relay_head(upstream, answer.extra, framing, request.close)
-        sent = Sent(status, 0 if head_only else len(body) if body is not None else upstream.content_length)
+        sent = _new_tuple(Sent, (status, 0 if head_only else len(body) if body is not None else upstream.content_length))
         if body is not None or no_body:
             transport.write(head if no_body else head + body)
             return sent
         transport.write(head)
+        return self._stream(upstream.stream, length is None, sent)
+
+    async def _stream(self, stream: AsyncIterator[bytes] | None, chunked: bool, sent: Sent) -> Sent:
         try:
-            await self._copy(upstream.stream, chunked=length is None)
+            await self._copy(stream, chunked=chunked)
         except Exception:  # noqa: BLE001 - headers are out: a cut connection is the only honest signal
             self._conn.cut()
         return sent

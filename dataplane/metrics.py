@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.values import MutexValue
 
 
 class Metrics:
@@ -76,25 +77,47 @@ class Metrics:
         )
 
 
-def counting(child: Counter) -> Callable[[float], None]:
-    """``child.inc`` for the request path: the value's own increment, without prometheus_client's
-    per-call checks (observability, sign, exemplar). Call it with 1."""
-    return child._value.inc
+def _lockless(*values: object) -> bool:
+    """Whether these are one process's own values (not multiprocess-mode files), which the request path
+    may add to without their lock: only the event loop's thread writes a request metric, and a
+    reader (a scrape) reads a float that is never half-written under the GIL."""
+    return all(type(value) is MutexValue for value in values)
 
 
 def observing(child: Histogram) -> Callable[[float], None]:
     """``child.observe`` for the request path: one bisect and two value increments instead of
     prometheus_client's checks and its Python loop over the buckets (same buckets, same sum)."""
-    total = child._sum.inc
-    buckets = [bucket.inc for bucket in child._buckets]
-    bounds = list(child._upper_bounds)
+    return recording(None, child)
+
+
+def recording(counter: Counter | None, histogram: Histogram) -> Callable[[float], None]:
+    """One request counted in ``counter`` (when given) and its seconds observed in ``histogram``, in
+    one call: what the pipeline does once per request and route (see :func:`observing`)."""
+    count, total, buckets = (counter._value if counter is not None else None), histogram._sum, histogram._buckets
+    bounds = list(histogram._upper_bounds)
     find = bisect.bisect_left
+    if _lockless(total, *buckets, *([count] if count is not None else [])):
+        if count is None:
+            def observe(seconds: float) -> None:
+                total._value += seconds
+                buckets[find(bounds, seconds)]._value += 1
+            return observe
 
-    def observe(seconds: float) -> None:
-        total(seconds)
-        buckets[find(bounds, seconds)](1)
+        def record(seconds: float) -> None:
+            count._value += 1
+            total._value += seconds
+            buckets[find(bounds, seconds)]._value += 1
+        return record
+    add_total = total.inc
+    adds = [bucket.inc for bucket in buckets]
+    add_count = count.inc if count is not None else None
 
-    return observe
+    def record_shared(seconds: float) -> None:  # multiprocess mode: the values write through to their files
+        if add_count is not None:
+            add_count(1)
+        add_total(seconds)
+        adds[find(bounds, seconds)](1)
+    return record_shared
 
 
 class _Collected:

@@ -24,12 +24,12 @@ from .bodies import BodyTooLarge, is_json
 from .clientip import ClientAddress
 from .framing import Front
 from .messages import Answer, Refusal, Request, Sent, Upgrade
-from .metrics import Metrics, counting, observing
+from .metrics import Metrics, observing, recording
 from .mtls_auth import client_identity
 from .observe import Note
-from .router import MethodNotAllowed
+from .router import MEMO_SIZE, MethodNotAllowed
 from .snapshot import GUARDED_METHODS
-from .target import PathRefused, normalise_request_path, parse_host
+from .target import PathRefused, RequestPath, normalise_request_path, parse_host
 from .tls import PolicyContext, TlsSet
 from .upstream import UpstreamPool
 
@@ -63,7 +63,6 @@ class Pipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         # metric children by label values, created on first use (an idle route costs no buckets)
         self._counters: dict[tuple[str, str, int], Callable[[float], None]] = {}
-        self._latency: dict[str, Callable[[float], None]] = {}
         self._upstream: dict[str, Callable[[float], None]] = {}
 
     def open(self) -> None:
@@ -85,7 +84,9 @@ class Pipeline:
         started = self._loop.time()
         answer = await self.answer(request, note)
         try:
-            sent = await front.write(request, answer)
+            sent = front.write(request, answer)
+            if type(sent) is not Sent:  # it has to wait: a streamed body, or aiohttp's writer
+                sent = await sent
         finally:
             answer.release()
         self._count(answer.route, request.method, sent.status, started)
@@ -141,10 +142,19 @@ class Pipeline:
         if method in GUARDED_METHODS and method not in snap.guarded_methods:
             extra["Allow"] = _ALLOW_DEFAULT
             return Refusal(405, "method_not_allowed", "method not allowed", extra)
-        normalised = normalise_request_path(request.path)
-        if isinstance(normalised, PathRefused):
+        table = snap.table
+        key = (host, method, request.path)
+        memo = table.memo.get(key)  # the same request target again: normalised and matched already
+        if memo is None:
+            normalised = normalise_request_path(request.path)
+            found = table.lookup(host, method, normalised[1]) if type(normalised) is RequestPath else None
+            if len(table.memo) >= MEMO_SIZE:
+                table.memo.clear()
+            memo = table.memo[key] = (normalised, found)
+        normalised, found = memo
+        if type(normalised) is PathRefused:
             return Refusal(400, "bad_path", normalised.reason, extra)
-        path, segments = normalised
+        path = normalised[0]
         if request.tls:
             refused = self._tls_refusal(snap.tls, request, host, extra)
             if refused is not None:
@@ -153,7 +163,6 @@ class Pipeline:
             # never proxied in plaintext (API.md): the same request, over HTTPS
             extra["Location"] = self._https_location(host_header, path, request.query)
             return Refusal(308, "https_required", "this host is served over HTTPS only", extra)
-        found = snap.table.lookup(host, method, segments)
         if found is None:
             return Refusal(404, "no_route", "no route matches", extra)
         if isinstance(found, MethodNotAllowed):
@@ -177,8 +186,9 @@ class Pipeline:
                      extra: dict[str, str], claim_headers: dict[str, str] | None, note: Note | None) -> Answer:
         headers = request.headers
         query = request.query
-        target = rt.plan.upstream_path(path) + ("?" + query if query else "")
-        websocket = proxy.is_websocket_upgrade(headers)
+        plan = rt.plan
+        target = (plan.upstream_path(path) if plan.strip_prefix else path) + ("?" + query if query else "")
+        websocket = "Upgrade" in headers and proxy.is_websocket_upgrade(headers)
         upstream_headers = proxy.upstream_headers(
             headers, peer=request.remote, proto="https" if request.tls else "http", host=host_header,
             rid=rid, drop=rt.claim_headers, websocket=websocket, hide_api_key=rt.hide_api_key,
@@ -208,7 +218,7 @@ class Pipeline:
             else:
                 body = proxy.stream_body(content, rt.max_body)
         observe = self._upstream.get(rt.id) or self._upstream_observer(rt.id)
-        relay = await proxy.forward(request, self.pool, rt.plan, target, upstream_headers, body, extra,
+        relay = await proxy.forward(request, self.pool, plan, target, upstream_headers, body, extra,
                                     observe if note is None else note.timed(observe))
         relay.route = rt
         return relay
@@ -260,15 +270,12 @@ class Pipeline:
         if method not in KNOWN_METHODS:
             method = "OTHER"
         key = (route, method, status // 100)
-        count = self._counters.get(key)
-        if count is None:
-            count = self._counters[key] = counting(
-                self.metrics.requests.labels(route, method, _CLASSES.get(status // 100, "other")))
-        count(1)
-        observe = self._latency.get(route)
-        if observe is None:
-            observe = self._latency[route] = observing(self.metrics.request_latency.labels(route))
-        observe(self._loop.time() - started)
+        record = self._counters.get(key)
+        if record is None:  # the request counter and the latency histogram, both in one call
+            record = self._counters[key] = recording(
+                self.metrics.requests.labels(route, method, _CLASSES.get(status // 100, "other")),
+                self.metrics.request_latency.labels(route))
+        record(self._loop.time() - started)
 
     def _upstream_observer(self, route: str) -> Callable[[float], None]:
         observe = self._upstream[route] = observing(self.metrics.upstream_latency.labels(route))

@@ -217,8 +217,9 @@ async def forward(request: Request, pool: UpstreamPool, plan: UpstreamPlan, targ
     loop = pool.loop
     origin: Origin | None = None
     failure: ProxyFailure | None = None
+    origins = plan.origins
     for attempt in range(attempts):
-        origin = plan.pick(avoid=origin)
+        origin = origins[0] if len(origins) == 1 else plan.pick(avoid=origin)  # (pick's answer for one)
         if origin is None:
             raise failure or _no_backend()
         started = loop.time()

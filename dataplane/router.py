@@ -19,6 +19,7 @@ from urllib.parse import unquote
 V = TypeVar("V")
 
 ANY_METHOD = "*"
+MEMO_SIZE = 4096  # RouteTable.memo entries before it starts again (paths with ids do not repeat)
 
 
 def wildcard_suffixes(host: str) -> Iterable[str]:
@@ -58,9 +59,10 @@ def split_pattern(pattern: str) -> list[str]:
 
 
 class RouteTable(Generic[V]):
-    """Immutable once built; ``lookup`` is safe to call concurrently."""
+    """Its routes are immutable once built and ``lookup`` is safe to call concurrently; ``memo`` is a
+    cache its user fills (the pipeline, on the event loop)."""
 
-    __slots__ = ("_any", "_exact", "_has_wildcards", "_wildcard", "size")
+    __slots__ = ("_any", "_exact", "_has_wildcards", "_wildcard", "memo", "size")
 
     def __init__(self, entries: Iterable[tuple[Sequence[str], str, Sequence[str], V]]) -> None:
         """entries: (hosts, path pattern, methods, value); first entry wins a duplicate claim."""
@@ -68,6 +70,9 @@ class RouteTable(Generic[V]):
         self._wildcard: dict[str, _Node[V]] = {}  # ".example.com" -> trie
         self._any: _Node[V] | None = None
         self.size = 0
+        # what its user derived from a lookup, by the request's (host, method, raw path): the pipeline
+        # keeps normalised path + match here (both pure), bounded by MEMO_SIZE; a new table starts empty
+        self.memo: dict[tuple[str, str, str], Any] = {}
         for hosts, pattern, methods, value in entries:
             self.size += 1
             for host in hosts or (None,):
@@ -109,32 +114,33 @@ class RouteTable(Generic[V]):
         for method in methods or (ANY_METHOD,):
             node.methods.setdefault(method, (value, tuple(names)))
 
-    def _fallback_tries(self, host: str) -> Iterable[_Node[V]]:
-        """Tries after the exact host's, in precedence order: wildcards (longest suffix first), any-host."""
-        if self._has_wildcards:
-            for suffix in wildcard_suffixes(host):
-                node = self._wildcard.get(suffix)
-                if node is not None:
-                    yield node
-        if self._any is not None:
-            yield self._any
-
     def lookup(self, host: str, method: str, segments: list[str]) -> Match[V] | MethodNotAllowed | None:
-        """Find the route for a parsed host + method + path segments (see target.py)."""
+        """Find the route for a parsed host + method + path segments (see target.py).
+
+        Tries in precedence order: the exact host's, wildcards (longest suffix first), any-host."""
         allowed: set[str] = set()
         root = self._exact.get(host)
-        if root is not None:  # the common case first, without building the candidate list
+        if root is not None:  # the common case first
             found = _search(root, segments, 0, method, (), allowed)
             if found is not None:
                 return found
-        if self._has_wildcards or self._any is not None:
-            for root in self._fallback_tries(host):
-                found = _search(root, segments, 0, method, (), allowed)
-                if found is not None:
-                    return found
+        if self._has_wildcards:
+            for suffix in wildcard_suffixes(host):
+                root = self._wildcard.get(suffix)
+                if root is not None:
+                    found = _search(root, segments, 0, method, (), allowed)
+                    if found is not None:
+                        return found
+        if self._any is not None:
+            found = _search(self._any, segments, 0, method, (), allowed)
+            if found is not None:
+                return found
         if allowed:
             return MethodNotAllowed(tuple(sorted(allowed)))
         return None
+
+
+_new_match = tuple.__new__  # a Match without NamedTuple's Python-level __new__ (once per request)
 
 
 def _pick(table: dict[str, Any], method: str, allowed: set[str]) -> Any:
@@ -153,7 +159,7 @@ def _search(node: _Node[V], segments: list[str], i: int, method: str, values: tu
             entry = _pick(node.methods, method, allowed)
             if entry is not None:
                 value, names = entry
-                return Match(value, dict(zip(names, values)) if names else {})
+                return _new_match(Match, (value, dict(zip(names, values)) if names else {}))
     else:
         seg = segments[i]
         child = node.literals.get(seg)
@@ -171,6 +177,8 @@ def _search(node: _Node[V], segments: list[str], i: int, method: str, values: tu
         entry = _pick(node.catch_all, method, allowed)
         if entry is not None:
             value, names = entry
-            rest = unquote("/".join(segments[i:]))
-            return Match(value, dict(zip(names, (*values, rest))))
+            rest = "/".join(segments[i:])
+            if "%" in rest:
+                rest = unquote(rest)
+            return _new_match(Match, (value, dict(zip(names, (*values, rest)))))
     return None

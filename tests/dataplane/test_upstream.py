@@ -284,3 +284,28 @@ async def test_status_line_split_across_packets(pool):
     assert (response.status, response.reason, response.body) == (203, "Non-Authoritative Info", b"ok")
     response.release()
     await server.stop()
+
+
+@pytest.mark.parametrize("bad", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+])
+async def test_a_kept_parser_is_as_strict_as_a_fresh_one(pool, bad):
+    """The parser of a connection whose last response llhttp ended itself is kept for the next
+    exchange: what it refuses on a fresh connection it refuses there too, and a HEAD answer
+    (whose advertised body never comes) is never followed by a kept parser."""
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    server = Scripted([OK, chunked, OK, head, OK, bad])
+    origin = await server.start()
+    assert (await _get(pool, origin))[2] == b"ok"
+    assert (await _get(pool, origin))[2] == b"ok"
+    assert (await _get(pool, origin))[2] == b"ok"
+    assert (await _get(pool, origin, "HEAD"))[2] == b""
+    assert (await _get(pool, origin))[2] == b"ok"  # the 5 advertised bytes were never expected
+    with pytest.raises(UpstreamError) as caught:
+        await _get(pool, origin)
+    assert caught.value.kind == "broken"
+    assert server.accepted == 1  # one connection all along
+    await server.stop()

@@ -1,0 +1,146 @@
+"""Instructions and CPU per bare-route request, A/B between source trees, in ONE run (prints figures; not a test).
+
+Usage: python bench/instructions.py TREE [TREE ...] [--seconds 8] [--rounds 5]
+
+A TREE is a checkout of this repository (e.g. ``git archive main | tar -x -C /tmp/main``);
+each kubegate runs with ``PYTHONPATH=TREE``, so trees are compared in the same session:
+
+* ``instr/req``: the kubegate process (``kubegate run``, one worker, uvloop, one route
+  ``/bare/*rest`` to a hello-world nginx) under ``valgrind --tool=callgrind``, instrumentation
+  switched on after a warm-up, ``wrk -t1 -c8`` for ``--seconds``; instructions counted divided by
+  requests served. User-space instructions do not depend on what else the machine runs: the
+  steady figure for an A/B on a shared machine (syscalls are not in it).
+* ``cpu us/req``: the same kubegate without valgrind, pinned with ``taskset`` to the first CPU
+  (wrk and the backend on the second), utime + stime per request over interleaved ``--rounds``
+  of 3 s (median); noisy on a busy machine, the figure bench/peers.py compares with its peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+_spec = importlib.util.spec_from_file_location("bench_dataplane", os.path.join(os.path.dirname(__file__),
+                                                                             "dataplane.py"))
+bd = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bd)  # type: ignore[union-attr]
+
+
+def manifests(folder: str, backend: int) -> None:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "bare.yaml"), "w") as handle:
+        handle.write("apiVersion: kubegate.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: bare, namespace: bench}\n"
+                     f'spec: {{path: "/bare/*rest", backends: [{{url: "http://127.0.0.1:{backend}"}}]}}\n')
+
+
+def kubegate(tree: str, folder: str, workdir: str, prefix: tuple[str, ...]) -> tuple[subprocess.Popen, str]:
+    port = bd.free_port()
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(tree), "KUBEGATE_EVENT_LOOP": "uvloop",
+           "XDG_CACHE_HOME": os.path.join(workdir, "cache")}
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "kubegate.cli", "run", "-f", folder, "--host", "127.0.0.1",
+                             "--http-port", str(port), "--https-port", "0", "--admin-port", "0", "--workers", "1"],
+                            env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/bare/bench"
+    bd.wait_port(port, timeout=120)
+    return proc, url
+
+
+def requests_served(url: str, seconds: int, connections: int, client: tuple[str, ...]) -> int:
+    out = subprocess.run([*client, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url], capture_output=True,
+                         text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"bench: non-2xx answers from {url}")
+    return int(re.search(r"(\d+) requests in", out).group(1))
+
+
+def instructions(tree: str, folder: str, workdir: str, seconds: int, client: tuple[str, ...]) -> tuple[int, int]:
+    """(instructions, requests) of one callgrind run."""
+    out = os.path.join(workdir, f"callgrind-{time.monotonic_ns()}.out")
+    proc, url = kubegate(tree, folder, workdir, ("valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                                 f"--callgrind-out-file={out}"))
+    try:
+        for _ in range(60):  # valgrind makes the start slow: until it answers
+            try:
+                requests_served(url, 2, 8, client)
+                break
+            except subprocess.CalledProcessError:
+                time.sleep(1)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        served = requests_served(url, seconds, 8, client)
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    total = 0
+    for name in glob.glob(out + "*"):
+        with open(name) as handle:
+            for line in handle:
+                if line.startswith(("summary:", "totals:")):
+                    total = max(total, int(line.split()[1]))
+    return total, served
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trees", nargs="+", help="source trees to compare (their kubegate runs the same route)")
+    parser.add_argument("--seconds", type=int, default=8, help="wrk duration under callgrind (default 8)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved 3 s CPU rounds per tree (default 5)")
+    args = parser.parse_args(argv)
+    for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} is not installed")
+    cpus = sorted(os.sched_getaffinity(0))
+    proxy_core, client_core = str(cpus[0]), str(cpus[-1])
+    client = ("taskset", "-c", client_core)
+    work = tempfile.mkdtemp(prefix="kubegate-instructions-")
+    backend = bd.free_port()
+    folder = os.path.join(work, "manifests")
+    manifests(folder, backend)
+    nginx = bd.nginx(f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "hello world"; }} }}', work,
+                     prefix=client)
+    try:
+        bd.wait_port(backend)
+        counted = {tree: instructions(tree, folder, work, args.seconds, client) for tree in args.trees}
+        started = {tree: kubegate(tree, folder, work, ("taskset", "-c", proxy_core)) for tree in args.trees}
+        try:
+            for _, url in started.values():
+                requests_served(url, 1, 64, client)
+            cpu: dict[str, list[float]] = {tree: [] for tree in args.trees}
+            for _ in range(args.rounds):
+                for tree, (proc, url) in started.items():
+                    before = bd.cpu_seconds([proc.pid])
+                    served = requests_served(url, 3, 64, client)
+                    cpu[tree].append((bd.cpu_seconds([proc.pid]) - before) / served * 1e6)
+        finally:
+            for proc, _ in started.values():
+                proc.terminate()
+                proc.wait(30)
+    finally:
+        nginx.terminate()
+        nginx.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+    first = args.trees[0]
+    base_instr = counted[first][0] / counted[first][1]
+    base_cpu = statistics.median(cpu[first])
+    print(f"\nkubegate bare route, one worker, uvloop; callgrind under wrk -t1 -c8 for {args.seconds} s; CPU pinned to "
+          f"CPU {proxy_core} under wrk -t1 -c64, median of {args.rounds} interleaved 3 s rounds")
+    print(f"{'tree':40s} {'instr/req':>10s} {'x first':>8s} {'cpu us/req':>11s} {'x first':>8s}")
+    for tree in args.trees:
+        instr = counted[tree][0] / counted[tree][1]
+        median = statistics.median(cpu[tree])
+        print(f"{tree:40s} {instr:10,.0f} {instr / base_instr:8.2f} {median:11.1f} {median / base_cpu:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
