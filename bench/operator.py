@@ -211,6 +211,7 @@ def ready_status(generation: int) -> dict[str, Any]:
     """The status the operator writes for an accepted route a live data plane serves."""
     from kubegate.operator.programmed import Acknowledgement
     from kubegate.operator.status import desired_status
+
     from kubegate.resources import ObjectRef, ObjectResult
     from kubegate.translate.common import ACCEPTED_OK, RESOLVED_OK
 
