@@ -27,13 +27,14 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from kubegate.dataplane.api_key_auth import ApiKeyTable, KeyRecord, extract_api_key
 from kubegate.dataplane.ipfilter import IpFilter, canonical_ip
 from kubegate.dataplane.jwt_auth import JwtRejected, JwtVerifier, TokenCache
 from kubegate.dataplane.mtls_auth import SubjectMatcher, client_identity
-from kubegate.dataplane.ratelimit import Charge, ChargeSet, RateLimiter
+from kubegate.dataplane.ratelimit import Charge, ChargeSet, MemoryRateLimiter, RateLimiter, RateResult
 
 from kubegate.config import CompiledConfig, CompiledLimit, CompiledRoute, SecretBundle
 
@@ -148,6 +149,8 @@ class Admission:
         audit: AuditLog,
     ) -> None:
         self._limiter = limiter
+        # an in-memory store decides synchronously (no coroutine per request); any other is awaited
+        self._sync_store = type(limiter) is MemoryRateLimiter
         self._metrics = metrics
         self._audit = audit
         self.token_cache = TokenCache()
@@ -232,9 +235,18 @@ class Admission:
         return route.id in self._plans
 
     async def admit(self, route: CompiledRoute, facts: RequestFacts) -> Decision:
-        """The hot path of every secured request: its common case (a remembered address, a cached
-        bearer token, a remembered ChargeSet) is inlined, as each Python call costs about a
-        microsecond on a busy gateway; everything else takes the general methods below."""
+        """The decision for one request (see :meth:`decide`, which the request path calls)."""
+        decision = self.decide(route, facts)
+        return decision if type(decision) is Decision else await decision
+
+    def decide(self, route: CompiledRoute, facts: RequestFacts) -> Decision | Coroutine[Any, Any, Decision]:
+        """The decision, or a coroutine for it when something must be waited for (a token not verified
+        before, a shared rate-limit store): the request path awaits only then.
+
+        The hot path of every secured request: its common case (a remembered address, a cached bearer
+        token, a remembered ChargeSet, an in-memory limit) is inlined and creates no coroutine, as each
+        Python call costs about a microsecond on a busy gateway; everything else takes the general
+        methods below."""
         plan = self._plans.get(route.id)
         if plan is None:
             return Decision()
@@ -254,30 +266,47 @@ class Admission:
                         known = plan.jwt.lookup(authorization[7:].strip(), time.time())
                     except JwtRejected:
                         pass  # _authenticate refuses it, with its metric and audit line
-            if known is not None:
-                who = known
-            else:
-                outcome = await self._authenticate(plan, route, facts)
-                if type(outcome) is Decision:
-                    return outcome
-                who = outcome
+            if known is None:
+                return self._authenticated_admit(plan, route, facts)
+            who = known
+        return self._limit(plan, route, facts, who)
+
+    async def _authenticated_admit(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts) -> Decision:
+        outcome = await self._authenticate(plan, route, facts)
+        if type(outcome) is Decision:
+            return outcome
+        decision = self._limit(plan, route, facts, outcome)
+        return decision if type(decision) is Decision else await decision
+
+    def _limit(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts,
+               who: _Authenticated) -> Decision | Coroutine[Any, Any, Decision]:
+        """The rate-limit part of the decision for an authenticated (or anonymous) caller."""
         charges = None
         if plan.ip_keyed and who.key is None:
-            charges = plan.charge_sets.get(client_ip)
+            charges = plan.charge_sets.get(facts.client_ip)
         if charges is None:
             charges = self._charge_set(plan, facts, who)
             if charges is None:
                 return Decision(None, "", "", {}, who.upstream_headers, who.principal)
-        result = await self._limiter.hit(charges, plan.failure_mode)
+        if self._sync_store:
+            return self._limit_decision(self._limiter.decide_now(charges), route, facts, who)
+        return self._limited(plan, route, facts, who, charges)
+
+    async def _limited(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts, who: _Authenticated,
+                       charges: ChargeSet) -> Decision:
+        return self._limit_decision(await self._limiter.hit(charges, plan.failure_mode), route, facts, who)
+
+    def _limit_decision(self, result: RateResult, route: CompiledRoute, facts: RequestFacts,
+                        who: _Authenticated) -> Decision:
         if result.allowed:
             return Decision(None, "", "", result.headers(), who.upstream_headers, who.principal)
         if result.store_unavailable:
             return Decision(503, "ratelimit_unavailable", "rate limit store unavailable", result.headers(),
-                           who.upstream_headers, who.principal)
+                            who.upstream_headers, who.principal)
         dimension = result.denied_dimension or "global"
         self._metrics.rate_limited.labels(route.id, dimension).inc()
         self._audit.event(
-            "rate_limited", route=route.id, client_ip=client_ip, reason="rate_limited",
+            "rate_limited", route=route.id, client_ip=facts.client_ip, reason="rate_limited",
             dimension=dimension, principal=who.principal,
         )
         return Decision(429, "rate_limited", "rate limit exceeded", result.headers(), {}, who.principal)

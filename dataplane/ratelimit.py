@@ -137,8 +137,12 @@ class MemoryRateLimiter:
         self._hits = 0
 
     async def hit(self, charges: Sequence[Charge], failure_mode: FailureMode = "open") -> RateResult:
-        """Never suspends, so it is atomic under asyncio. One limit (the common case) is decided
-        right here, refill() and decide() inlined; anything else by hit_now."""
+        """Never suspends, so it is atomic under asyncio (see decide_now)."""
+        return self.decide_now(charges)
+
+    def decide_now(self, charges: Sequence[Charge]) -> RateResult:
+        """hit() without a coroutine (admission calls this for an in-memory store). One limit (the
+        common case) is decided right here, refill() and decide() inlined; anything else by hit_now."""
         if len(charges) != 1:
             return self.hit_now(charges)
         c = charges[0]
