@@ -94,6 +94,7 @@ class _RoutePlan:
     tag: str  # "kg:{<namespace>}:rl:"
     has_auth: bool
     jwt_only: bool  # a bearer token is the only credential: a cached one needs no other check
+    api_key_only: bool  # an API key is the only credential: checked synchronously (no JWT to await)
     ip_keyed: bool  # limits only per client address or global: the address alone picks the ChargeSet
     charge_sets: dict[object, ChargeSet] = field(default_factory=dict)  # who -> this route's charges
 
@@ -169,6 +170,7 @@ class Admission:
             usable_keys.append(key)
         self._keys = ApiKeyTable(tuple(usable_keys), secrets, self.dropped)
         self._key_limits: dict[str, tuple[str, _LimitPlan]] = {}  # key id -> (namespace, plan)
+        self._key_callers: dict[int, _Authenticated] = {}  # id(KeyRecord) -> its caller (records live as long)
         verifiers: dict[str, JwtVerifier] = {}
         filters: dict[tuple[tuple[str, ...], tuple[str, ...]], IpFilter] = {}
         self._plans: dict[str, _RoutePlan] = {}
@@ -227,6 +229,7 @@ class Admission:
             tag=tag,
             has_auth=bool(methods),
             jwt_only=methods == {"jwt"},
+            api_key_only=methods == {"apiKey"},
             ip_keyed=bool(limits) and all(lp.dimension in ("ip", "global") for lp in limits),
         )
 
@@ -266,6 +269,13 @@ class Admission:
                         known = plan.jwt.lookup(authorization[7:].strip(), time.time())
                     except JwtRejected:
                         pass  # _authenticate refuses it, with its metric and audit line
+            elif plan.api_key_only:  # a key that passes every check; anything else is refused below
+                headers = facts.headers
+                key = extract_api_key(headers.get("X-API-Key"), headers.get("Authorization"))
+                if key is not None:
+                    result = self._keys.check(key, route, facts.client_ip)
+                    if result.ok:
+                        known = self._key_caller(result.record)
             if known is None:
                 return self._authenticated_admit(plan, route, facts)
             who = known
@@ -289,7 +299,7 @@ class Admission:
             if charges is None:
                 return Decision(None, "", "", {}, who.upstream_headers, who.principal)
         if self._sync_store:
-            return self._limit_decision(self._limiter.decide_now(charges), route, facts, who)
+            return self._limit_decision(self._limiter.hit_now(charges), route, facts, who)
         return self._limited(plan, route, facts, who, charges)
 
     async def _limited(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts, who: _Authenticated,
@@ -337,7 +347,7 @@ class Admission:
                 presented = True
                 result = self._keys.check(key, route, facts.client_ip)
                 if result.ok:
-                    return _Authenticated(principal=f"apikey:{result.record.id}", key=result.record)
+                    return self._key_caller(result.record)
                 if result.status == 403:
                     forbidden = (result.reason, "API key not allowed here", f"apikey:{result.record.id}")
                 else:
@@ -369,6 +379,13 @@ class Admission:
             return self._refuse(route, facts, 401, "missing_credentials", "credentials required", plan=plan)
         return _ANONYMOUS
 
+    def _key_caller(self, record: KeyRecord) -> _Authenticated:
+        """The caller an admitted key stands for, made once per key of this snapshot."""
+        cached = self._key_callers.get(id(record))
+        if cached is None or cached.key is not record:
+            cached = self._key_callers[id(record)] = _Authenticated(principal=f"apikey:{record.id}", key=record)
+        return cached
+
     def _refuse(self, route: CompiledRoute, facts: RequestFacts, status: int, reason: str, message: str, *,
                 plan: _RoutePlan | None = None, principal: str | None = None) -> Decision:
         self._metrics.auth_failures.labels(route.id, facts.method, reason).inc()
@@ -394,8 +411,8 @@ class Admission:
         """The buckets this request draws from (None: no limit applies), remembered per route and who."""
         key = who.key
         key_limited = key is not None and key.rate_limit is not None
-        if plan.ip_keyed and not key_limited:
-            memo = facts.client_ip
+        if plan.ip_keyed:  # the address alone picks the plan's buckets; a key adds its own bucket
+            memo = (facts.client_ip, key.id) if key_limited else facts.client_ip
         elif plan.limits or key_limited:
             memo = (tuple([self._who(lp, facts, who) for lp in plan.limits]), key.id if key_limited else None)
         else:

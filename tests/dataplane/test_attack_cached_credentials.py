@@ -1,9 +1,12 @@
 """Attacks on the request path's synchronous fast path (Admission.decide): a bearer token verified
-once is a dict hit afterwards, so every way of riding on a cached token must still be refused.
+once is a dict hit afterwards, and an admitted API key's caller and buckets are remembered, so every
+way of riding on a remembered credential must still be refused.
 
 Forged signatures and tampered payloads next to a cached genuine token, a cached token used past
 its exp (and before its nbf), alg confusion (none, HS256 signed with the RS256 public key), a token
 cached for one route presented to a route with another key, and a cached requiredClaims refusal.
+API keys: a key admitted once, then expired, presented on a route outside its scope, from an address
+outside its CIDRs, or with one character changed; and its own limit stays exact across addresses.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from kubegate.dataplane.metrics import Metrics
 from kubegate.dataplane.ratelimit import MemoryRateLimiter
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from kubegate.apikeys import generate_api_key, key_hash, key_id
 from kubegate.config import (
+    CompiledApiKey,
     CompiledAuth,
     CompiledBackend,
     CompiledConfig,
@@ -45,11 +50,13 @@ RSA_PUBLIC = _KEY.public_key().public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def _route(name: str, jwt_cfg: CompiledJwt) -> CompiledRoute:
+def _route(name: str, jwt_cfg: CompiledJwt | None) -> CompiledRoute:
+    """A JWT route, or with ``jwt_cfg`` None an API-key route; IP filter and a generous ip limit either way."""
     limits = (CompiledLimit(key=f"t/{name}#0", dimension="ip", requests=1000, period_seconds=60, burst=1000),)
+    auth = CompiledAuth(methods=("jwt",), jwt=jwt_cfg) if jwt_cfg else CompiledAuth(methods=("apiKey",))
     return CompiledRoute(
         id=f"t/{name}", namespace="t", name=name, path=f"/{name}", backends=(CompiledBackend(url="http://b"),),
-        auth=CompiledAuth(methods=("jwt",), jwt=jwt_cfg), ip_allow=("10.0.0.0/8",),
+        auth=auth, ip_allow=("10.0.0.0/8",),
         rate_limit=CompiledRateLimit(policy="t/p", scope="route", limits=limits),
     )
 
@@ -61,11 +68,27 @@ ADMINS = _route("admins", CompiledJwt(issuer="iss", algorithms=("HS256",), hmac_
                                       required_claims={"role": "admin"}))
 
 
+KEYED = _route("keyed", None)
+ELSEWHERE = _route("elsewhere", None)
+KEY, EXPIRING, NARROW = generate_api_key(), generate_api_key(), generate_api_key()
+SOON = time.time() + 60
+KEYS = (
+    CompiledApiKey(id=key_id(key_hash(KEY)), namespace="t", name="k", hash_ref="k.k", routes=("t/keyed",),
+                   rate_limit=CompiledLimit(key="apikey:t/k", dimension="apiKey", requests=3, period_seconds=60,
+                                            burst=3)),
+    CompiledApiKey(id=key_id(key_hash(EXPIRING)), namespace="t", name="e", hash_ref="k.e", expires_at=SOON),
+    CompiledApiKey(id=key_id(key_hash(NARROW)), namespace="t", name="n", hash_ref="k.n",
+                   allowed_cidrs=("10.0.0.1/32",)),
+)
+
+
 @pytest.fixture
 async def admission():
     limiter = MemoryRateLimiter()
-    config = CompiledConfig(routes=(HS, OTHER, RS, ADMINS))
-    yield Admission(config, SecretBundle(values={"s.a": SECRET, "s.b": OTHER_SECRET}), limiter=limiter,
+    config = CompiledConfig(routes=(HS, OTHER, RS, ADMINS, KEYED, ELSEWHERE), api_keys=KEYS)
+    secrets = {"s.a": SECRET, "s.b": OTHER_SECRET, "k.k": key_hash(KEY), "k.e": key_hash(EXPIRING),
+               "k.n": key_hash(NARROW)}
+    yield Admission(config, SecretBundle(values=secrets), limiter=limiter,
                     jwks=JwksCache(), metrics=Metrics(), audit=AuditLog(io.StringIO()))
     await limiter.close()
 
@@ -79,6 +102,11 @@ def bearer(token: str) -> RequestFacts:
     return RequestFacts(method="GET", path="/", host="h", client_ip="10.0.0.1",
                         headers=CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {token}"})), peer_cert=None,
                         tls=False)
+
+
+def with_key(key: str, ip: str = "10.0.0.1") -> RequestFacts:
+    return RequestFacts(method="GET", path="/", host="h", client_ip=ip,
+                        headers=CIMultiDictProxy(CIMultiDict({"X-API-Key": key})), peer_cert=None, tls=False)
 
 
 def b64(data: bytes) -> str:
@@ -179,3 +207,43 @@ async def test_a_cached_required_claims_refusal_stays_a_403(admission):
         assert (decision.status, decision.reason) == (403, "forbidden_claims")
     assert (await decided(admission, HS, token)).status is None  # the same token where no claim is required
     assert (await decided(admission, ADMINS, hs_token(role="admin"))).status is None
+
+
+async def keyed(admission: Admission, route: CompiledRoute, request: RequestFacts) -> Decision:
+    outcome = admission.decide(route, request)
+    return outcome if type(outcome) is Decision else await outcome
+
+
+async def test_an_admitted_key_is_decided_synchronously_and_its_own_limit_stays_exact(admission):
+    first = admission.decide(KEYED, with_key(KEY))
+    assert type(first) is Decision and first.status is None and first.principal.startswith("apikey:")
+    # the key's own limit (3) counts every address: the remembered buckets are per address AND key
+    rest = [await keyed(admission, KEYED, with_key(KEY, ip)) for ip in ("10.0.0.2", "10.0.0.3", "10.0.0.1")]
+    assert [d.status for d in rest] == [None, None, 429]
+
+
+async def test_a_remembered_key_is_refused_once_it_expires(admission, monkeypatch):
+    assert (await keyed(admission, ELSEWHERE, with_key(EXPIRING))).status is None
+    monkeypatch.setattr(time, "time", lambda: SOON + 1)
+    for _ in range(2):
+        decision = await keyed(admission, ELSEWHERE, with_key(EXPIRING))
+        assert (decision.status, decision.reason) == (401, "api_key_expired")
+
+
+async def test_a_remembered_key_is_refused_outside_its_scope_and_its_cidrs(admission):
+    assert (await keyed(admission, KEYED, with_key(KEY))).status is None
+    for _ in range(2):
+        decision = await keyed(admission, ELSEWHERE, with_key(KEY))  # scoped to t/keyed only
+        assert (decision.status, decision.reason) == (403, "forbidden_scope")
+    assert (await keyed(admission, ELSEWHERE, with_key(NARROW, "10.0.0.1"))).status is None
+    for _ in range(2):
+        decision = await keyed(admission, ELSEWHERE, with_key(NARROW, "10.0.0.2"))
+        assert (decision.status, decision.reason) == (403, "forbidden_cidr")
+
+
+async def test_a_key_one_character_off_is_refused_after_the_real_one_was_admitted(admission):
+    assert (await keyed(admission, KEYED, with_key(KEY))).status is None
+    changed = KEY[:-1] + ("0" if KEY[-1] != "0" else "1")
+    for forged in (changed, KEY + "x", KEY[:-1], KEY.upper() if KEY.upper() != KEY else KEY.lower()):
+        decision = await keyed(admission, KEYED, with_key(forged))
+        assert (decision.status, decision.reason) == (401, "invalid_api_key"), forged
