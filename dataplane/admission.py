@@ -6,10 +6,14 @@ IP filter (403) -> authentication (401 invalid/missing, 403 not allowed)
 -> rate limit (429; 503 when the shared store is down and failureMode is
 closed). The result is a :class:`Decision`; the proxy turns a non-None
 status into an error response and adds ``response_headers`` either way.
+The request path asks :meth:`Admission.decide`, which returns the Decision
+itself when nothing must be waited for and a coroutine only when something
+must (a token not verified before, a shared rate-limit store).
 
 Per request, the work is a few dict lookups: the IP filter remembers its
 decision per client address, a bearer token seen before is a synchronous
-cache hit (JwtVerifier.lookup), and each route keeps the ChargeSet of every
+cache hit (JwtVerifier.lookup), an admitted API key's caller is made once
+per key (every check of the key still runs), and each route keeps the ChargeSet of every
 client (user, key, header value) it has seen, so the limiter's encoding of
 it is reused too (bounded: MAX_CHARGE_SETS over all routes).
 
@@ -26,15 +30,21 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kubegate.dataplane.api_key_auth import ApiKeyTable, KeyRecord, extract_api_key
 from kubegate.dataplane.ipfilter import IpFilter, canonical_ip
 from kubegate.dataplane.jwt_auth import JwtRejected, JwtVerifier, TokenCache
 from kubegate.dataplane.mtls_auth import SubjectMatcher, client_identity
-from kubegate.dataplane.ratelimit import Charge, ChargeSet, MemoryRateLimiter, RateLimiter, RateResult
+from kubegate.dataplane.ratelimit import (
+    Charge,
+    ChargeSet,
+    MemoryRateLimiter,
+    RateLimiter,
+    RateResult,
+)
 
 from kubegate.config import CompiledConfig, CompiledLimit, CompiledRoute, SecretBundle
 
