@@ -6,10 +6,14 @@ IP filter (403) -> authentication (401 invalid/missing, 403 not allowed)
 -> rate limit (429; 503 when the shared store is down and failureMode is
 closed). The result is a :class:`Decision`; the proxy turns a non-None
 status into an error response and adds ``response_headers`` either way.
+The request path asks :meth:`Admission.decide`, which returns the Decision
+itself when nothing must be waited for and a coroutine only when something
+must (a token not verified before, a shared rate-limit store).
 
 Per request, the work is a few dict lookups: the IP filter remembers its
 decision per client address, a bearer token seen before is a synchronous
-cache hit (JwtVerifier.lookup), and each route keeps the ChargeSet of every
+cache hit (JwtVerifier.lookup), an admitted API key's caller is made once
+per key (every check of the key still runs), and each route keeps the ChargeSet of every
 client (user, key, header value) it has seen, so the limiter's encoding of
 it is reused too (bounded: MAX_CHARGE_SETS over all routes).
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +38,13 @@ from kubegate.dataplane.api_key_auth import ApiKeyTable, KeyRecord, extract_api_
 from kubegate.dataplane.ipfilter import IpFilter, canonical_ip
 from kubegate.dataplane.jwt_auth import JwtRejected, JwtVerifier, TokenCache
 from kubegate.dataplane.mtls_auth import SubjectMatcher, client_identity
-from kubegate.dataplane.ratelimit import Charge, ChargeSet, RateLimiter
+from kubegate.dataplane.ratelimit import (
+    Charge,
+    ChargeSet,
+    MemoryRateLimiter,
+    RateLimiter,
+    RateResult,
+)
 
 from kubegate.config import CompiledConfig, CompiledLimit, CompiledRoute, SecretBundle
 
@@ -93,6 +104,7 @@ class _RoutePlan:
     tag: str  # "kg:{<namespace>}:rl:"
     has_auth: bool
     jwt_only: bool  # a bearer token is the only credential: a cached one needs no other check
+    api_key_only: bool  # an API key is the only credential: checked synchronously (no JWT to await)
     ip_keyed: bool  # limits only per client address or global: the address alone picks the ChargeSet
     charge_sets: dict[object, ChargeSet] = field(default_factory=dict)  # who -> this route's charges
 
@@ -148,6 +160,8 @@ class Admission:
         audit: AuditLog,
     ) -> None:
         self._limiter = limiter
+        # an in-memory store decides synchronously (no coroutine per request); any other is awaited
+        self._sync_store = type(limiter) is MemoryRateLimiter
         self._metrics = metrics
         self._audit = audit
         self.token_cache = TokenCache()
@@ -166,6 +180,7 @@ class Admission:
             usable_keys.append(key)
         self._keys = ApiKeyTable(tuple(usable_keys), secrets, self.dropped)
         self._key_limits: dict[str, tuple[str, _LimitPlan]] = {}  # key id -> (namespace, plan)
+        self._key_callers: dict[int, _Authenticated] = {}  # id(KeyRecord) -> its caller (records live as long)
         verifiers: dict[str, JwtVerifier] = {}
         filters: dict[tuple[tuple[str, ...], tuple[str, ...]], IpFilter] = {}
         self._plans: dict[str, _RoutePlan] = {}
@@ -224,6 +239,7 @@ class Admission:
             tag=tag,
             has_auth=bool(methods),
             jwt_only=methods == {"jwt"},
+            api_key_only=methods == {"apiKey"},
             ip_keyed=bool(limits) and all(lp.dimension in ("ip", "global") for lp in limits),
         )
 
@@ -232,9 +248,18 @@ class Admission:
         return route.id in self._plans
 
     async def admit(self, route: CompiledRoute, facts: RequestFacts) -> Decision:
-        """The hot path of every secured request: its common case (a remembered address, a cached
-        bearer token, a remembered ChargeSet) is inlined, as each Python call costs about a
-        microsecond on a busy gateway; everything else takes the general methods below."""
+        """The decision for one request (see :meth:`decide`, which the request path calls)."""
+        decision = self.decide(route, facts)
+        return decision if type(decision) is Decision else await decision
+
+    def decide(self, route: CompiledRoute, facts: RequestFacts) -> Decision | Coroutine[Any, Any, Decision]:
+        """The decision, or a coroutine for it when something must be waited for (a token not verified
+        before, a shared rate-limit store): the request path awaits only then.
+
+        The hot path of every secured request: its common case (a remembered address, a cached bearer
+        token, a remembered ChargeSet, an in-memory limit) is inlined and creates no coroutine, as each
+        Python call costs about a microsecond on a busy gateway; everything else takes the general
+        methods below."""
         plan = self._plans.get(route.id)
         if plan is None:
             return Decision()
@@ -254,30 +279,54 @@ class Admission:
                         known = plan.jwt.lookup(authorization[7:].strip(), time.time())
                     except JwtRejected:
                         pass  # _authenticate refuses it, with its metric and audit line
-            if known is not None:
-                who = known
-            else:
-                outcome = await self._authenticate(plan, route, facts)
-                if type(outcome) is Decision:
-                    return outcome
-                who = outcome
+            elif plan.api_key_only:  # a key that passes every check; anything else is refused below
+                headers = facts.headers
+                key = extract_api_key(headers.get("X-API-Key"), headers.get("Authorization"))
+                if key is not None:
+                    result = self._keys.check(key, route, facts.client_ip)
+                    if result.ok:
+                        known = self._key_caller(result.record)
+            if known is None:
+                return self._authenticated_admit(plan, route, facts)
+            who = known
+        return self._limit(plan, route, facts, who)
+
+    async def _authenticated_admit(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts) -> Decision:
+        outcome = await self._authenticate(plan, route, facts)
+        if type(outcome) is Decision:
+            return outcome
+        decision = self._limit(plan, route, facts, outcome)
+        return decision if type(decision) is Decision else await decision
+
+    def _limit(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts,
+               who: _Authenticated) -> Decision | Coroutine[Any, Any, Decision]:
+        """The rate-limit part of the decision for an authenticated (or anonymous) caller."""
         charges = None
         if plan.ip_keyed and who.key is None:
-            charges = plan.charge_sets.get(client_ip)
+            charges = plan.charge_sets.get(facts.client_ip)
         if charges is None:
             charges = self._charge_set(plan, facts, who)
             if charges is None:
                 return Decision(None, "", "", {}, who.upstream_headers, who.principal)
-        result = await self._limiter.hit(charges, plan.failure_mode)
+        if self._sync_store:
+            return self._limit_decision(self._limiter.hit_now(charges), route, facts, who)
+        return self._limited(plan, route, facts, who, charges)
+
+    async def _limited(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts, who: _Authenticated,
+                       charges: ChargeSet) -> Decision:
+        return self._limit_decision(await self._limiter.hit(charges, plan.failure_mode), route, facts, who)
+
+    def _limit_decision(self, result: RateResult, route: CompiledRoute, facts: RequestFacts,
+                        who: _Authenticated) -> Decision:
         if result.allowed:
             return Decision(None, "", "", result.headers(), who.upstream_headers, who.principal)
         if result.store_unavailable:
             return Decision(503, "ratelimit_unavailable", "rate limit store unavailable", result.headers(),
-                           who.upstream_headers, who.principal)
+                            who.upstream_headers, who.principal)
         dimension = result.denied_dimension or "global"
         self._metrics.rate_limited.labels(route.id, dimension).inc()
         self._audit.event(
-            "rate_limited", route=route.id, client_ip=client_ip, reason="rate_limited",
+            "rate_limited", route=route.id, client_ip=facts.client_ip, reason="rate_limited",
             dimension=dimension, principal=who.principal,
         )
         return Decision(429, "rate_limited", "rate limit exceeded", result.headers(), {}, who.principal)
@@ -308,7 +357,7 @@ class Admission:
                 presented = True
                 result = self._keys.check(key, route, facts.client_ip)
                 if result.ok:
-                    return _Authenticated(principal=f"apikey:{result.record.id}", key=result.record)
+                    return self._key_caller(result.record)
                 if result.status == 403:
                     forbidden = (result.reason, "API key not allowed here", f"apikey:{result.record.id}")
                 else:
@@ -340,6 +389,13 @@ class Admission:
             return self._refuse(route, facts, 401, "missing_credentials", "credentials required", plan=plan)
         return _ANONYMOUS
 
+    def _key_caller(self, record: KeyRecord) -> _Authenticated:
+        """The caller an admitted key stands for, made once per key of this snapshot."""
+        cached = self._key_callers.get(id(record))
+        if cached is None or cached.key is not record:
+            cached = self._key_callers[id(record)] = _Authenticated(principal=f"apikey:{record.id}", key=record)
+        return cached
+
     def _refuse(self, route: CompiledRoute, facts: RequestFacts, status: int, reason: str, message: str, *,
                 plan: _RoutePlan | None = None, principal: str | None = None) -> Decision:
         self._metrics.auth_failures.labels(route.id, facts.method, reason).inc()
@@ -365,8 +421,8 @@ class Admission:
         """The buckets this request draws from (None: no limit applies), remembered per route and who."""
         key = who.key
         key_limited = key is not None and key.rate_limit is not None
-        if plan.ip_keyed and not key_limited:
-            memo = facts.client_ip
+        if plan.ip_keyed:  # the address alone picks the plan's buckets; a key adds its own bucket
+            memo = (facts.client_ip, key.id) if key_limited else facts.client_ip
         elif plan.limits or key_limited:
             memo = (tuple([self._who(lp, facts, who) for lp in plan.limits]), key.id if key_limited else None)
         else:

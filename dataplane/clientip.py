@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDictProxy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,6 +52,12 @@ class ClientAddress:
 
     def _is_trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(addr in net for net in self._trusted if net.version == addr.version)
+
+    def of(self, peer: str | None, headers: CIMultiDictProxy[str]) -> str:
+        """:meth:`resolve` for a request's headers (X-Forwarded-For is not even read without trusted proxies)."""
+        if not self._trusted:
+            return peer or ""
+        return self.resolve(peer, headers.getall("X-Forwarded-For", []))
 
     def resolve(self, peer: str | None, forwarded_for: list[str]) -> str:
         """peer: the socket address; forwarded_for: every X-Forwarded-For header value in order."""

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from functools import lru_cache
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
@@ -76,13 +77,19 @@ def _status_line(status: int, reason: str) -> bytes:
     return line
 
 
+@lru_cache(maxsize=256)
+def _names(names: tuple[str, ...]) -> frozenset[bytes]:
+    """The gateway's header names, lower-case bytes: a route's few name sets (X-RateLimit-*, ...) are made once."""
+    return frozenset(name.lower().encode("latin-1") for name in names)
+
+
 def _kept(upstream: UpstreamResponse, extra: dict[str, str]) -> tuple[list[bytes], frozenset[bytes]]:
     """The upstream's header lines a client gets, and the gateway's own header names (lower-case):
     hop-by-hop ones (and those its Connection names) go, the gateway's values replace the upstream's."""
     named = upstream.connection
     if len(extra) == 1 and "X-Request-Id" in extra and named <= _RESPONSE_SKIP:  # the usual answer: one check
         return [line for lower, line in upstream.raw if lower not in _SKIP_WITH_REQUEST_ID], _REQUEST_ID_ONLY
-    ours = frozenset(name.lower().encode("latin-1") for name in extra)
+    ours = _names(tuple(extra))
     return [line for lower, line in upstream.raw
             if lower not in _RESPONSE_SKIP and lower not in named and lower not in ours], ours
 

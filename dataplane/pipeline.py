@@ -109,7 +109,9 @@ class Pipeline:
             note.route, note.compiled = rt.id, rt.route
         claim_headers: dict[str, str] | None = None
         if rt.needs_admission:
-            decision = await self._admit(snap, rt, request, host, path)
+            decision = snap.admission.decide(rt.route, self._facts(request, host, path))
+            if type(decision) is not Decision:  # something to wait for (a new token, the Redis store)
+                decision = await decision
             if note is not None:
                 note.decision = decision
             if decision.response_headers:
@@ -174,13 +176,14 @@ class Pipeline:
             return Refusal(405, "method_not_allowed", "method not allowed", extra, rt)
         return rt, host, host_header, path
 
-    async def _admit(self, snap: Snapshot, rt: RouteRuntime, request: Request, host: str, path: str) -> Decision:
-        client_ip = self._client_address.resolve(request.remote, request.headers.getall("X-Forwarded-For", []))
-        transport = request.transport
-        peer_cert = transport.get_extra_info("peercert") if request.tls and transport is not None else None
-        facts = RequestFacts(method=request.method, path=path, host=host, client_ip=client_ip,
-                             headers=request.headers, peer_cert=peer_cert or None, tls=request.tls)
-        return await snap.admission.admit(rt.route, facts)
+    def _facts(self, request: Request, host: str, path: str) -> RequestFacts:
+        tls = request.tls
+        peer_cert = None
+        if tls:
+            transport = request.transport
+            peer_cert = transport.get_extra_info("peercert") if transport is not None else None
+        return RequestFacts(request.method, path, host, self._client_address.of(request.remote, request.headers),
+                            request.headers, peer_cert or None, tls)
 
     async def _proxy(self, request: Request, rt: RouteRuntime, host_header: str, path: str, rid: str,
                      extra: dict[str, str], claim_headers: dict[str, str] | None, note: Note | None) -> Answer:

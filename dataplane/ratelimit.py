@@ -131,59 +131,73 @@ class MemoryRateLimiter:
     """Buckets in a dict (local mode, `kubegate run` without --redis-url)."""
 
     def __init__(self, *, clock=time.monotonic, sweep_every: int = 10_000) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, at)
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # bucket -> (tokens, at, full again at)
         self._clock = clock
         self._sweep_every = sweep_every
         self._hits = 0
 
     async def hit(self, charges: Sequence[Charge], failure_mode: FailureMode = "open") -> RateResult:
-        """Never suspends, so it is atomic under asyncio. One limit (the common case) is decided
-        right here, refill() and decide() inlined; anything else by hit_now."""
-        if len(charges) != 1:
-            return self.hit_now(charges)
-        c = charges[0]
-        now = self._clock()
-        buckets = self._buckets
-        state = buckets.get(c.bucket)
-        capacity = c.capacity
-        if state is None:
-            level = float(capacity)
-        else:
-            level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
-            if level > capacity:
-                level = float(capacity)
-        self._hits += 1
-        if self._hits >= self._sweep_every:
-            self._sweep(now, charges)
-        if level < 1.0:
-            return decide((level,), charges)
-        left = level - 1.0
-        buckets[c.bucket] = (left, now)
-        return RateResult(True, c.requests, int(left), math.ceil((capacity - left) / c.per_second))
+        """Never suspends, so it is atomic under asyncio (see hit_now)."""
+        return self.hit_now(charges)
 
     def hit_now(self, charges: Sequence[Charge]) -> RateResult:
-        if not charges:
+        """hit() without a coroutine (admission and the --workers counter owner call this): every bucket
+        refilled and checked in one pass, refill() and decide() inlined for the admitting case."""
+        n = len(charges)
+        if not n:
             return ALLOWED_EMPTY
         now = self._clock()
         buckets = self._buckets
-        levels = []
-        for c in charges:
-            state = buckets.get(c.bucket)
-            levels.append(float(c.capacity) if state is None else refill(state[0], state[1], now, c))
-        result = decide(levels, charges)
-        if result.allowed:
-            for c, level in zip(charges, levels):
-                buckets[c.bucket] = (level - 1.0, now)
         self._hits += 1
         if self._hits >= self._sweep_every:
-            self._sweep(now, charges)
-        return result
+            self._sweep(now)
+        if n == 1:  # the common case, without the list
+            c = charges[0]
+            state = buckets.get(c.bucket)
+            capacity = c.capacity
+            if state is None:
+                level = float(capacity)
+            else:
+                level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
+                if level > capacity:
+                    level = float(capacity)
+            if level < 1.0:
+                return decide((level,), charges)
+            left = level - 1.0
+            wait = (capacity - left) / c.per_second
+            buckets[c.bucket] = (left, now, now + wait)
+            return RateResult(True, c.requests, int(left), math.ceil(wait))
+        levels = []
+        refused = False
+        for c in charges:
+            state = buckets.get(c.bucket)
+            capacity = c.capacity
+            if state is None:
+                level = float(capacity)
+            else:
+                level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
+                if level > capacity:
+                    level = float(capacity)
+            if level < 1.0:
+                refused = True
+            levels.append(level)
+        if refused:
+            return decide(levels, charges)
+        binding, lowest = 0, levels[0]
+        for i in range(1, n):
+            if levels[i] < lowest:  # first on ties, as decide() and the Lua script
+                binding, lowest = i, levels[i]
+        for c, level in zip(charges, levels):
+            left = level - 1.0
+            buckets[c.bucket] = (left, now, now + (c.capacity - left) / c.per_second)
+        c = charges[binding]
+        left = lowest - 1.0
+        return RateResult(True, c.requests, int(left), math.ceil((c.capacity - left) / c.per_second))
 
-    def _sweep(self, now: float, recent: Sequence[Charge]) -> None:
-        """Drop buckets idle for long enough that they would be full (bounded memory)."""
+    def _sweep(self, now: float) -> None:
+        """Drop the buckets that are full again: a missing bucket is a full one (bounded memory, exact)."""
         self._hits = 0
-        horizon = max((c.capacity / c.per_second for c in recent), default=60.0)
-        stale = [k for k, (_, at) in self._buckets.items() if now - at > max(horizon, 3600.0)]
+        stale = [k for k, (_, _, full_at) in self._buckets.items() if now >= full_at]
         for k in stale:
             del self._buckets[k]
 

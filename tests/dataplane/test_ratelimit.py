@@ -85,6 +85,45 @@ async def test_memory_one_limit_fast_path_agrees_with_the_general_path():
         assert await fast.hit([c], "open") == general.hit_now([c])
 
 
+def test_memory_decisions_over_several_limits_agree_with_the_pure_arithmetic():
+    """hit_now's one-pass loop against refill() + decide(), over random clocks and limit mixes."""
+    import random
+
+    rng = random.Random(7)
+    clock = [0.0]
+    store = MemoryRateLimiter(clock=lambda: clock[0])
+    model: dict[str, tuple[float, float]] = {}
+    pool = [charge("a", 3, per_second=1.0), charge("b", 5, per_second=0.5, dimension="user"),
+            charge("c", 2, per_second=4.0, dimension="apiKey"), charge("d", 1, per_second=0.2, dimension="header")]
+    for _ in range(2000):
+        clock[0] += rng.choice([0.0, 0.0, 0.05, 0.3, 1.1, 4.0])
+        charges = rng.sample(pool, rng.randint(1, 4))
+        levels = [c.capacity if c.bucket not in model else refill(*model[c.bucket], clock[0], c) for c in charges]
+        expected = decide(levels, charges)
+        if expected.allowed:
+            for c, level in zip(charges, levels):
+                model[c.bucket] = (level - 1.0, clock[0])
+        assert store.hit_now(charges) == expected
+
+
+def test_a_sweep_never_forgets_a_bucket_that_is_not_full_again():
+    """The memory sweep drops idle buckets; one of a slow limit (2 a day) spent an hour ago is not full:
+    forgetting it would hand out a new burst (a client could wait out the sweep instead of the day)."""
+    clock = [0.0]
+    store = MemoryRateLimiter(clock=lambda: clock[0], sweep_every=10)
+    daily = charge("daily", 2, per_second=2 / 86_400)
+    busy = charge("busy", 1000, per_second=1000.0)
+    assert [store.hit_now([daily]).allowed for _ in range(3)] == [True, True, False]
+    clock[0] += 2 * 3600  # two hours later: 1/6 of a token back
+    for _ in range(50):  # other traffic triggers sweeps
+        store.hit_now([busy])
+    assert not store.hit_now([daily]).allowed
+    clock[0] += 86_400  # a day later it is full again, and may be forgotten
+    for _ in range(50):
+        store.hit_now([busy])
+    assert [store.hit_now([daily]).allowed for _ in range(3)] == [True, True, False]
+
+
 def test_build_rate_limiter_picks_the_store():
     assert isinstance(build_rate_limiter(None), MemoryRateLimiter)
     assert isinstance(build_rate_limiter("redis://127.0.0.1:1/0"), RedisRateLimiter)
