@@ -26,7 +26,14 @@ from kubegate.config import ConfigDecodeError, ShardsIncomplete
 from kubegate.kubeapi import ApiError, Informer, KubeApi, path_for
 
 from ..snapshot import off_loop
-from .decode import CONFIG_MAP_NAME, SECRET_NAME, IncrementalDecoder, announced_hash, halves, shards_listed
+from .decode import (
+    CONFIG_MAP_NAME,
+    SECRET_NAME,
+    IncrementalDecoder,
+    announced_hash,
+    halves,
+    shards_listed,
+)
 
 log = logging.getLogger("kubegate.dataplane.sources.kubernetes")
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 from typing import Any
 
-
 from kubegate.config import CompiledConfig, canonical_json, plain
 
 # Exactly json.dumps(..., sort_keys=True, separators=(",", ":")), i.e. config.canonical_json, built once.

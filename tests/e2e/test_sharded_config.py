@@ -22,7 +22,16 @@ import jwt
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import GATEWAY_NS, Backends, get, http, ready, start_dataplane, start_operator, wait_until
+from helpers import (
+    GATEWAY_NS,
+    Backends,
+    get,
+    http,
+    ready,
+    start_dataplane,
+    start_operator,
+    wait_until,
+)
 
 ROUTES = 4
 NOISE = 700_000  # characters of random text per route schema and per HMAC secret: gzip keeps ~75%

@@ -15,12 +15,12 @@ import json
 import secrets as random
 
 import pytest
+from kubegate.dataplane.sources.decode import IncrementalDecoder, halves, shards_listed
+from kubegate.operator.apply import Applier, with_content_hash
 
 from kubegate.config import SHARDS_KEY, ConfigDecodeError, ShardsIncomplete
-from kubegate.dataplane.sources.decode import IncrementalDecoder, halves, shards_listed
 from kubegate.generate import generate_objects
 from kubegate.names import CONFIG_MAP_NAME, SECRET_NAME, SHARD_LABEL
-from kubegate.operator.apply import Applier, with_content_hash
 from kubegate.translate import translate
 
 API_LIMIT = 1024 * 1024
