@@ -205,7 +205,7 @@ def test_a_payload_beyond_the_shards_the_data_plane_may_read_is_refused_with_a_r
 def test_render_prints_the_shards_and_redacts_the_secret_ones(big):
     from kubegate.commands.render import REDACTED, render_yaml
 
-    result, objects = big
+    _, objects = big
     text = render_yaml(objects)
     assert "name: kubegate-config-1\n" in text and "name: kubegate-secrets-1\n" in text
     secret_shard = next(o for o in objects if o["metadata"]["name"] == "kubegate-secrets-1")
