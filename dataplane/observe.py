@@ -29,24 +29,30 @@ class Note:
         "bytes",
         "compiled",
         "decision",
+        "parent",
         "rid",
         "route",
         "span",
         "strip",
         "traceparent",
+        "tracestate",
         "upstream_seconds",
     )
 
-    def __init__(self) -> None:
+    def clear(self) -> None:
         self.route = ""
         self.rid = ""
         self.decision: Any = None
         self.compiled: Any = None  # the CompiledRoute
         self.upstream_seconds: float | None = None
         self.bytes: int | None = None
-        self.span: Any = None  # the SDK span of a sampled request
-        self.traceparent: list[tuple[str, str]] = []  # the trace context sent upstream
+        self.span: int | None = None  # a sampled request's start (ns since the epoch); None: not recorded
+        self.traceparent: str | None = None  # the traceparent sent upstream
+        self.tracestate: str | None = None  # the caller's, continued with its traceparent
+        self.parent: str | None = None  # the caller's span id
         self.strip = False  # the client sent trace context of its own
+
+    __init__ = clear
 
     def timed(self, observe: Any) -> Any:
         """The proxy's on_headers callback: keep the upstream time, then feed the route's histogram."""
@@ -57,10 +63,13 @@ class Note:
 
     def upstream(self, headers: list[tuple[str, str]]) -> None:
         """Replace the client's trace context with this request's span (when tracing)."""
-        if self.traceparent:
+        traceparent = self.traceparent
+        if traceparent is not None:
             if self.strip:
                 headers[:] = [(n, v) for n, v in headers if n.lower() not in ("traceparent", "tracestate")]
-            headers.extend(self.traceparent)
+                if self.tracestate:
+                    headers.append(("tracestate", self.tracestate))
+            headers.append(("traceparent", traceparent))
 
     def auth_outcome(self, route: Any) -> str:
         """none (route has no auth) | authenticated | anonymous | refused."""
@@ -111,11 +120,10 @@ class Observer:
                 status = sent.status if sent is not None else 0
                 if sent is not None:
                     note.bytes = sent.bytes
-                route = note.compiled
                 if tracer is not None:
-                    tracer.end(note, status, route)
+                    tracer.end(request, note, status)
                 if access_log is not None:
-                    access_log.write(request, note, status, elapsed, route)
+                    access_log.write(request, note, status, elapsed, note.compiled)
 
         return observed
 
@@ -142,15 +150,19 @@ def _traced(serve: Any, tracer: Any) -> Any:
             sent = await serve(request, front, note)
             return sent
         finally:
-            end(note, sent.status if sent is not None else 0, note.compiled)
+            end(request, note, sent.status if sent is not None else 0)
 
     return traced
 
 
 class _TracedNote(Note):
-    """A Note for tracing only: spans do not carry the upstream time, so the route's histogram is fed directly."""
+    """A Note for tracing only: spans do not carry the upstream time, so the route's histogram is fed directly.
+
+    Made with its fields unset (no ``__init__``: one allocation per request): Tracer.begin sets the
+    trace fields and clears the note of a request it records; the pipeline only writes the others."""
 
     __slots__ = ()
+    __init__ = object.__init__
 
     def timed(self, observe: Any) -> Any:
         return observe

@@ -22,6 +22,7 @@ Field numbers: opentelemetry/proto/trace/v1/trace.proto and common/v1/common.pro
 
 from __future__ import annotations
 
+import binascii
 import collections
 import gzip
 import logging
@@ -34,8 +35,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable
-from functools import lru_cache
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kubegate.errors import UserError
@@ -103,35 +103,75 @@ def span_attribute(key: str, value: Any) -> bytes:
     return _len_field(F9, key_value(key, value))
 
 
-common_span_attribute = lru_cache(maxsize=4096)(span_attribute)  # for the values requests repeat (method, outcomes)
+def string_key(key: str) -> bytes:
+    """The start of a KeyValue with this key and a string value, for :func:`string_attribute`."""
+    return _len_field(F1, _text(key)) + F2
+
+
+def string_attribute(key: bytes, value: str) -> bytes:
+    """``span_attribute(key, value)`` for a string value, the key from :func:`string_key`: the same bytes, faster."""
+    text = value.encode("utf-8", "replace")
+    size = len(text)
+    if size < 126:  # every length below fits one byte
+        pair = key + _BYTE[size + 2] + b"\x0a" + _BYTE[size] + text
+    else:
+        text = b"\x0a" + _varint(size) + text
+        pair = key + _varint(len(text)) + text
+    size = len(pair)
+    return b"\x4a" + (_BYTE[size] if size < 0x80 else _varint(size)) + pair
 
 _SPAN_FIXED = b"\x30\x02"  # kind = SERVER
 _ERROR = b"\x7a\x02\x18\x02"  # status {code: ERROR}
 _ROOT_FLAGS = b"\x85\x01" + struct.pack("<I", FLAGS_HAS_IS_REMOTE)  # flags (field 16, fixed32)
 _CHILD_FLAGS = b"\x85\x01" + struct.pack("<I", FLAGS_HAS_IS_REMOTE | FLAGS_IS_REMOTE)
-_pack_u64 = struct.Struct("<Q").pack
+_times = struct.Struct("<BQBQ").pack  # start (field 7) and end (field 8), fixed64 each
 
 
-def encode_span(trace_id: str, span_id: str, parent_id: str | None, trace_state: str | None, name: str,
-                start_ns: int, end_ns: int, attributes: list[bytes], error: bool) -> bytes:
-    """One SERVER Span message: ids in hex as in ``traceparent``, ``attributes`` from :func:`span_attribute`."""
-    parts = [b"\x0a\x10", bytes.fromhex(trace_id), b"\x12\x08", bytes.fromhex(span_id)]
+def span_shared(name: str, attributes: Iterable[bytes], error: bool) -> bytes:
+    """The fields many spans share, for :func:`encode_span`: name, kind SERVER, these attributes
+    (:func:`span_attribute`) and, when ``error``, status ERROR."""
+    return _len_field(F5, _text(name)) + _SPAN_FIXED + b"".join(attributes) + (_ERROR if error else b"")
+
+
+def encode_span(ids: str, parent_id: str | None, trace_state: str | None, start_ns: int, end_ns: int,
+                shared: bytes, *strings: tuple[bytes, str]) -> bytes:
+    """One element of ScopeSpans.spans: a SERVER Span message, with its tag and length, for :func:`encode_request`.
+
+    ``ids``: ``<trace id>-<span id>`` in hex, as in a ``traceparent``; ``shared``
+    from :func:`span_shared`; ``strings``: this span's own string attributes as
+    ``(string_key(key), value)``. Protobuf fields may come in any order, so the
+    shared ones are one piece and the span is one join.
+    """
+    # trace_id (1) and span_id (2): their tags and lengths in hex around the ids, one unhexlify
+    parts = [binascii.unhexlify("0a10" + ids.replace("-", "1208")), _times(0x39, start_ns, 0x41, end_ns), shared]
+    for key, value in strings:
+        try:
+            text = value.encode()
+        except UnicodeEncodeError:  # a lone surrogate: '?' (protobuf strings are UTF-8)
+            text = value.encode("utf-8", "replace")
+        size = len(text)
+        if len(key) + size < 125:  # every length fits one byte (see string_attribute)
+            parts += (b"\x4a", _BYTE[len(key) + size + 3], key, _BYTE[size + 2], b"\x0a", _BYTE[size], text)
+        else:
+            parts.append(string_attribute(key, value))
     if trace_state:
         parts.append(_len_field(F3, _text(trace_state)))
-    if parent_id is not None:
-        parts += (b"\x22\x08", bytes.fromhex(parent_id))
-    parts += (_len_field(F5, _text(name)), _SPAN_FIXED, b"\x39", _pack_u64(start_ns), b"\x41", _pack_u64(end_ns))
-    parts += attributes
-    if error:
-        parts.append(_ERROR)
-    parts.append(_ROOT_FLAGS if parent_id is None else _CHILD_FLAGS)
-    return b"".join(parts)
+    if parent_id is None:
+        parts.append(_ROOT_FLAGS)
+    else:
+        parts += (b"\x22\x08", bytes.fromhex(parent_id), _CHILD_FLAGS)
+    span = b"".join(parts)
+    size = len(span)
+    if 0x80 <= size < 0x4000:  # the usual size: a two-byte length
+        return b"\x12" + bytes((size & 0x7F | 0x80, size >> 7)) + span
+    return _len_field(F2, span)
 
 
 def encode_request(resource: dict[str, Any], scope: str, spans: list[bytes]) -> bytes:
-    """An ExportTraceServiceRequest holding one ResourceSpans with one ScopeSpans of these spans."""
+    """An ExportTraceServiceRequest holding one ResourceSpans with one ScopeSpans of these spans
+    (each from :func:`encode_span`)."""
     resource_message = b"".join(_len_field(F1, key_value(k, v)) for k, v in resource.items())
-    scope_spans = _len_field(F1, _len_field(F1, _text(scope))) + b"".join(_len_field(F2, span) for span in spans)
+    scope_spans = _len_field(F1, _len_field(F1, _text(scope))) + b"".join(spans)
     return _len_field(F1, _len_field(F1, resource_message) + _len_field(F2, scope_spans))
 
 
@@ -158,7 +198,8 @@ class SpanExport:
 
     def __init__(self, endpoint: str, environ: dict[str, str] | None = None, *, scope: str = "kubegate.dataplane",
                  resource: dict[str, Any] | None = None, encode: Callable[[Any], bytes] | None = None) -> None:
-        """``encode``: turns a queued record into its Span message on the export thread (None: records are bytes)."""
+        """``encode``: turns a queued record into its span (:func:`encode_span`) on the export thread
+        (None: the records are such spans already)."""
         from opentelemetry.util.re import parse_env_headers
 
         env = os.environ if environ is None else environ

@@ -21,8 +21,8 @@ value, query string or credential.
 
 from __future__ import annotations
 
+import binascii
 import os
-import random
 import re
 import time
 from dataclasses import dataclass
@@ -30,7 +30,9 @@ from typing import Any
 
 from kubegate.errors import UserError
 
-from .otlp import common_span_attribute, encode_span, span_attribute
+from .otlp import encode_span, span_attribute, span_shared, string_key
+
+URL_PATH, REQUEST_ID = string_key("url.path"), string_key("kubegate.request_id")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,6 @@ def tracing_settings(endpoint: str | None, ratio: float | None,
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # then "-..." or the end
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
-_LOW64 = (1 << 64) - 1
 
 
 def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
@@ -93,28 +94,73 @@ def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
     return trace_id, parent_id, value[54] in "13579bdf"  # flags bit 0: sampled
 
 
-def _random_hex(bits: int) -> str:
-    """A random id of ``bits`` bits in lower-case hex, never all zero."""
-    while True:
-        value = random.getrandbits(bits)
-        if value:
-            return value.to_bytes(bits // 8, "big").hex()
-
-
 def ratio_bound(ratio: float) -> int:
     """New traces whose trace id's lower 64 bits are below this are sampled (the SDK's TraceIdRatioBased rule)."""
     return round(ratio * (1 << 64))
 
 
+_DRAW = 256  # new traces drawn at a time
+_RECORD = 56  # one traceparent value and the space after it, in _draw's buffer
+_TEMPLATE = b" ".join([b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-00"] * _DRAW)
+_SAMPLED_FLAG = 54  # the offset of the flag's last digit in a traceparent
+
+
+def flag_table(bound: int) -> bytes:
+    """For :func:`_draw`: the flag digit ("1" sampled, "0" not) of a trace whose lower 64 bits' top byte is the index.
+    Where the top byte equals the bound's, the flag is "0" and _draw compares all 64 bits."""
+    return bytes(0x31 if byte < bound >> 56 else 0x30 for byte in range(256))
+
+
+def _draw(bound: int, flags: bytes) -> list[str]:
+    """:data:`_DRAW` new traces' ``traceparent`` values, each one's flag its sampling decision.
+
+    A few C calls per batch, nothing per trace in Python but the sampled ones:
+    24 random bytes per trace (trace id, span id); their hex digits copied, 8
+    at a time, into a buffer of ``traceparent`` templates through strided
+    memoryviews; the sampling rule (the trace id's lower 64 bits below
+    ``bound``, the SDK's TraceIdRatioBased) read off their top byte into the
+    flags (``flags``: :func:`flag_table`), and off all 8 bytes only where
+    the top byte equals the bound's.
+    """
+    raw = os.urandom(24 * _DRAW)
+    digits = memoryview(binascii.hexlify(raw)).cast("Q")  # 6 words of 8 digits per trace
+    out = bytearray(_TEMPLATE)
+    view = memoryview(out)
+    last = _RECORD * (_DRAW - 1)
+    with view[3:last + 35].cast("Q") as trace, view[36:last + 52].cast("Q") as span:  # 7 words per record
+        for k in range(4):
+            trace[k::7] = digits[k::6]
+        for k in range(2):
+            span[k::7] = digits[4 + k::6]
+    view.release()
+    tops = raw[8::24]  # the top byte of each trace id's lower 64 bits
+    out[_SAMPLED_FLAG::_RECORD] = tops.translate(flags)
+    top = bound >> 56  # 256 when every trace is sampled
+    if top < 256:
+        i = tops.find(top)
+        while i >= 0:  # the top byte decides nothing: compare all 64 bits
+            if int.from_bytes(raw[24 * i + 8:24 * i + 16], "big") < bound:
+                out[_RECORD * i + _SAMPLED_FLAG] = 0x31  # "1"
+            i = tops.find(top, i + 1)
+    values = out.decode("ascii").split(" ")
+    if b"\0" * 8 in raw:  # maybe an all-zero id (about 2^-52 per batch): leave those out
+        values = [v for v in values if v[3:35] != _NO_TRACE and v[36:52] != _NO_SPAN]
+    return values
+
+
 class Tracer:
     """Decides sampling and builds the upstream ``traceparent``; records sampled requests as OTLP spans.
 
-    Per request: parse the caller's ``traceparent`` (one regex), or draw a new
-    trace id; decide (the caller's sampled flag, else the trace-id ratio); and
-    format the ``traceparent`` sent upstream with this request's span id. An
-    unsampled request costs only that. A sampled one also keeps its start time,
-    and at the end a tuple of its facts is queued; the export thread encodes
-    the batch (a tight loop there costs less than a rare cold call per request).
+    A new trace, the common case, costs a ``list.pop``: :func:`_draw` makes the
+    ``traceparent`` values of :data:`_DRAW` new traces at a time, each flagged
+    sampled or not. A caller's ``traceparent`` is parsed (one regex) and
+    continued with a new span id. An unsampled request sets a few fields of its
+    Note and nothing else: no clock, no record. A sampled one keeps its start
+    time; :meth:`end` queues ``(note, method, path, status, end)`` and the
+    export thread encodes it (:func:`encode_request_span`), so the outcomes and
+    attributes are worked out there, off the request path. The draw is made
+    on first use, in the serving process (a Tracer built before a fork would
+    otherwise hand both processes the same ids).
     """
 
     def __init__(self, settings: TracingSettings, export: Any = None) -> None:
@@ -122,57 +168,93 @@ class Tracer:
 
         self.settings = settings
         self._bound = ratio_bound(settings.ratio)
+        self._flags = flag_table(self._bound)
+        self._ids: list[str] = []
         self._export = export if export is not None else SpanExport(settings.endpoint, encode=encode_request_span)
 
     def begin(self, request: Any, note: Any) -> None:
+        """Set the note's upstream context (``traceparent``, ``strip``, ``tracestate``) and ``span``
+        (a start time, or None: not recorded).
+
+        The note may come without its fields set (observe.py, tracing alone):
+        a recorded request's note is cleared here; of an unsampled one's, only
+        the ones set here are ever read.
+        """
+        headers = request.headers
+        if "traceparent" in headers or "tracestate" in headers:
+            self._continue(request, note)
+            return
+        ids = self._ids
+        value = ids.pop() if ids else self._refill()
+        if value[_SAMPLED_FLAG] == "1":
+            note.clear()
+            note.span = time.time_ns()
+        else:
+            note.span = None
+        note.traceparent = value
+        note.strip = False
+
+    def _refill(self) -> str:
+        self._ids = ids = _draw(self._bound, self._flags)
+        return ids.pop()
+
+    def _continue(self, request: Any, note: Any) -> None:
+        """The caller sent trace context: continue a valid ``traceparent`` (a new span id, its trace id,
+        flag and ``tracestate``); anything else is dropped and the request starts a new trace."""
+        ids = self._ids
+        value = ids.pop() if ids else self._refill()
         headers = request.headers
         incoming = headers.get("traceparent")
         parsed = parse_traceparent(incoming) if incoming is not None else None
-        if parsed is not None:
-            trace_id, parent_id, sampled = parsed
-            tracestate = ",".join(headers.getall("tracestate", ())) or None  # several headers are one list
-            span_id = _random_hex(64)
-        else:  # a new trace: its id and this span's from one draw
-            number = random.getrandbits(192)
-            ids = number.to_bytes(24, "big").hex()
-            trace_id, span_id, parent_id, tracestate = ids[:32], ids[32:], None, None
-            if trace_id == _NO_TRACE or span_id == _NO_SPAN:  # 2^-64: draw again
-                self.begin(request, note)
-                return
-            sampled = number >> 64 & _LOW64 < self._bound
-        note.strip = incoming is not None or "tracestate" in headers
-        if sampled:
-            note.span = (trace_id, span_id, parent_id, tracestate, request.method, request.path,
-                         time.time_ns())
-            upstream = [("traceparent", "00-" + trace_id + "-" + span_id + "-01")]
-        else:
-            upstream = [("traceparent", "00-" + trace_id + "-" + span_id + "-00")]
-        if tracestate:
-            upstream.append(("tracestate", tracestate))
-        note.traceparent = upstream
+        note.clear()
+        note.strip = True
+        if parsed is None:
+            note.traceparent = value
+            note.span = time.time_ns() if value[_SAMPLED_FLAG] == "1" else None
+            return
+        trace_id, parent_id, sampled = parsed
+        note.traceparent = f"00-{trace_id}-{value[36:52]}-{'01' if sampled else '00'}"
+        note.tracestate = ",".join(headers.getall("tracestate", ())) or None  # several headers: one list
+        note.parent = parent_id
+        note.span = time.time_ns() if sampled else None
 
-    def end(self, note: Any, status: int, route: Any) -> None:
-        """A sampled request's span, as a tuple: the export thread encodes it (encode_request_span)."""
-        span = note.span
-        if span is not None:
-            self._export.add((span, time.time_ns(), note.route, status, note.rid, note.auth_outcome(route),
-                              note.rate_limit_outcome(route)))
+    def end(self, request: Any, note: Any, status: int) -> None:
+        """Queue a sampled request for the export thread (which encodes it: encode_request_span)."""
+        if note.span is not None:
+            self._export.add((note, request.method, request.path, status, time.time_ns()))
 
     def close(self) -> None:
         self._export.close()  # exports what is queued
 
 
+_SHARED: dict[tuple[str, str, int, str, str], bytes] = {}  # the export thread's: span_shared by request kind
+_SHARED_MAX = 4096  # methods are the client's words: start over beyond this many kinds
+
+
 def encode_request_span(record: tuple) -> bytes:
-    """The OTLP Span of one sampled request, from what Tracer.end queued (run on the export thread)."""
-    (trace_id, span_id, parent_id, tracestate, method, path, start_ns), end_ns, route, status, rid, auth, limit = record
-    attributes = [common_span_attribute("http.request.method", method), span_attribute("url.path", path)]
-    name = method
+    """The OTLP span of one sampled request, from what Tracer.end queued (run on the export thread).
+
+    The name, the attributes that few values repeat (method, route, status,
+    outcomes) and the status are one cached piece per kind of request; the
+    path and request id are encoded per span.
+    """
+    note, method, path, status, end_ns = record
+    route = note.compiled
+    kind = (method, note.route, status, note.auth_outcome(route), note.rate_limit_outcome(route))
+    shared = _SHARED.get(kind)
+    if shared is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        shared = _SHARED[kind] = _shared(*kind)
+    return encode_span(note.traceparent[3:52], note.parent, note.tracestate, note.span, end_ns, shared,
+                       (URL_PATH, path), (REQUEST_ID, note.rid))
+
+
+def _shared(method: str, route: str, status: int, auth: str, limit: str) -> bytes:
+    attributes = [span_attribute("http.request.method", method)]
     if route:
-        name = f"{method} {route}"
-        attributes.append(common_span_attribute("http.route", route))
-    attributes += (common_span_attribute("http.response.status_code", status),
-                   span_attribute("kubegate.request_id", rid),
-                   common_span_attribute("kubegate.auth.outcome", auth),
-                   common_span_attribute("kubegate.ratelimit.outcome", limit))
-    return encode_span(trace_id, span_id, parent_id, tracestate, name, start_ns, end_ns, attributes,
-                       status >= 500 or status == 0)
+        attributes.append(span_attribute("http.route", route))
+    attributes += (span_attribute("http.response.status_code", status),
+                   span_attribute("kubegate.auth.outcome", auth),
+                   span_attribute("kubegate.ratelimit.outcome", limit))
+    return span_shared(f"{method} {route}" if route else method, attributes, status >= 500 or status == 0)

@@ -203,25 +203,54 @@ class _Spans:
         pass
 
 
-def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule():
+def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule(monkeypatch):
+    import os
+
+    from kubegate.dataplane import tracing
     from kubegate.dataplane.observe import Note
     from kubegate.dataplane.tracing import Tracer, TracingSettings
     from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
-    for ratio in (0.1, 0.5):
+    for ratio in (0.0, 0.1, 0.5, 1.0):
         tracer = Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", ratio), export=_Spans())
         reference = TraceIdRatioBased(ratio)
         decisions = []
         for _ in range(3000):
             note = Note()
             tracer.begin(_Request({}), note)
-            (header, value), = note.traceparent
-            assert header == "traceparent"
-            _, trace_id, _, flags = value.split("-")
+            _, trace_id, span_id, flags = note.traceparent.split("-")
+            assert len(trace_id) == 32 and len(span_id) == 16
             sampled = reference.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
             assert (flags == "01") == sampled == (note.span is not None), (ratio, trace_id)
             decisions.append(sampled)
         assert abs(sum(decisions) / len(decisions) - ratio) < 0.05
+    # the batch draw, byte for byte: ids from the random bytes, flags by the SDK's rule, at the bound too
+    for ratio in (1e-12, 0.1, 0.5, 0.999999):
+        reference = TraceIdRatioBased(ratio)
+        bound = reference.bound
+        for ties in (False, True):
+            raw = bytearray(os.urandom(24 * tracing._DRAW))
+            if ties:  # every trace's lower half starts with the bound's top byte: all 64 bits decide
+                raw[8::24] = bytes([min(bound >> 56, 255)]) * tracing._DRAW
+                for i, low in enumerate((bound - 1, bound, bound + 1)):
+                    raw[24 * i + 8:24 * i + 16] = low.to_bytes(8, "big")
+            monkeypatch.setattr(os, "urandom", lambda n: bytes(raw))
+            values = tracing._draw(bound, tracing.flag_table(bound))
+            monkeypatch.undo()
+            digits = raw.hex()
+            expected = []
+            for i in range(tracing._DRAW):
+                trace_id, span_id = digits[48 * i:48 * i + 32], digits[48 * i + 32:48 * i + 48]
+                sampled = reference.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
+                expected.append(f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}")
+            assert values == expected, (ratio, ties)
+    # an all-zero span id drawn is never handed out
+    raw = b"".join(os.urandom(16) + (b"\0" * 8 if i % 5 == 3 else os.urandom(8)) for i in range(tracing._DRAW))
+    monkeypatch.setattr(os, "urandom", lambda n: raw)
+    values = tracing._draw(0, tracing.flag_table(0))
+    monkeypatch.undo()
+    assert len(values) == tracing._DRAW - len(range(3, tracing._DRAW, 5))
+    assert all(v[36:52] != "0" * 16 for v in values)
 
 
 def test_a_span_is_a_valid_otlp_message():
@@ -236,11 +265,12 @@ def test_a_span_is_a_valid_otlp_message():
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
     for status, path in ((502, "/caf\u00e9/\udcff" + "x" * 300), (200, "/ok")):
         note = Note()
-        tracer.begin(_Request([("traceparent", f"00-{trace_id}-{parent}-01"), ("tracestate", "a=1"),
-                               ("tracestate", "b=2")], path), note)
-        assert note.traceparent[1] == ("tracestate", "a=1,b=2")  # two tracestate headers are one list
+        request = _Request([("traceparent", f"00-{trace_id}-{parent}-01"), ("tracestate", "a=1"),
+                            ("tracestate", "b=2")], path)
+        tracer.begin(request, note)
+        assert note.tracestate == "a=1,b=2"  # two tracestate headers are one list
         note.route, note.rid = "shop/traced", "rid-1"
-        tracer.end(note, status, None)
+        tracer.end(request, note, status)
     body = otlp.encode_request({"service.name": "kubegate", "n": 3, "on": True, "x": 0.5, "list": ["a", "b"]},
                                "kubegate.dataplane", [encode_request_span(record) for record in spans.spans])
     (resource_spans,) = ExportTraceServiceRequest.FromString(body).resource_spans
@@ -290,7 +320,7 @@ async def test_the_exporter_sends_otel_headers_gzip_and_bounds_its_queue(caplog)
            "OTEL_BSP_MAX_QUEUE_SIZE": "3"}
     export = SpanExport(f"http://127.0.0.1:{port}/v1/traces", env, resource={"service.name": "t"})
     for _ in range(5):
-        export.add(b"")  # empty Span messages
+        export.add(b"\x12\x00")  # empty Span messages (as encode_span frames them)
     assert export.dropped == 2
     await asyncio.get_running_loop().run_in_executor(None, export.close)  # close() exports what is queued
     ((headers, body),) = received
@@ -304,7 +334,7 @@ async def test_the_exporter_sends_otel_headers_gzip_and_bounds_its_queue(caplog)
     # a receiver that is gone: the spans are dropped with one warning naming the host, never a header value
     export = SpanExport(f"http://user:pw@127.0.0.1:{port}/v1/traces", {**env, "OTEL_BSP_MAX_QUEUE_SIZE": "10"},
                         resource={})
-    export.add(b"")
+    export.add(b"\x12\x00")
     await asyncio.get_running_loop().run_in_executor(None, export.close)
     assert export.failed == 1
     logged = caplog.text
