@@ -234,7 +234,7 @@ def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule(monkeypatch):
                 raw[8::24] = bytes([min(bound >> 56, 255)]) * tracing._DRAW
                 for i, low in enumerate((bound - 1, bound, bound + 1)):
                     raw[24 * i + 8:24 * i + 16] = low.to_bytes(8, "big")
-            monkeypatch.setattr(os, "urandom", lambda n: bytes(raw))
+            monkeypatch.setattr(os, "urandom", lambda n, raw=raw: bytes(raw))
             values = tracing._draw(bound, tracing.flag_table(bound))
             monkeypatch.undo()
             digits = raw.hex()
