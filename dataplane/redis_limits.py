@@ -185,7 +185,7 @@ class _Batch:
     def __init__(self, limiter: RedisRateLimiter, requests: list[tuple[_Packed, asyncio.Future]]) -> None:
         self.limiter = limiter
         self.requests = requests
-        self.calls = limiter._calls([packed for packed, _ in requests])
+        self.calls = limiter._calls(requests)
         self.replies: list[object] = [None] * len(self.calls)
         self.outstanding = len(self.calls)
         self.redirected: list[int] = []
@@ -229,8 +229,13 @@ class _Batch:
         """``command``: the encoded EVALSHA + sha (default) or EVAL + source."""
         prefix = command or self.limiter._evalsha
         calls = self.calls
-        data = b"".join([b"*%d\r\n%s%s" % (calls[i][1], prefix, calls[i][2]) for i in indexes])
         evaled = command is not None
+        if len(indexes) == 1:  # the usual batch: one script call
+            i = indexes[0]
+            _, argc, body = calls[i]
+            wire.send(b"*%d\r\n%s%s" % (argc, prefix, body), [partial(self._on_reply, node, i, evaled)])
+            return
+        data = b"".join([b"*%d\r\n%s%s" % (calls[i][1], prefix, calls[i][2]) for i in indexes])
         wire.send(data, [partial(self._on_reply, node, i, evaled) for i in indexes])
 
     def _on_reply(self, node: RedisNode, i: int, evaled: bool, reply: object) -> None:
@@ -263,17 +268,19 @@ class _Batch:
         self.deadline.cancel()
         requests = self.requests
         for (indexes, _, _), reply in zip(self.calls, self.replies):
-            if not isinstance(reply, BaseException) and (type(reply) is not list or len(reply) != 5 * len(indexes)):
-                reply = ResponseError("unexpected rate-limit script reply")
-            for n, i in enumerate(indexes):
+            failed = isinstance(reply, BaseException)
+            if not failed and (type(reply) is not list or len(reply) != 5 * len(indexes)):
+                reply, failed = ResponseError("unexpected rate-limit script reply"), True
+            n = 0
+            for i in indexes:
                 future = requests[i][1]
+                part = reply if failed else reply[n:n + 5]
+                n += 5
                 if future.done():  # the caller went away
                     continue
-                if isinstance(reply, BaseException):
+                if failed:
                     future.set_exception(reply)
-                    continue
-                part = reply[5 * n:5 * n + 5]
-                if part[0] >= 0:
+                elif part[0] >= 0:
                     future.set_result(part)
                 else:
                     future.set_exception(ResponseError("rate-limit bucket unusable (wrong type?)"))
@@ -394,21 +401,33 @@ class RedisRateLimiter:
         else:
             self._busy = False
 
-    def _calls(self, packs: list[_Packed]) -> list[_Call]:
-        """The script calls of a batch: one per slot group, at most MAX_REQUESTS_PER_CALL requests each."""
-        groups: dict[str, list[int]] = {}
-        for i, packed in enumerate(packs):
-            groups.setdefault(packed.group, []).append(i)
+    def _calls(self, requests: list[tuple[_Packed, asyncio.Future]]) -> list[_Call]:
+        """The script calls of a batch: one per slot group, at most MAX_REQUESTS_PER_CALL requests each.
+        Plain loops (no generator or comprehension per call): this runs for every batch."""
+        group = requests[0][0].group
+        grouped: list[list[int]] = [list(range(len(requests)))]
+        for packed, _ in requests:
+            if packed.group != group:  # more than one slot group (Redis Cluster, several namespaces)
+                groups: dict[str, list[int]] = {}
+                for i, (each, _) in enumerate(requests):
+                    groups.setdefault(each.group, []).append(i)
+                grouped = list(groups.values())
+                break
         calls = []
         step = self.MAX_REQUESTS_PER_CALL
-        for indexes in groups.values():
+        for indexes in grouped:
             for start in range(0, len(indexes), step):
                 part = indexes[start:start + step]
-                parts = [packs[i] for i in part]
-                nkeys = sum(p.nkeys for p in parts)
-                argc = 3 + nkeys + 1 + sum(p.args for p in parts)  # command, script, numkeys, keys, count, args
-                body = b"".join((_bulk(b"%d" % nkeys), *(p.keys for p in parts),
-                                 _bulk(b"%d" % len(parts)), *(p.argv for p in parts)))
+                keys, argv = [], []
+                nkeys = args = 0
+                for i in part:
+                    packed = requests[i][0]
+                    keys.append(packed.keys)
+                    argv.append(packed.argv)
+                    nkeys += packed.nkeys
+                    args += packed.args
+                argc = 3 + nkeys + 1 + args  # command, script, numkeys, keys, count, args
+                body = b"%s%s%s%s" % (_bulk(b"%d" % nkeys), b"".join(keys), _bulk(b"%d" % len(part)), b"".join(argv))
                 calls.append((part, argc, body))
         return calls
 
