@@ -64,7 +64,7 @@ class Case:
                                       "exp": int(time.time()) + 3600}, bd.HS_SECRET, algorithm="HS256")
             self.headers = ("-H", f"Authorization: Bearer {token}")
         elif credential == "key":
-            self.headers = ("-H", f"Authorization: Bearer {api_key}")
+            self.headers = ("-H", f"X-API-Key: {api_key}")  # as bench/peers.py sends it
 
 
 CASE = Case("bare", None, "")
