@@ -58,13 +58,14 @@ class Case:
     def __init__(self, name: str, redis_url: str | None, api_key: str) -> None:
         self.path, credential, redis = CASES[name]
         self.redis_url = redis_url if redis else None
-        self.headers: tuple[str, ...] = ()
+        self.sent: dict[str, str] = {}  # the request headers
         if credential == "jwt":
             token = peers.jwt.encode({"sub": "bench", "iss": bd.ISSUER, "aud": bd.AUDIENCE,
                                       "exp": int(time.time()) + 3600}, bd.HS_SECRET, algorithm="HS256")
-            self.headers = ("-H", f"Authorization: Bearer {token}")
+            self.sent = {"Authorization": f"Bearer {token}"}
         elif credential == "key":
-            self.headers = ("-H", f"X-API-Key: {api_key}")  # as bench/peers.py sends it
+            self.sent = {"X-API-Key": api_key}  # as bench/peers.py sends it
+        self.headers = tuple(arg for name, value in self.sent.items() for arg in ("-H", f"{name}: {value}"))
 
 
 CASE = Case("bare", None, "")
@@ -97,12 +98,8 @@ def instructions(tree: str, folder: str, workdir: str, seconds: int, client: tup
     proc, url = kubegate(tree, folder, workdir, ("valgrind", "--tool=callgrind", "--instr-atstart=no",
                                                  f"--callgrind-out-file={out}"))
     try:
-        for _ in range(60):  # valgrind makes the start slow: until it answers
-            try:
-                requests_served(url, 2, 8, client)
-                break
-            except subprocess.CalledProcessError:
-                time.sleep(1)
+        peers.answers(url, CASE.sent, timeout=180)  # valgrind makes the start slow: until the route answers 200
+        requests_served(url, 2, 8, client)  # warm
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
         served = requests_served(url, seconds, 8, client)
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
@@ -154,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         started = {tree: kubegate(tree, folder, work, ("taskset", "-c", proxy_core)) for tree in args.trees}
         try:
             for _, url in started.values():
+                peers.answers(url, CASE.sent)
                 requests_served(url, 1, 64, client)
             cpu: dict[str, list[float]] = {tree: [] for tree in args.trees}
             for _ in range(args.rounds):
