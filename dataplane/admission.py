@@ -289,15 +289,6 @@ class Admission:
             if known is None:
                 return self._authenticated_admit(plan, route, facts)
             who = known
-        if plan.ip_keyed and who.key is None:  # _limit's common case: a client address seen before
-            charges = plan.charge_sets.get(client_ip)
-            if charges is not None:
-                if not self._sync_store:
-                    return self._limited(plan, route, facts, who, charges)
-                result = self._limiter.hit_now(charges)
-                if result.allowed:
-                    return Decision(None, "", "", result.headers(), who.upstream_headers, who.principal)
-                return self._limit_decision(result, route, facts, who)
         return self._limit(plan, route, facts, who)
 
     async def _authenticated_admit(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts) -> Decision:
