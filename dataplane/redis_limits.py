@@ -110,15 +110,15 @@ class Deadline:
 
     def __init__(self, timeout: float, on_expire: Callable[[], object], *,
                  hard_limit: float | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._tick = timeout / 4
         self._needed = timeout
         self._counted = 0.0
-        self._give_up_at = self._loop.time() + (hard_limit if hard_limit is not None else max(1.0, 10 * timeout))
+        self._armed_at = now = loop.time()
+        self._give_up_at = now + (hard_limit if hard_limit is not None else max(1.0, 10 * timeout))
         self._on_expire = on_expire
         self.expired = False
-        self._armed_at = self._loop.time()
-        self._handle = self._loop.call_at(self._armed_at + self._tick, self._on_tick)
+        self._handle = loop.call_at(now + self._tick, self._on_tick)
 
     def _on_tick(self) -> None:
         now = self._loop.time()
@@ -199,6 +199,11 @@ class _Batch:
         """Write the calls to their nodes now when each node's connection is open (the common case);
         otherwise connect (and read the slot map) in a task first."""
         nodes = self.limiter._nodes
+        if len(indexes) == 1:  # the usual batch: one script call
+            node = nodes.known_node_for(self._group(indexes[0]))
+            if node is not None and node.wire is not None:
+                self._send(node, node.wire, list(indexes))
+                return
         by_node: dict[RedisNode, list[int]] = {}
         for i in indexes:
             node = nodes.known_node_for(self._group(i))
@@ -241,10 +246,12 @@ class _Batch:
     def _on_reply(self, node: RedisNode, i: int, evaled: bool, reply: object) -> None:
         if self.done:
             return
-        if isinstance(reply, NoScriptError) and not evaled and node.wire is not None:
+        if type(reply) is list:  # the script's answer (the usual reply)
+            self.replies[i] = reply
+        elif isinstance(reply, NoScriptError) and not evaled and node.wire is not None:
             self._send(node, node.wire, [i], self.limiter._eval)  # caches the script on that node
             return
-        if isinstance(reply, (MovedError, AskError)) and not self.retried:
+        elif isinstance(reply, (MovedError, AskError)) and not self.retried:
             self.redirected.append(i)
         else:
             if isinstance(reply, OSError):  # the node went away: the slot map may have changed
