@@ -110,15 +110,15 @@ class Deadline:
 
     def __init__(self, timeout: float, on_expire: Callable[[], object], *,
                  hard_limit: float | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._tick = timeout / 4
         self._needed = timeout
         self._counted = 0.0
-        self._give_up_at = self._loop.time() + (hard_limit if hard_limit is not None else max(1.0, 10 * timeout))
+        self._armed_at = now = loop.time()
+        self._give_up_at = now + (hard_limit if hard_limit is not None else max(1.0, 10 * timeout))
         self._on_expire = on_expire
         self.expired = False
-        self._armed_at = self._loop.time()
-        self._handle = self._loop.call_at(self._armed_at + self._tick, self._on_tick)
+        self._handle = loop.call_at(now + self._tick, self._on_tick)
 
     def _on_tick(self) -> None:
         now = self._loop.time()
@@ -185,7 +185,7 @@ class _Batch:
     def __init__(self, limiter: RedisRateLimiter, requests: list[tuple[_Packed, asyncio.Future]]) -> None:
         self.limiter = limiter
         self.requests = requests
-        self.calls = limiter._calls([packed for packed, _ in requests])
+        self.calls = limiter._calls(requests)
         self.replies: list[object] = [None] * len(self.calls)
         self.outstanding = len(self.calls)
         self.redirected: list[int] = []
@@ -199,6 +199,11 @@ class _Batch:
         """Write the calls to their nodes now when each node's connection is open (the common case);
         otherwise connect (and read the slot map) in a task first."""
         nodes = self.limiter._nodes
+        if len(indexes) == 1:  # the usual batch: one script call
+            node = nodes.known_node_for(self._group(indexes[0]))
+            if node is not None and node.wire is not None:
+                self._send(node, node.wire, list(indexes))
+                return
         by_node: dict[RedisNode, list[int]] = {}
         for i in indexes:
             node = nodes.known_node_for(self._group(i))
@@ -229,17 +234,24 @@ class _Batch:
         """``command``: the encoded EVALSHA + sha (default) or EVAL + source."""
         prefix = command or self.limiter._evalsha
         calls = self.calls
-        data = b"".join([b"*%d\r\n%s%s" % (calls[i][1], prefix, calls[i][2]) for i in indexes])
         evaled = command is not None
+        if len(indexes) == 1:  # the usual batch: one script call
+            i = indexes[0]
+            _, argc, body = calls[i]
+            wire.send(b"*%d\r\n%s%s" % (argc, prefix, body), [partial(self._on_reply, node, i, evaled)])
+            return
+        data = b"".join([b"*%d\r\n%s%s" % (calls[i][1], prefix, calls[i][2]) for i in indexes])
         wire.send(data, [partial(self._on_reply, node, i, evaled) for i in indexes])
 
     def _on_reply(self, node: RedisNode, i: int, evaled: bool, reply: object) -> None:
         if self.done:
             return
-        if isinstance(reply, NoScriptError) and not evaled and node.wire is not None:
+        if type(reply) is list:  # the script's answer (the usual reply)
+            self.replies[i] = reply
+        elif isinstance(reply, NoScriptError) and not evaled and node.wire is not None:
             self._send(node, node.wire, [i], self.limiter._eval)  # caches the script on that node
             return
-        if isinstance(reply, (MovedError, AskError)) and not self.retried:
+        elif isinstance(reply, (MovedError, AskError)) and not self.retried:
             self.redirected.append(i)
         else:
             if isinstance(reply, OSError):  # the node went away: the slot map may have changed
@@ -263,17 +275,19 @@ class _Batch:
         self.deadline.cancel()
         requests = self.requests
         for (indexes, _, _), reply in zip(self.calls, self.replies):
-            if not isinstance(reply, BaseException) and (type(reply) is not list or len(reply) != 5 * len(indexes)):
-                reply = ResponseError("unexpected rate-limit script reply")
-            for n, i in enumerate(indexes):
+            failed = isinstance(reply, BaseException)
+            if not failed and (type(reply) is not list or len(reply) != 5 * len(indexes)):
+                reply, failed = ResponseError("unexpected rate-limit script reply"), True
+            n = 0
+            for i in indexes:
                 future = requests[i][1]
+                part = reply if failed else reply[n:n + 5]
+                n += 5
                 if future.done():  # the caller went away
                     continue
-                if isinstance(reply, BaseException):
+                if failed:
                     future.set_exception(reply)
-                    continue
-                part = reply[5 * n:5 * n + 5]
-                if part[0] >= 0:
+                elif part[0] >= 0:
                     future.set_result(part)
                 else:
                     future.set_exception(ResponseError("rate-limit bucket unusable (wrong type?)"))
@@ -394,21 +408,33 @@ class RedisRateLimiter:
         else:
             self._busy = False
 
-    def _calls(self, packs: list[_Packed]) -> list[_Call]:
-        """The script calls of a batch: one per slot group, at most MAX_REQUESTS_PER_CALL requests each."""
-        groups: dict[str, list[int]] = {}
-        for i, packed in enumerate(packs):
-            groups.setdefault(packed.group, []).append(i)
+    def _calls(self, requests: list[tuple[_Packed, asyncio.Future]]) -> list[_Call]:
+        """The script calls of a batch: one per slot group, at most MAX_REQUESTS_PER_CALL requests each.
+        Plain loops (no generator or comprehension per call): this runs for every batch."""
+        group = requests[0][0].group
+        grouped: list[list[int]] = [list(range(len(requests)))]
+        for packed, _ in requests:
+            if packed.group != group:  # more than one slot group (Redis Cluster, several namespaces)
+                groups: dict[str, list[int]] = {}
+                for i, (each, _) in enumerate(requests):
+                    groups.setdefault(each.group, []).append(i)
+                grouped = list(groups.values())
+                break
         calls = []
         step = self.MAX_REQUESTS_PER_CALL
-        for indexes in groups.values():
+        for indexes in grouped:
             for start in range(0, len(indexes), step):
                 part = indexes[start:start + step]
-                parts = [packs[i] for i in part]
-                nkeys = sum(p.nkeys for p in parts)
-                argc = 3 + nkeys + 1 + sum(p.args for p in parts)  # command, script, numkeys, keys, count, args
-                body = b"".join((_bulk(b"%d" % nkeys), *(p.keys for p in parts),
-                                 _bulk(b"%d" % len(parts)), *(p.argv for p in parts)))
+                keys, argv = [], []
+                nkeys = args = 0
+                for i in part:
+                    packed = requests[i][0]
+                    keys.append(packed.keys)
+                    argv.append(packed.argv)
+                    nkeys += packed.nkeys
+                    args += packed.args
+                argc = 3 + nkeys + 1 + args  # command, script, numkeys, keys, count, args
+                body = b"%s%s%s%s" % (_bulk(b"%d" % nkeys), b"".join(keys), _bulk(b"%d" % len(part)), b"".join(argv))
                 calls.append((part, argc, body))
         return calls
 
