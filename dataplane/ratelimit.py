@@ -151,22 +151,6 @@ class MemoryRateLimiter:
         self._hits += 1
         if self._hits >= self._sweep_every:
             self._sweep(now)
-        if n == 1:  # the common case, without the list
-            c = charges[0]
-            state = buckets.get(c.bucket)
-            capacity = c.capacity
-            if state is None:
-                level = float(capacity)
-            else:
-                level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
-                if level > capacity:
-                    level = float(capacity)
-            if level < 1.0:
-                return decide((level,), charges)
-            left = level - 1.0
-            wait = (capacity - left) / c.per_second
-            buckets[c.bucket] = (left, now, now + wait)
-            return RateResult(True, c.requests, int(left), math.ceil(wait))
         levels = []
         refused = False
         for c in charges:
