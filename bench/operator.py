@@ -252,10 +252,10 @@ async def bench(cluster: devcluster.DevCluster, args: argparse.Namespace, logs: 
         await creation_floor(cluster, args.routes, backend)
     operator = spawn(cluster, ["operator", "--namespace", GATEWAY_NS, "--metrics-port", "0"], "kubegate-operator",
                      logs / "operator.log", logs / "operator.pyisession" if args.profile else None,
-                     KUBEGATE_LOG_LEVEL="WARNING")
+                     KUBEGATE_LOG_LEVEL=getattr(args, "log_level", "WARNING"))
     dataplane = spawn(cluster, ["dataplane", "--namespace", GATEWAY_NS, "--host", "127.0.0.1", "--http-port", "0",
                                 "--https-port", "0", "--admin-port", "0"], "kubegate-dataplane",
-                      logs / "dataplane.log", KUBEGATE_LOG_LEVEL="WARNING")
+                      logs / "dataplane.log", KUBEGATE_LOG_LEVEL=getattr(args, "log_level", "WARNING"))
     try:
         port = None
         for _ in range(300):
@@ -404,6 +404,8 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--rss-routes", type=int, default=5000)
     parser.add_argument("--profile", action="store_true", help="run the operator under pyinstrument")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="KUBEGATE_LOG_LEVEL of the operator and the data plane (their logs are in the log folder)")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
                         help="skip timing the creation alone (no operator running) first")
     add_targets(parser)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from kubegate.dataplane.ratelimit import build_rate_limiter
 from kubegate.dataplane.server import Gateway
+from kubegate.dataplane.sources import decode as decode_module
 from kubegate.dataplane.sources.decode import IncrementalDecoder
 from kubegate.dataplane.sources.file import build
 
@@ -166,3 +167,77 @@ def test_the_build_keeps_the_runtime_of_an_unchanged_route_and_rebuilds_a_change
     assert runtime(after, "p7") is runtime(before, "p7")
     assert runtime(after, "b1") is not runtime(before, "a1")
     assert runtime(after, "b1").route.path == "/b1" and runtime(after, "b1").needs_admission
+
+
+def _edited(n: int, edits: dict[int, str] | None = None, dropped: tuple[int, ...] = (), added: int = 0) -> CompiledConfig:
+    """``n`` routes with long paths (many BLOCKs of text), some edited, dropped or added."""
+    routes = tuple(CompiledRoute(id=f"ns/r{i}", namespace="ns", name=f"r{i}",
+                                 path=(edits or {}).get(i, f"/p{i}/" + "x" * 200),
+                                 backends=(CompiledBackend(url="http://127.0.0.1:9"),))
+                   for i in range(n + added) if i not in dropped)
+    return CompiledConfig(routes=routes, generations={f"GatewayRoute/{r.id}": 1 for r in routes})
+
+
+@pytest.mark.parametrize("change", [
+    {"edits": {0: "/first"}},  # at the very start: nothing before it is unchanged
+    {"edits": {299: "/last"}},  # at the end: nothing after it
+    {"edits": {150: "/" + "y" * 5000}},  # in the middle, the text grows by more than a block
+    {"edits": {150: "/"}},  # ... or shrinks
+    {"edits": {10: "/a", 290: "/b"}},  # two stretches changed
+    {"dropped": (0, 1, 2)},
+    {"added": 3},
+    {"dropped": (120,), "added": 1},
+])
+def test_elements_in_unchanged_stretches_are_reused_and_the_rest_decoded_exactly(change, monkeypatch):
+    """Unchanged elements before and after an edit are taken from the previous decode without a scan; the
+    result and its hash are decode_config's and config_hash's, and changed elements are new models."""
+    decoder = IncrementalDecoder()
+    secrets = SecretBundle(values={})
+    first, _, _ = decoder.decode(encode_config(_edited(300, {})), _secrets(secrets))
+    changed = _edited(300, **change)
+    payload = encode_config(changed)
+    scans = []
+    scan = decode_module._SCAN
+    monkeypatch.setattr(decode_module, "_SCAN", lambda text, at: scans.append(at) or scan(text, at))
+    got, _, digest = decoder.decode(payload, _secrets(secrets))
+    monkeypatch.undo()
+    # a few top-level keys and values, and the elements from the first change to the last one, with a
+    # block (~14 elements) either side: one changed stretch is found, between the unchanged start and end
+    changed_at = [*change.get("edits", {}), *change.get("dropped", ()), *((300,) if change.get("added") else ())]
+    assert len(scans) < 10 + (max(changed_at) - min(changed_at) + 1) + 2 * 15, len(scans)
+    assert got == changed == decode_config(payload) and digest == config_hash(changed, secrets)
+    before = {r.id: r for r in first.routes}
+    reused = [r for r in got.routes if before.get(r.id) is r]
+    assert len(reused) >= len(got.routes) - 2 * len(change.get("edits", {})) - 3
+    assert all(before[r.id] == r for r in reused)
+    for i in change.get("edits", {}):
+        assert next(r for r in got.routes if r.id == f"ns/r{i}") is not before[f"ns/r{i}"]
+    # and again from there: the remembered places are the new text's
+    again = _edited(300, {5: "/again"})
+    got, _, digest = decoder.decode(encode_config(again), _secrets(secrets))
+    assert got == again and digest == config_hash(again, secrets)
+
+
+def test_the_same_text_around_a_different_element_is_not_mistaken_for_it():
+    """An edit that keeps the text's length and everything around it: only the changed element differs."""
+    decoder = IncrementalDecoder()
+    secrets = SecretBundle(values={})
+    decoder.decode(encode_config(_edited(100, {50: "/" + "a" * 100})), _secrets(secrets))
+    swapped = _edited(100, {50: "/" + "b" * 100})
+    got, _, digest = decoder.decode(encode_config(swapped), _secrets(secrets))
+    assert got == swapped and got.routes[50].path == "/" + "b" * 100 and digest == config_hash(swapped, secrets)
+
+
+def test_a_text_in_another_form_after_a_canonical_one_decodes_as_decode_config_does():
+    """Whitespace and key order change every offset: nothing is taken by place; values and hash stay exact."""
+    decoder = IncrementalDecoder()
+    secrets = SecretBundle(values={})
+    config = _edited(200, {})
+    decoder.decode(encode_config(config), _secrets(secrets))
+    document = config.model_dump(mode="json")
+    document["routes"][7]["path"] = "/seven"
+    spaced = _gz(document, indent=1)
+    got, _, digest = decoder.decode(spaced, _secrets(secrets))
+    assert got == decode_config(spaced) and digest == config_hash(got, secrets)
+    got, _, digest = decoder.decode(encode_config(config), _secrets(secrets))  # and back
+    assert got == config and digest == config_hash(config, secrets)
