@@ -295,12 +295,21 @@ class Gateway:
                                  config_summary(None, None, None))
 
 
-def config_summary(config: CompiledConfig | None, digest: str | None, loaded_at: float | None) -> dict[str, Any]:
-    """The admin port's /config answer (pure; the supervisor of ``--workers`` serves it too)."""
+def config_counts(config: CompiledConfig) -> dict[str, Any]:
+    """What /config tells about a config besides its hash (pure; a --workers worker sends it to its supervisor)."""
+    return {"routes": len(config.routes), "api_keys": len(config.api_keys), "tls_policies": len(config.tls),
+            "generations": config.generations}
+
+
+def config_summary(config: CompiledConfig | dict[str, Any] | None, digest: str | None,
+                   loaded_at: float | None) -> dict[str, Any]:
+    """The admin port's /config answer (pure; the supervisor of ``--workers`` serves it too, from the
+    config or its ``config_counts``)."""
     if config is None:
         return {"hash": None, "routes": 0, "loaded_at": None}
-    return {"hash": digest, "routes": len(config.routes), "api_keys": len(config.api_keys),
-            "tls_policies": len(config.tls), "loaded_at": loaded_at, "generations": config.generations}
+    counts = config if isinstance(config, dict) else config_counts(config)
+    return {"hash": digest, "routes": counts["routes"], "api_keys": counts["api_keys"],
+            "tls_policies": counts["tls_policies"], "loaded_at": loaded_at, "generations": counts["generations"]}
 
 
 async def serve_admin(host: str, port: int, handlers: dict[str, Any]) -> tuple[web.AppRunner, int]:

@@ -101,11 +101,13 @@ class Supervisor:
         self._keepers: list[asyncio.Task] = []
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
-        self._committed: tuple[str, bytes, CompiledConfig] | None = None
-        self._desired: tuple[str, bytes, CompiledConfig] | None = None
+        # (hash, what the workers get, the config: None when they decode it and report its counts)
+        self._committed: tuple[str, bytes, CompiledConfig | None] | None = None
+        self._desired: tuple[str, bytes, CompiledConfig | None] | None = None
+        self._counts: dict[str, dict[str, Any]] = {}  # hash -> config_counts a worker reported
         self._reloader: asyncio.Task | None = None
         self._outcomes: dict[str, asyncio.Future] = {}
-        self._loaded: tuple[str, CompiledConfig, float] | None = None
+        self._loaded: tuple[str, dict[str, Any], float] | None = None  # (hash, config_counts, when)
         self._loaded_changed = asyncio.Event()
         self._dropped: dict[str, dict[str, str]] = {}  # config hash -> objects the workers left out
         self._replicas = 1  # live data-plane replicas (failureMode: local shares a limit among them)
@@ -146,17 +148,33 @@ class Supervisor:
         and counted when the workers report it (:meth:`outcome` waits for it). ``blob``: the pickled
         ``(config, secrets)`` when the caller already made it."""
         digest = digest or config_hash(config, secrets)
+        if not self._held(digest):
+            self._distribute(digest, blob or pickle.dumps(("models", config, secrets), protocol=pickle.HIGHEST_PROTOCOL),
+                             config)
+        return digest
+
+    def apply_encoded(self, encoded: tuple[bytes, bytes], digest: str) -> str:
+        """Start distributing the ConfigMap/Secret payloads ``encoded`` (decode.halves), whose content hash
+        is known to be ``digest`` (decode.canonical_digest), without decoding them here: every worker
+        decodes them itself (and refuses the reload if they are not a valid config)."""
+        if not self._held(digest):
+            self._distribute(digest, pickle.dumps(("encoded", *encoded), protocol=pickle.HIGHEST_PROTOCOL), None)
+        return digest
+
+    def _held(self, digest: str) -> bool:
+        """``digest`` is already on its way to the workers, or what they serve (then it is desired again)."""
         if self._desired is not None and self._desired[0] == digest:
-            return digest
+            return True
         if self._committed is not None and self._committed[0] == digest:  # back to what is served
             self._desired = self._committed
-            return digest
-        blob = blob or pickle.dumps(("models", config, secrets), protocol=pickle.HIGHEST_PROTOCOL)
+            return True
+        return False
+
+    def _distribute(self, digest: str, blob: bytes, config: CompiledConfig | None) -> None:
         self._desired = (digest, blob, config)
         self._outcomes.setdefault(digest, asyncio.get_running_loop().create_future())
         if self._reloader is None or self._reloader.done():
             self._reloader = asyncio.create_task(self._reload_until_current(), name="reload workers")
-        return digest
 
     async def apply_off_loop(self, config: CompiledConfig, secrets: SecretBundle, digest: str | None = None,
                              encoded: tuple[str, bytes] | None = None) -> str:
@@ -301,7 +319,7 @@ class Supervisor:
             self._kill(worker)
         self._update_loaded()
 
-    async def _load(self, worker: _Worker, committed: tuple[str, bytes, CompiledConfig]) -> None:
+    async def _load(self, worker: _Worker, committed: tuple[str, bytes, CompiledConfig | None]) -> None:
         reply = await worker.call(("load", committed[0], committed[1]))
         if reply[0] == "rejected":  # the others serve it: this worker cannot be trusted with traffic
             raise WorkerFailed(f"worker {worker.index} refused the current config: {reply[2]}")
@@ -324,7 +342,7 @@ class Supervisor:
             if self._desired is desired:
                 return
 
-    async def _reload(self, desired: tuple[str, bytes, CompiledConfig]) -> None:
+    async def _reload(self, desired: tuple[str, bytes, CompiledConfig | None]) -> None:
         digest, blob, _config = desired
         workers = list(self._workers.values())
         replies = await asyncio.gather(*(w.call(("prepare", digest, blob)) for w in workers),
@@ -343,6 +361,10 @@ class Supervisor:
                 prepared.append(worker)
                 if len(reply) > 2:  # every worker builds the same snapshot: any one's list will do
                     self._dropped = {digest: reply[2]}
+                if len(reply) > 3:
+                    self._counts = {held[0]: self._counts[held[0]] for held in (self._committed, self._loaded)
+                                    if held is not None and held[0] in self._counts}
+                    self._counts[digest] = reply[3]
         if refusal is not None:
             await asyncio.gather(*(w.call(("abort", digest)) for w in prepared), return_exceptions=True)
             if self._desired is desired:
@@ -378,14 +400,18 @@ class Supervisor:
         (digest,) = hashes
         if digest != self._committed[0] or (self._loaded and self._loaded[0] == digest):
             return
+        from .server import config_counts
+
         config = self._committed[2]
-        self._loaded = (digest, config, time.time())
+        counts = config_counts(config) if config is not None else self._counts.get(digest)
+        if counts is None:  # not reported (a worker that predates this supervisor): nothing to tell but the hash
+            counts = {"routes": 0, "api_keys": 0, "tls_policies": 0, "generations": {}}
+        self._loaded = (digest, counts, time.time())
         self._settle(digest, None)
         m = self.metrics
-        m.config_info.info({"hash": digest, "routes": str(len(config.routes)),
-                            "api_keys": str(len(config.api_keys)), "tls_policies": str(len(config.tls))})
+        m.config_info.info({"hash": digest, **{k: str(counts[k]) for k in ("routes", "api_keys", "tls_policies")}})
         log.info("config %s served by every listening worker (%d of %d): %d routes", digest[:12], len(listening),
-                 self.count, len(config.routes))
+                 self.count, counts["routes"])
         if self.on_loaded is not None:
             self.on_loaded(digest)
 

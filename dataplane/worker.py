@@ -43,7 +43,7 @@ async def serve(control: str, index: int) -> int:
     from .jwks import JwksCache
     from .launch import gateway_kwargs
     from .metrics import worker_metrics
-    from .server import ConfigRejected, Gateway
+    from .server import ConfigRejected, Gateway, config_counts
     from .shared_limits import OwnedRateLimiter
     from .snapshot import off_loop
     from .sources.decode import IncrementalDecoder
@@ -86,7 +86,8 @@ async def serve(control: str, index: int) -> int:
             if command == "prepare":
                 prepared.clear()
                 prepared[digest] = snapshot
-                return ("prepared", digest, dict(snapshot.dropped))
+                # the counts: a supervisor that did not decode the config itself tells them (/config, metrics)
+                return ("prepared", digest, dict(snapshot.dropped), config_counts(snapshot.config))
             gateway.commit(snapshot)
         elif command == "commit":
             snapshot = prepared.pop(digest, None)

@@ -329,12 +329,30 @@ def _top(text: str, lists: Callable[[str], _List], pause: Callable[[], None]) ->
     return top, found
 
 
-def _gunzip(data: str | bytes, what: str) -> str:
+def _gunzip_bytes(data: str | bytes, what: str) -> bytes:
     try:
         raw = base64.b64decode(data, validate=True) if isinstance(data, str) else data
-        return gzip.decompress(raw).decode()
+        return gzip.decompress(raw)
     except (ValueError, OSError, EOFError) as exc:
         raise ConfigDecodeError(f"{what} is not valid base64 gzip JSON: {exc}") from None
+
+
+def _gunzip(data: str | bytes, what: str) -> str:
+    raw = _gunzip_bytes(data, what)
+    try:
+        return raw.decode()
+    except ValueError as exc:
+        raise ConfigDecodeError(f"{what} is not valid base64 gzip JSON: {exc}") from None
+
+
+def canonical_digest(config_data: str | bytes, secrets_data: str | bytes) -> str:
+    """sha256 of the two payloads' JSON as they are, as ``config_hash`` hashes their canonical forms: the
+    content hash when they are in canonical form (as the operator writes them). ConfigDecodeError when
+    they are not gzip."""
+    digest = hashlib.sha256(_gunzip_bytes(config_data, "config"))
+    digest.update(b"\0")
+    digest.update(_gunzip_bytes(secrets_data, "secrets"))
+    return digest.hexdigest()
 
 
 def announced_hash(obj: Mapping[str, Any] | None) -> str | None:

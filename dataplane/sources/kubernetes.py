@@ -13,6 +13,11 @@ name (``get``) when a primary announces a new config; a shard that is missing,
 carries another config's hash or not the listed bytes leaves the last good
 config serving, and is asked for again (RETRY_SECONDS, doubling up to
 RETRY_MAX) as long as the primaries still announce that config.
+
+Under ``--workers`` the supervisor does not decode a config whose payloads are
+the canonical JSON of the announced hash (``decode.canonical_digest``, a
+gunzip and a sha256): its workers decode it (each needs the models anyway)
+and refuse the reload if it is not a valid config.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .decode import (
     SECRET_NAME,
     IncrementalDecoder,
     announced_hash,
+    canonical_digest,
     halves,
     shards_listed,
 )
@@ -117,6 +123,9 @@ class KubernetesConfigSource:
 
         try:
             encoded = halves(config_map, secret, await self._shards(config_map, secret))
+            apply_encoded = getattr(self.gateway, "apply_encoded", None)  # --workers: they decode it
+            if apply_encoded is not None and await off_loop(canonical_digest, *encoded) == wanted:
+                return self._loaded(apply_encoded(encoded, wanted), wanted)
             async with self._decoding:
                 config, secrets, digest = await off_loop(self._decoder.decode, *encoded)
         except ShardsIncomplete as exc:
@@ -129,6 +138,9 @@ class KubernetesConfigSource:
             loaded = await self.gateway.apply_off_loop(config, secrets, digest, encoded)
         except ConfigRejected:
             return None  # the gateway logged and counted it; the last good config stays
+        return self._loaded(loaded, wanted)
+
+    def _loaded(self, loaded: str, wanted: str) -> str:
         if loaded != wanted:
             log.warning("config content hash %s differs from the announced %s", loaded[:12], wanted[:12])
         if self.on_loaded is not None:

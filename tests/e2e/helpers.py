@@ -124,10 +124,10 @@ class DataPlane(Proc):
         return f"http://127.0.0.1:{self.http}{path}"
 
 
-def start_dataplane(cluster: Any, tmp: Path, name: str = "dp-a") -> DataPlane:
+def start_dataplane(cluster: Any, tmp: Path, name: str = "dp-a", *args: str) -> DataPlane:
     env = service_account_env(cluster, "kubegate-dataplane", KUBEGATE_REPLICA_ID=name)
     proc = DataPlane(["dataplane", "--namespace", GATEWAY_NS, "--host", "127.0.0.1", "--http-port", "0",
-                      "--https-port", "0", "--admin-port", "0"], env, tmp / f"{name}.log")
+                      "--https-port", "0", "--admin-port", "0", *args], env, tmp / f"{name}.log")
     ports = wait_until(lambda: re.search(r"http=(\d+) https=(\d+) admin=(\d+)", proc.log()), 30,
                        "the data plane to listen")
     proc.http, proc.https, proc.admin = (int(p) for p in ports.groups())
