@@ -7,6 +7,11 @@ entry over an any-method one. A path that matches somewhere but not for this
 method is a 405 carrying the union of allowed methods.
 
 Pure: no I/O, values are opaque (the server stores precomputed route runtimes).
+
+A new config that changes a few routes among thousands need not rebuild the
+trie: :meth:`RouteTable.updated` copies only the nodes on the changed routes'
+paths (copy-on-write) and shares every other node with the previous table,
+which stays as it was for the requests still using it.
 """
 
 from __future__ import annotations
@@ -58,11 +63,26 @@ def split_pattern(pattern: str) -> list[str]:
     return [s for s in pattern.split("/") if s]
 
 
+class _Collision(Exception):
+    """A claim another entry holds (or an entry to remove that is not where it was inserted): entry order
+    decides then, which only a full build reproduces."""
+
+
+def _copy(node: _Node[V]) -> _Node[V]:
+    """A node this table may change: its own dicts, the same children (shared until copied in turn)."""
+    return _Node(dict(node.literals), node.param, None if node.catch_all is None else dict(node.catch_all),
+                 None if node.methods is None else dict(node.methods))
+
+
+def _empty(node: _Node[V]) -> bool:
+    return not node.literals and node.param is None and not node.catch_all and not node.methods
+
+
 class RouteTable(Generic[V]):
     """Its routes are immutable once built and ``lookup`` is safe to call concurrently; ``memo`` is a
     cache its user fills (the pipeline, on the event loop)."""
 
-    __slots__ = ("_any", "_exact", "_has_wildcards", "_wildcard", "memo", "size")
+    __slots__ = ("_any", "_collided", "_exact", "_has_wildcards", "_wildcard", "memo", "size")
 
     def __init__(self, entries: Iterable[tuple[Sequence[str], str, Sequence[str], V]]) -> None:
         """entries: (hosts, path pattern, methods, value); first entry wins a duplicate claim."""
@@ -73,11 +93,149 @@ class RouteTable(Generic[V]):
         # what its user derived from a lookup, by the request's (host, method, raw path): the pipeline
         # keeps normalised path + match here (both pure), bounded by MEMO_SIZE; a new table starts empty
         self.memo: dict[tuple[str, str, str], Any] = {}
+        self._collided = False  # some claim was made twice: entry order matters (no update(), see there)
         for hosts, pattern, methods, value in entries:
             self.size += 1
             for host in hosts or (None,):
-                self._insert(self._root_for(host), split_pattern(pattern), methods, value)
+                if self._insert(self._root_for(host), split_pattern(pattern), methods, value):
+                    self._collided = True
         self._has_wildcards = bool(self._wildcard)
+
+    @classmethod
+    def updated(cls, previous: RouteTable[V], removed: Iterable[tuple[Sequence[str], str, Sequence[str], V]],
+                added: Iterable[tuple[Sequence[str], str, Sequence[str], V]]) -> RouteTable[V] | None:
+        """``previous`` without the ``removed`` entries and with the ``added`` ones: what a full build of the
+        remaining entries gives, copying only the nodes on their paths (``previous`` is not changed). None
+        when a claim is or would be held twice (a full build then decides by entry order). ValueError
+        as for a full build."""
+        if previous._collided:
+            return None
+        table: RouteTable[V] = cls.__new__(cls)
+        table._exact, table._wildcard, table._any = dict(previous._exact), dict(previous._wildcard), previous._any
+        table.memo, table._collided, table.size = {}, False, previous.size
+        owned: set[int] = set()  # ids of the nodes this table made (and so may change)
+        try:
+            for hosts, pattern, methods, value in removed:
+                table.size -= 1
+                for host in dict.fromkeys(hosts or (None,)):
+                    table._remove(host, split_pattern(pattern), methods, value, owned)
+            for hosts, pattern, methods, value in added:
+                table.size += 1
+                for host in dict.fromkeys(hosts or (None,)):
+                    table._add(host, split_pattern(pattern), methods, value, owned)
+        except _Collision:
+            return None
+        table._has_wildcards = bool(table._wildcard)
+        return table
+
+    def _own_root(self, host: str | None, owned: set[int], create: bool) -> _Node[V] | None:
+        """The root for ``host``, copied into this table first if it is the previous table's."""
+        if host is None:
+            root, table, key = self._any, None, ""
+        else:
+            host = host.lower().rstrip(".")
+            table = self._wildcard if host.startswith("*.") else self._exact
+            key = host[1:] if host.startswith("*.") else host
+            root = table.get(key)
+        if root is None:
+            if not create:
+                return None
+            root = _Node()
+        elif id(root) in owned:
+            return root
+        else:
+            root = _copy(root)
+        owned.add(id(root))
+        if table is None:
+            self._any = root
+        else:
+            table[key] = root
+        return root
+
+    def _drop_root(self, host: str | None) -> None:
+        if host is None:
+            self._any = None
+            return
+        host = host.lower().rstrip(".")
+        table = self._wildcard if host.startswith("*.") else self._exact
+        table.pop(host[1:] if host.startswith("*.") else host, None)
+
+    @staticmethod
+    def _child(node: _Node[V], key: str | None, owned: set[int], create: bool) -> _Node[V] | None:
+        """``node``'s literal child ``key`` (its param child for None), owned by this table; ``node`` is."""
+        child = node.param if key is None else node.literals.get(key)
+        if child is None:
+            if not create:
+                return None
+            child = _Node()
+        elif id(child) in owned:
+            return child
+        else:
+            child = _copy(child)
+        owned.add(id(child))
+        if key is None:
+            node.param = child
+        else:
+            node.literals[key] = child
+        return child
+
+    def _add(self, host: str | None, segments: list[str], methods: Sequence[str], value: V, owned: set[int]) -> None:
+        """``_insert`` into owned copies; _Collision where a claim is held already."""
+        node = self._own_root(host, owned, True)
+        assert node is not None
+        names: list[str] = []
+        for i, seg in enumerate(segments):
+            if seg.startswith("*"):
+                if i != len(segments) - 1:
+                    raise ValueError(f"catch-all {seg!r} must be the last segment")
+                names.append(seg[1:])
+                if node.catch_all is None:
+                    node.catch_all = {}
+                _claim(node.catch_all, methods, value, tuple(names))
+                return
+            if seg.startswith(":") or (seg.startswith("{") and seg.endswith("}")):
+                names.append(seg[1:-1] if seg.startswith("{") else seg[1:])
+                node = self._child(node, None, owned, True)  # type: ignore[assignment]
+            else:
+                node = self._child(node, unquote(seg), owned, True)  # type: ignore[assignment]
+        if node.methods is None:
+            node.methods = {}
+        _claim(node.methods, methods, value, tuple(names))
+
+    def _remove(self, host: str | None, segments: list[str], methods: Sequence[str], value: V,
+                owned: set[int]) -> None:
+        """Take ``value``'s claims out (owned copies along the path), and the nodes left empty."""
+        node = self._own_root(host, owned, False)
+        if node is None:
+            raise _Collision
+        path: list[tuple[_Node[V], str | None]] = []  # (parent, literal key or None for param)
+        for seg in segments:
+            if seg.startswith("*"):
+                if node.catch_all is None:
+                    raise _Collision
+                _release(node.catch_all, methods, value)
+                node.catch_all = node.catch_all or None
+                break
+            key = None if seg.startswith(":") or (seg.startswith("{") and seg.endswith("}")) else unquote(seg)
+            child = self._child(node, key, owned, False)
+            if child is None:
+                raise _Collision
+            path.append((node, key))
+            node = child
+        else:
+            if node.methods is None:
+                raise _Collision
+            _release(node.methods, methods, value)
+            node.methods = node.methods or None
+        while _empty(node) and path:  # what the full build would not have made
+            parent, key = path.pop()
+            if key is None:
+                parent.param = None
+            else:
+                del parent.literals[key]
+            node = parent
+        if not path and _empty(node):
+            self._drop_root(host)
 
     def _root_for(self, host: str | None) -> _Node[V]:
         if host is None:
@@ -90,8 +248,11 @@ class RouteTable(Generic[V]):
         return table.setdefault(key, _Node())
 
     @staticmethod
-    def _insert(node: _Node[V], segments: list[str], methods: Sequence[str], value: V) -> None:
+    def _insert(node: _Node[V], segments: list[str], methods: Sequence[str], value: V) -> bool:
+        """Put the entry's claims in (the first claimant of each keeps it); True if one was held already
+        by another value."""
         names: list[str] = []
+        held = False
         for i, seg in enumerate(segments):
             if seg.startswith("*"):
                 if i != len(segments) - 1:
@@ -100,8 +261,8 @@ class RouteTable(Generic[V]):
                 if node.catch_all is None:
                     node.catch_all = {}
                 for method in methods or (ANY_METHOD,):
-                    node.catch_all.setdefault(method, (value, tuple(names)))
-                return
+                    held |= node.catch_all.setdefault(method, (value, tuple(names)))[0] is not value
+                return held
             if seg.startswith(":") or (seg.startswith("{") and seg.endswith("}")):
                 names.append(seg[1:-1] if seg.startswith("{") else seg[1:])
                 if node.param is None:
@@ -112,7 +273,8 @@ class RouteTable(Generic[V]):
         if node.methods is None:
             node.methods = {}
         for method in methods or (ANY_METHOD,):
-            node.methods.setdefault(method, (value, tuple(names)))
+            held |= node.methods.setdefault(method, (value, tuple(names)))[0] is not value
+        return held
 
     def lookup(self, host: str, method: str, segments: list[str]) -> Match[V] | MethodNotAllowed | None:
         """Find the route for a parsed host + method + path segments (see target.py).
@@ -138,6 +300,24 @@ class RouteTable(Generic[V]):
         if allowed:
             return MethodNotAllowed(tuple(sorted(allowed)))
         return None
+
+
+def _claim(table: dict[str, tuple[V, tuple[str, ...]]], methods: Sequence[str], value: V,
+           names: tuple[str, ...]) -> None:
+    for method in methods or (ANY_METHOD,):
+        held = table.get(method)
+        if held is None:
+            table[method] = (value, names)
+        elif held[0] is not value:
+            raise _Collision
+
+
+def _release(table: dict[str, tuple[V, tuple[str, ...]]], methods: Sequence[str], value: V) -> None:
+    for method in dict.fromkeys(methods or (ANY_METHOD,)):
+        held = table.get(method)
+        if held is None or held[0] is not value:
+            raise _Collision
+        del table[method]
 
 
 _new_match = tuple.__new__  # a Match without NamedTuple's Python-level __new__ (once per request)

@@ -6,7 +6,8 @@ request keeps the snapshot it started with; a bad config never replaces a
 good one (:class:`ConfigRejected`). :class:`SnapshotBuilder` belongs to one
 Gateway and keeps what outlives a snapshot: per-route metrics children and
 circuit breakers, and the previous snapshot's route runtimes, which a new
-snapshot reuses for every route whose compiled form did not change.
+snapshot reuses for every route whose compiled form did not change, and its
+route table, which a new snapshot updates when only a few routes changed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ API_KEY_HEADERS = frozenset({"x-api-key"})
 # credentials back (cross-site tracing), CONNECT would make the gateway an open tunnel.
 GUARDED_METHODS = frozenset({"TRACE", "CONNECT"})
 PAUSE_EVERY = 1000  # routes between two pause() calls of a build
+UPDATE_AT_MOST = 100  # changed routes (or a tenth of them) up to which the route table is updated, not rebuilt
 
 
 class ConfigRejected(Exception):
@@ -146,6 +148,8 @@ class SnapshotBuilder:
         self.jwks: Any = None  # the Gateway's JWKS cache, set when it starts
         self._breakers = Breakers(metrics)
         self._runtimes: dict[int, RouteRuntime] = {}  # id(route) -> its runtime, of the last build
+        # the last build's route table and its entries by id(runtime) (they keep the runtimes alive)
+        self._table: tuple[RouteTable[RouteRuntime], dict[int, tuple[Any, ...]]] | None = None
 
     def build(self, config: CompiledConfig, secrets: SecretBundle, digest: str,
               pause: Callable[[], None] | None = None) -> Snapshot:
@@ -173,7 +177,7 @@ class SnapshotBuilder:
             runtimes[id(route)] = entry[3]
             if count % PAUSE_EVERY == 0:
                 pause()
-        table = RouteTable(_paced(entries, pause))
+        table = self._route_table(entries, pause)
         self._runtimes = runtimes
         tls = build_tls_set(config.tls, secrets, dropped) if config.tls else EMPTY_TLS
         for ref, reason in sorted(dropped.items()):
@@ -181,6 +185,22 @@ class SnapshotBuilder:
         guarded = frozenset(m for route in config.routes if f"GatewayRoute/{route.id}" not in dropped
                             for m in route.methods if m in GUARDED_METHODS)
         return Snapshot(config, digest, table, admission, tls, time.time(), guarded, dropped)
+
+    def _route_table(self, entries: list[tuple[Any, ...]], pause: Callable[[], None]) -> RouteTable[RouteRuntime]:
+        """The previous build's table updated with the entries that changed (RouteTable.updated: only their
+        paths are copied) when few did, else a full build."""
+        by_runtime = {id(entry[3]): entry for entry in entries}
+        table = None
+        if self._table is not None:
+            previous, previous_entries = self._table
+            removed = [e for key, e in previous_entries.items() if key not in by_runtime]
+            added = [e for key, e in by_runtime.items() if key not in previous_entries]
+            if len(removed) + len(added) <= max(UPDATE_AT_MOST, len(entries) // 10):
+                table = RouteTable.updated(previous, removed, added)
+        if table is None:
+            table = RouteTable(_paced(entries, pause))
+        self._table = (table, by_runtime)
+        return table
 
     def _route_entry(self, route: CompiledRoute, admission: Any, previous: RouteRuntime | None) -> tuple[Any, ...]:
         """One route's RouteTable entry; ValueError (or jsonschema's errors) when it cannot be served."""

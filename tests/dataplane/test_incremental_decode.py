@@ -241,3 +241,22 @@ def test_a_text_in_another_form_after_a_canonical_one_decodes_as_decode_config_d
     assert got == decode_config(spaced) and digest == config_hash(got, secrets)
     got, _, digest = decoder.decode(encode_config(config), _secrets(secrets))  # and back
     assert got == config and digest == config_hash(config, secrets)
+
+
+def test_a_reload_that_moves_one_route_updates_the_route_table_and_the_old_snapshot_keeps_its_own():
+    gw = Gateway(host="127.0.0.1", http_port=0, https_port=0, admin_port=None, limiter=build_rate_limiter(None))
+    decoder = IncrementalDecoder()
+    secrets = SecretBundle(values={f"apikey/k{i}": f"{i:064x}" for i in range(200)})
+    before = gw.prepare(*decoder.decode(encode_config(_config(200)), _secrets(secrets)))
+    after = gw.prepare(*decoder.decode(encode_config(_config(200, "moved")), _secrets(secrets)))
+
+    def found(snapshot, path):
+        return snapshot.table.lookup("any.test", "GET", [path])
+
+    assert found(after, "moved1").value.route.path == "/moved1" and found(after, "a1") is None
+    assert found(before, "a1").value.route.path == "/a1" and found(before, "moved1") is None
+    assert found(after, "p7").value is found(before, "p7").value
+    # updated, not rebuilt: the any-host trie's untouched children are the very same nodes
+    assert after.table._any is not before.table._any
+    assert after.table._any.literals["p7"] is before.table._any.literals["p7"]
+    assert after.table.size == before.table.size == 200

@@ -72,3 +72,83 @@ def test_first_claim_wins():
 def test_percent_encoded_params_are_decoded():
     table = _table(("p", (), "/files/:name", ()))
     assert _lookup(table, "h", "GET", "/files/a%20b") == ("p", {"name": "a b"})
+
+
+class _Value:
+    """A route's runtime stand-in: compared by identity, like the data plane's."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _random_entries(rng, count, start=0):
+    hosts = [(), ("api.example.com",), ("*.example.com",), ("a.test", "b.test"), ("*.eu.example.com",)]
+    segments = ["users", "orders", ":id", "{oid}", "v1", "x%41y"]
+    methods = [(), ("GET",), ("POST",), ("GET", "PUT"), ("DELETE",)]
+    out = []
+    for i in range(start, start + count):
+        path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(0, 3)))
+        if rng.random() < 0.3:
+            path = path.rstrip("/") + "/*rest"
+        out.append((rng.choice(hosts), path, rng.choice(methods), _Value(f"v{i}")))
+    return out
+
+
+def _probes(rng):
+    hosts = ["api.example.com", "x.example.com", "z.eu.example.com", "a.test", "b.test", "other.test"]
+    words = ["users", "orders", "42", "v1", "xAy", "x%41y", "me"]
+    return [(rng.choice(hosts), rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+             "/" + "/".join(rng.choice(words) for _ in range(rng.randint(0, 4)))) for _ in range(300)]
+
+
+def _answers(table, probes):
+    return [_lookup(table, host, method, path) for host, method, path in probes]
+
+
+def test_an_updated_table_answers_exactly_as_a_full_build_and_leaves_the_old_one_as_it_was():
+    import random
+
+    rng = random.Random(7)
+    updated = fallbacks = 0
+    for round_ in range(300):
+        before = _random_entries(rng, rng.randint(0, 12))
+        removed = [e for e in before if rng.random() < 0.3]
+        added = _random_entries(rng, rng.randint(0, 4), start=1000)
+        after = [e for e in before if e not in removed] + added
+        old = RouteTable(before)
+        probes = _probes(rng)
+        old_answers = _answers(old, probes)
+        new = RouteTable.updated(old, removed, added)
+        assert _answers(old, probes) == old_answers, round_  # requests still on the old table see no change
+        if new is None:  # a claim held twice somewhere: only a full build knows which entry wins
+            fallbacks += 1
+            continue
+        updated += 1
+        assert _answers(new, probes) == _answers(RouteTable(after), probes), round_
+        assert new.size == len(after)
+        again = RouteTable.updated(new, added, [])  # and back: the added ones out again
+        assert again is not None and _answers(again, probes) == _answers(RouteTable([e for e in before
+                                                                                     if e not in removed]), probes)
+    assert updated > 100 and fallbacks > 10  # both paths were taken
+
+
+def test_an_update_that_would_claim_what_another_route_holds_falls_back_to_a_full_build():
+    a, b = _Value("a"), _Value("b")
+    old = RouteTable([((), "/x", ("GET",), a)])
+    assert RouteTable.updated(old, [], [((), "/x", (), b)]) is not None  # any-method beside GET: no clash
+    assert RouteTable.updated(old, [], [((), "/x", ("GET",), b)]) is None
+    assert RouteTable.updated(old, [((), "/y", ("GET",), a)], []) is None  # not where it was inserted
+    clashing = RouteTable([((), "/x", ("GET",), a), ((), "/x", ("GET",), b)])
+    assert RouteTable.updated(clashing, [((), "/x", ("GET",), a)], []) is None  # b would win: a full build says so
+
+
+def test_removing_the_last_route_under_a_host_leaves_no_trace():
+    a, b = _Value("a"), _Value("b")
+    old = RouteTable([(("h.test",), "/deep/er/path", (), a), ((), "/other", (), b)])
+    new = RouteTable.updated(old, [(("h.test",), "/deep/er/path", (), a)], [])
+    assert new is not None and not new._exact and _lookup(new, "h.test", "GET", "/deep/er/path") is None
+    assert _lookup(new, "h.test", "GET", "/other").value is b
+    assert _lookup(old, "h.test", "GET", "/deep/er/path").value is a
