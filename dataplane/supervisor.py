@@ -404,7 +404,7 @@ class Supervisor:
 
         config = self._committed[2]
         counts = config_counts(config) if config is not None else self._counts.get(digest)
-        if counts is None:  # not reported (a worker that predates this supervisor): nothing to tell but the hash
+        if counts is None:  # no worker was there to prepare it and report them: nothing to tell but the hash
             counts = {"routes": 0, "api_keys": 0, "tls_policies": 0, "generations": {}}
         self._loaded = (digest, counts, time.time())
         self._settle(digest, None)
