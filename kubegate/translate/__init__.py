@@ -13,6 +13,7 @@ Layout (one job per module):
 - ``routes``, ``ratelimits``, ``apikeys``, ``tlspolicies``: one kind each, one
   :class:`~kubegate.translate.run.Processor` each (``prepare`` / ``build`` / ``serve``);
 - ``memo``: what one object compiled to and when it may be reused;
+- ``since``: translating again when only a few GatewayRoutes changed (the rest from the previous run);
 - ``canonical``: canonical JSON spliced from the items' cached JSON;
 - ``run``: one translation in progress; ``translator``: the loop over the processors;
 - ``common``: condition names and small helpers shared by the kinds.
@@ -24,7 +25,9 @@ its previous call, so an unchanged object is neither re-validated nor
 recompiled nor re-serialised. The memo is an optimisation only: its answers
 are checked against everything the object read (its spec, the Secrets and
 Services it looked up, the routes it named), and results are byte-identical
-with or without it.
+with or without it. When only a few GatewayRoutes changed since its previous
+call, a Translator re-decides only what they affect (``since``): one route
+changed among 10,000 costs ~40 ms instead of ~150 ms.
 """
 
 from .common import (

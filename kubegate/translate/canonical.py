@@ -31,13 +31,19 @@ def assemble_json(config: CompiledConfig, lists: dict[str, list[bytes]]) -> byte
     marks = {name: f"\0{name}\0" for name in lists}
     top.update(marks)
     text = _CANONICAL.encode(top).encode()
-    for name, items in lists.items():
+    places = []
+    for name in lists:
         mark = json.dumps(marks[name]).encode()
-        head, found, tail = text.partition(mark)
-        if not found:  # impossible while CompiledConfig has these fields; never guess
+        at = text.find(mark)
+        if at < 0 or text.find(mark, at + 1) >= 0:  # impossible while CompiledConfig has these fields; never guess
             return canonical_json(config)
-        text = b"".join((head, b"[", b",".join(items), b"]", tail))
-    return text
+        places.append((at, len(mark), name))
+    parts, done = [], 0  # one join of the whole text, not one per list
+    for at, length, name in sorted(places):
+        parts += (text[done:at], b"[", b",".join(lists[name]), b"]")
+        done = at + length
+    parts.append(text[done:])
+    return b"".join(parts)
 
 
 def hash_of(config_json: bytes, secrets_json: bytes) -> str:

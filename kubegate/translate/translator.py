@@ -18,6 +18,7 @@ from .canonical import assemble_json, hash_of
 from .common import ACCEPTED_OK, INVALID_SPEC, age_key
 from .memo import Entry, Verdict, collector_paused
 from .run import Processor, Run
+from .since import Previous, again
 
 # prepare() runs in this order: route conflicts, then rate-limit precedence (routes' serve uses it).
 PROCESSORS: tuple[Processor, ...] = (routes.PROCESSOR, ratelimits.PROCESSOR, apikeys.PROCESSOR,
@@ -37,13 +38,21 @@ class Translator:
 
     def __init__(self) -> None:
         self._state: tuple[tuple[str, str], dict[ObjectRef, Entry]] = (("", ""), {})
+        self._previous: Previous | None = None  # the last translation, for since.again
 
     def clear(self) -> None:
         self._state = (("", ""), {})
+        self._previous = None
 
     def translate(self, inp: TranslationInput) -> TranslationResult:
         """Compile every valid, unconflicted, resolvable object; report on all of them."""
         with collector_paused():
+            previous, self._previous = self._previous, None
+            done = again(previous, inp, PROCESSORS, assemble) if previous is not None else None
+            if done is not None:
+                self._previous, memo, result = done
+                self._state = ((inp.gateway_namespace, inp.cluster_domain), memo)
+                return result
             return self._translate(inp)
 
     def _verdicts(self, inp: TranslationInput) -> tuple[dict[ObjectRef, Verdict], dict[ObjectRef, Entry], Run]:
@@ -75,44 +84,60 @@ class Translator:
         for processor in PROCESSORS:
             processor.prepare(run)
         items: dict[str, list[tuple[Any, Any, bytes]]] = {}
+        by_ref: dict[str, dict[ObjectRef, tuple[Any, Any, bytes]]] = {}
         for processor in PROCESSORS:
             if processor.output is None or processor.build is None or processor.serve is None:
                 continue
             served = items[processor.output] = []
+            kept = by_ref[processor.output] = {}
             for verdict in run.of(processor.kind):
                 if verdict.accepted is not ACCEPTED_OK:
                     continue
                 fragment = run.compiled(verdict, processor.build)
                 if fragment.compiled is not None:
                     verdict.programmable = True
-                    served.append(processor.serve(verdict, fragment, run))
+                    served.append(item := processor.serve(verdict, fragment, run))
+                    kept[verdict.ref] = item
         for served in items.values():
             served.sort(key=lambda item: item[0])
         results = {ref: verdicts[ref].result() for ref in sorted(verdicts)}
-        config = CompiledConfig(
-            gateway_namespace=inp.gateway_namespace,
-            **{name: tuple(item[1] for item in served) for name, served in items.items()},
-            generations={str(ref): r.generation for ref, r in results.items() if r.programmable},
-        )
-        secrets = SecretBundle(values=dict(sorted(run.bundle.items())))
-        config_json = assemble_json(config, {name: [item[2] for item in served] for name, served in items.items()})
-        secrets_json = canonical_json(secrets)
+        generations = {str(ref): r.generation for ref, r in results.items() if r.programmable}
+        certificates = tuple(sorted(run.certificates, key=lambda c: c.name))
+        result = assemble(inp, items, results, generations, run.bundle, run.warnings, certificates,
+                          run.backend_services, run.backend_urls)
         self._state = ((inp.gateway_namespace, inp.cluster_domain), memo)
-        return TranslationResult.model_construct(
-            config=config,
-            secrets=secrets,
-            hash=hash_of(config_json, secrets_json),
-            results=results,
-            warnings=tuple(sorted(run.warnings)),
-            certificates=tuple(sorted(run.certificates, key=lambda c: c.name)),
-            backend_services=tuple(
-                BackendService(namespace=ns, name=name, selector=service.selector, ports=tuple(ports))
-                for (ns, name), (service, ports) in sorted(run.backend_services.items())
-            ),
-            backend_urls=tuple(sorted(run.backend_urls)),
-            config_json=config_json,
-            secrets_json=secrets_json,
-        )
+        self._previous = Previous.of(inp, verdicts, memo, run, by_ref, results, generations, certificates)
+        return result
+
+
+def assemble(inp: TranslationInput, items: dict[str, list[tuple[Any, Any, bytes]]], results: dict[ObjectRef, Any],
+             generations: dict[str, int], bundle: dict[str, str], warnings: set[str], certificates: tuple[Any, ...],
+             backend_services: dict[tuple[str, str], tuple[Any, list[Any]]], backend_urls: set[str]
+             ) -> TranslationResult:
+    """The result from what the processors decided: the config, its canonical JSON and its hash."""
+    config = CompiledConfig(
+        gateway_namespace=inp.gateway_namespace,
+        **{name: tuple(item[1] for item in served) for name, served in items.items()},
+        generations=generations,
+    )
+    secrets = SecretBundle(values=dict(sorted(bundle.items())))
+    config_json = assemble_json(config, {name: [item[2] for item in served] for name, served in items.items()})
+    secrets_json = canonical_json(secrets)
+    return TranslationResult.model_construct(
+        config=config,
+        secrets=secrets,
+        hash=hash_of(config_json, secrets_json),
+        results=results,
+        warnings=tuple(sorted(warnings)),
+        certificates=certificates,
+        backend_services=tuple(
+            BackendService(namespace=ns, name=name, selector=service.selector, ports=tuple(ports))
+            for (ns, name), (service, ports) in sorted(backend_services.items())
+        ),
+        backend_urls=tuple(sorted(backend_urls)),
+        config_json=config_json,
+        secrets_json=secrets_json,
+    )
 
 
 def translate(inp: TranslationInput) -> TranslationResult:
