@@ -79,6 +79,21 @@ def certificate_facts(name: str, cert: Mapping[str, Any] | None) -> CertificateF
     )
 
 
+MAX_MOVED = 1000  # objects re-derived on every pass (see _moved) before all are, once
+
+
+def _moved(before: Mapping[str, int], now: Mapping[str, int], history: GenerationHistory) -> set[ObjectRef] | None:
+    """The objects whose acknowledgement may differ between two sets of live hashes, when the replicas
+    only moved from one config to another (one hash each, as many replicas): those whose generation
+    differs between the two configs. None when it is not that simple (every object may differ)."""
+    if len(before) != 1 or len(now) != 1 or list(before.values()) != list(now.values()):
+        return None
+    old, new = history.get(next(iter(before))), history.get(next(iter(now)))
+    if old is None or new is None:
+        return None
+    return {ObjectRef(*key.split("/", 2)) for key, _ in old.items() ^ new.items()}
+
+
 def _iso_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -95,6 +110,10 @@ class StatusWriter:
         self._hashes: dict[str, int] = {}
         self._refusals: dict[str, tuple[str, str]] = {}
         self._epoch = 0
+        # Seen entries from epoch _valid_since on are current but for the objects in _moved: every change of
+        # the live hashes since then only moved replicas from one config to another that differ in those.
+        self._valid_since = 0
+        self._moved: set[ObjectRef] = set()
         self._writing: set[ObjectRef] = set()  # objects with a status patch in flight
         self._writers: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(STATUS_WRITERS)
@@ -116,8 +135,14 @@ class StatusWriter:
         hashes = live_hashes(replicas.values(), now)
         refusals = live_refusals(replicas.values(), now)  # objects a live replica could not load
         if hashes != self._hashes or refusals != self._refusals:
+            moved = _moved(self._hashes, hashes, history) if refusals == self._refusals else None
             self._hashes, self._refusals, self._epoch = hashes, refusals, self._epoch + 1
+            if moved is None or len(self._moved) + len(moved) > MAX_MOVED:
+                self._valid_since, self._moved = self._epoch, set()
+            else:
+                self._moved |= moved
         epoch, stamp, stale = self._epoch, _iso_now(), False
+        valid_since, moved_refs = self._valid_since, self._moved
         gateway_ns = self.state.gateway_namespace
         seen_of = self._seen
         batch: list[Pending] = []
@@ -132,8 +157,9 @@ class StatusWriter:
             seen = seen_of.get(ref)
             unchanged = seen is not None and seen.verdict is verdict and (
                 seen.status is live.status or seen.status == live.status)
-            if unchanged and seen.epoch == epoch and not verdict.certificate:
-                continue  # same verdict, same live hashes, same status: nothing to re-derive
+            if unchanged and not verdict.certificate and (seen.epoch == epoch or (
+                    seen.epoch >= valid_since and ref not in moved_refs)):
+                continue  # same verdict, same acknowledgement facts, same status: nothing to re-derive
             ack = acknowledgement(str(ref), verdict.generation, hashes, history, refusals)
             cert = (certificate_facts(verdict.certificate, certificates.get((gateway_ns, verdict.certificate)))
                     if verdict.certificate else None)
