@@ -127,17 +127,17 @@ def _elements(text: str, at: int, found: _List, pause: Callable[[], None]) -> in
 Stretch = tuple[int, int, int]  # (start, stop, shift): text[start:stop] == previous text[start - shift:stop - shift]
 
 
-def _block_digests(text: str, start: int, from_end: bool = False) -> list[int]:
-    """A digest of each whole BLOCK of ``text[start:]``, from ``start`` on (or from the end, backwards):
-    the interpreter's string hash (64-bit SipHash, keyed per process: digests are only ever compared
-    with this process's own, and a text that forged a collision could as well say what it wants)."""
+def _block_digests(text: str, start: int, from_end: bool = False) -> list[bytes]:
+    """blake2b-128 of each whole BLOCK of ``text[start:]``, from ``start`` on (or from the end, backwards)."""
     if from_end:
         end = len(text)
-        return [hash(text[end - (i + 1) * BLOCK:end - i * BLOCK]) for i in range((end - start) // BLOCK)]
-    return [hash(text[at:at + BLOCK]) for at in range(start, len(text) - BLOCK + 1, BLOCK)]
+        return [hashlib.blake2b(text[end - (i + 1) * BLOCK:end - i * BLOCK].encode(), digest_size=16).digest()
+                for i in range((end - start) // BLOCK)]
+    return [hashlib.blake2b(text[at:at + BLOCK].encode(), digest_size=16).digest()
+            for at in range(start, len(text) - BLOCK + 1, BLOCK)]
 
 
-def _stretches(blocks: list[int], before: list[int], place: Callable[[int], int], shift: int) -> list[Stretch]:
+def _stretches(blocks: list[bytes], before: list[bytes], place: Callable[[int], int], shift: int) -> list[Stretch]:
     """The stretches where ``blocks`` and ``before`` agree (block i starts at ``place(i)``), merged."""
     out: list[Stretch] = []
     for i, (a, b) in enumerate(zip(blocks, before)):
@@ -179,7 +179,7 @@ class _Spans:
 
     def __init__(self) -> None:
         self.start = 0
-        self.blocks: list[int] = []
+        self.blocks: list[bytes] = []
         self.begins, self.ends = array("q"), array("q")
         self.keys: list[bytes] = []
 
