@@ -76,6 +76,24 @@ class RateResult:  # not frozen: a frozen dataclass's __init__ is dearer, on eve
             out["Retry-After"] = str(self.retry_after)
         return out
 
+    def lines(self) -> bytes:
+        """An admitting result's X-RateLimit-* as header lines, encoded in one step (:func:`limit_headers`
+        reads them back): the lean front writes them as they are, instead of a dict's items one by one."""
+        return _LINES % (self.limit, self.remaining, self.reset_seconds)
+
+
+_LINES = b"X-RateLimit-Limit: %d\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n"
+LIMIT_HEADER_NAMES = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")  # RateResult.lines()'s
+
+
+def limit_headers(lines: bytes) -> dict[str, str]:
+    """RateResult.lines() as a dict, for the answers that are not a relayed head (aiohttp's writer, refusals)."""
+    out = {}
+    for line in lines.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        out[name.decode("latin-1")] = value.decode("latin-1")
+    return out
+
 
 ALLOWED_EMPTY = RateResult(allowed=True)  # shared: never modified
 

@@ -123,8 +123,8 @@ async def test_per_key_limit_is_shared_across_routes(admission):
     second = await admission.admit(CATALOG, with_key(key, "10.9.9.9"))
     third = await admission.admit(ORDERS, with_key(key))
     assert [first.status, second.status, third.status] == [None, None, 429]
-    assert first.response_headers["X-RateLimit-Limit"] == "2"
-    assert second.response_headers["X-RateLimit-Remaining"] == "0"
+    assert first.headers()["X-RateLimit-Limit"] == "2"
+    assert second.headers()["X-RateLimit-Remaining"] == "0"
     assert third.reason == "rate_limited" and int(third.response_headers["Retry-After"]) >= 1
     assert (await admission.admit(ORDERS, with_key(KEYS["acme"]))).status is None  # other keys unaffected
 

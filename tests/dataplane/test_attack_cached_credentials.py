@@ -125,7 +125,7 @@ async def test_a_cached_token_is_a_synchronous_decision(admission):
     assert (await first).status is None
     again = admission.decide(HS, bearer(token))
     assert type(again) is Decision and again.status is None  # ...then the fast path attacked below
-    assert again.response_headers["X-RateLimit-Limit"] == "1000"
+    assert again.headers()["X-RateLimit-Limit"] == "1000"
 
 
 async def test_forged_signatures_and_tampered_payloads_are_refused_next_to_a_cached_token(admission):
