@@ -170,7 +170,6 @@ class MemoryRateLimiter:
         if self._hits >= self._sweep_every:
             self._sweep(now)
         levels = []
-        refused = False
         for c in charges:
             state = buckets.get(c.bucket)
             capacity = c.capacity
@@ -180,21 +179,23 @@ class MemoryRateLimiter:
                 level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
                 if level > capacity:
                     level = float(capacity)
-            if level < 1.0:
-                refused = True
             levels.append(level)
-        if refused:
-            return decide(levels, charges)
-        binding, lowest = 0, levels[0]
-        for i in range(1, n):
-            if levels[i] < lowest:  # first on ties, as decide() and the Lua script
-                binding, lowest = i, levels[i]
-        for c, level in zip(charges, levels):
-            left = level - 1.0
-            buckets[c.bucket] = (left, now, now + (c.capacity - left) / c.per_second)
-        c = charges[binding]
+        if n == 1:  # one bucket (the usual limit): no search for the binding one
+            lowest = level
+            if lowest < 1.0:
+                return decide(levels, charges)
+        else:
+            lowest = min(levels)
+            if lowest < 1.0:
+                return decide(levels, charges)
+            for each, level in zip(charges, levels):  # (the binding one is written again below: the same)
+                left = level - 1.0
+                buckets[each.bucket] = (left, now, now + (each.capacity - left) / each.per_second)
+            c = charges[levels.index(lowest)]  # first on ties, as decide() and the Lua script
         left = lowest - 1.0
-        return RateResult(True, c.requests, int(left), math.ceil((c.capacity - left) / c.per_second))
+        full_in = (c.capacity - left) / c.per_second
+        buckets[c.bucket] = (left, now, now + full_in)
+        return RateResult(True, c.requests, int(left), math.ceil(full_in))
 
     def _sweep(self, now: float) -> None:
         """Drop the buckets that are full again: a missing bucket is a full one (bounded memory, exact)."""
