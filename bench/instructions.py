@@ -92,29 +92,51 @@ def requests_served(url: str, seconds: int, connections: int, client: tuple[str,
     return int(re.search(r"(\d+) requests in", out).group(1))
 
 
+IDLE_SECONDS = 3  # callgrind counts the idle process this long first: its timers' work is not the requests'
+
+
+def _dump_totals(out: str) -> dict[int, int]:
+    """Instructions of each numbered callgrind dump (``out.1``, ``out.2``, ...): each counts since the last."""
+    totals = {}
+    for name in glob.glob(out + ".*"):
+        number = name.rsplit(".", 1)[1]
+        if not number.isdigit():
+            continue
+        with open(name) as handle:
+            for line in handle:
+                if line.startswith("totals:"):  # a later dump's summary: line underflows (callgrind 3.19)
+                    totals[int(number)] = int(line.split()[1])
+    return totals
+
+
 def instructions(tree: str, folder: str, workdir: str, seconds: int, client: tuple[str, ...],
-                 connections: int = 8) -> tuple[int, int]:
-    """(instructions, requests) of one callgrind run."""
+                 connections: int = 8) -> tuple[int, int, float]:
+    """(instructions, requests, idle instructions per second) of one callgrind run: the instructions are
+    those counted under wrk less what the idle process spends in as long (timers, watches), which would
+    otherwise be divided by however few requests a slow valgrind served on a busy machine."""
     out = os.path.join(workdir, f"callgrind-{time.monotonic_ns()}.out")
     proc, url = kubegate(tree, folder, workdir, ("valgrind", "--tool=callgrind", "--instr-atstart=no",
                                                  f"--callgrind-out-file={out}"))
+    pid = str(proc.pid)
     try:
         peers.answers(url, CASE.sent, timeout=180)  # valgrind makes the start slow: until the route answers 200
         requests_served(url, 2, connections, client)  # warm
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+        started = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)  # dump 1: idle
+        idle = time.monotonic() - started
+        started = time.monotonic()
         served = requests_served(url, seconds, connections, client)
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        loaded = time.monotonic() - started
+        subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)  # dump 2: under wrk
     finally:
         proc.terminate()
         proc.wait(60)
-    total = 0
-    for name in glob.glob(out + "*"):
-        with open(name) as handle:
-            for line in handle:
-                if line.startswith(("summary:", "totals:")):
-                    total = max(total, int(line.split()[1]))
-    return total, served
+    totals = _dump_totals(out)
+    idle_rate = totals.get(1, 0) / idle
+    return max(0, round(totals.get(2, 0) - idle_rate * loaded)), served, idle_rate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,11 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     base_cpu = statistics.median(cpu[first])
     print(f"\nkubegate {args.case} route ({CASE.path}), one worker, uvloop; callgrind under wrk -t1 -c{args.connections} for {args.seconds} s; CPU pinned to "
           f"CPU {proxy_core} under wrk -t1 -c64, median of {args.rounds} interleaved 3 s rounds")
-    print(f"{'tree':40s} {'instr/req':>10s} {'x first':>8s} {'cpu us/req':>11s} {'x first':>8s}")
+    print("(instr/req: less the idle process's instructions in as long; idle instr/s: those, per second)")
+    print(f"{'tree':40s} {'instr/req':>10s} {'x first':>8s} {'cpu us/req':>11s} {'x first':>8s} {'idle instr/s':>13s}")
     for tree in args.trees:
         instr = counted[tree][0] / counted[tree][1]
         median = statistics.median(cpu[tree])
-        print(f"{tree:40s} {instr:10,.0f} {instr / base_instr:8.2f} {median:11.1f} {median / base_cpu:8.2f}")
+        print(f"{tree:40s} {instr:10,.0f} {instr / base_instr:8.2f} {median:11.1f} {median / base_cpu:8.2f} "
+              f"{counted[tree][2]:13,.0f}")
     return 0
 
 
