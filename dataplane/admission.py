@@ -284,7 +284,8 @@ class Admission:
             known = None
             if plan.jwt_only:  # a bearer token verified before: a dict lookup
                 authorization = facts.headers.get("Authorization")
-                if authorization is not None and authorization[:7].lower() == "bearer ":
+                if authorization is not None and (authorization.startswith("Bearer ")  # the usual spelling
+                                                  or authorization[:7].lower() == "bearer "):
                     try:
                         known = plan.jwt.lookup(authorization[7:].strip(), time.time())
                     except JwtRejected:

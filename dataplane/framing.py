@@ -86,10 +86,11 @@ def _names(names: tuple[str, ...]) -> frozenset[bytes]:
     return frozenset(name.lower().encode("latin-1") for name in names)
 
 
-def _kept(upstream: UpstreamResponse, extra: dict[str, str], limited: bool = False) -> tuple[list[bytes], frozenset[bytes]]:
+def _kept(upstream: UpstreamResponse, extra: dict[str, str],
+          limited: bytes = b"") -> tuple[list[bytes], frozenset[bytes]]:
     """The upstream's header lines a client gets, and the gateway's own header names (lower-case):
     hop-by-hop ones (and those its Connection names) go, the gateway's values replace the upstream's.
-    ``limited``: the gateway adds X-RateLimit-* lines too (Relay.lines)."""
+    ``limited``: X-RateLimit-* lines the gateway adds too (Relay.lines), when not empty."""
     named = upstream.connection
     if len(extra) == 1 and "X-Request-Id" in extra and named <= _RESPONSE_SKIP:  # the usual answers: one check
         if limited:
@@ -102,7 +103,7 @@ def _kept(upstream: UpstreamResponse, extra: dict[str, str], limited: bool = Fal
 
 def response_headers(upstream: UpstreamResponse, extra: dict[str, str], limit_lines: bytes = b"") -> list[tuple[str, str]]:
     """:func:`_kept` as (name, value) pairs, plus ours: for aiohttp's writer."""
-    lines, _ = _kept(upstream, extra, bool(limit_lines))
+    lines, _ = _kept(upstream, extra, limit_lines)
     out = []
     for line in lines:
         name, _, value = line[:-2].partition(b": ")
@@ -117,7 +118,7 @@ def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes
                limit_lines: bytes = b"") -> bytes:
     """The head of a relayed response, from the upstream's header lines as received; ``limit_lines``:
     the X-RateLimit-* lines, encoded already (Relay.lines)."""
-    parts, ours = _kept(upstream, extra, bool(limit_lines))
+    parts, ours = _kept(upstream, extra, limit_lines)
     status, reason = upstream.status, upstream.reason
     parts.insert(0, _STATUS_LINES.get((status, reason)) or _status_line(status, reason))
     for name, value in extra.items():
