@@ -74,6 +74,7 @@ class ApiKeyTable:
         """Unusable keys raise ValueError, or with ``dropped`` are left out and named there."""
         self._by_hash: dict[bytes, KeyRecord] = {}  # sha256 digest -> record
         self._seen: dict[str, KeyRecord | None] = {}  # a presented key -> its lookup (this snapshot's)
+        self._admitted: dict[int, KeyOutcome] = {}  # id(record) -> its admitting outcome, made once (read-only)
         for key in keys:
             hashed = secrets.values.get(key.hash_ref, "").strip().lower()
             if len(hashed) != 64 or not set(hashed) <= _HEX:
@@ -124,5 +125,8 @@ class ApiKeyTable:
             ip = parse_ip(client_ip)
             if ip is None or ip not in record.cidrs:
                 return KeyOutcome(False, "forbidden_cidr", 403, record)
-        return KeyOutcome(True, record=record)
+        admitted = self._admitted.get(id(record))  # records live as long as the table: their ids are theirs
+        if admitted is None:
+            admitted = self._admitted[id(record)] = KeyOutcome(True, record=record)
+        return admitted
 
