@@ -7,7 +7,7 @@ each kubegate runs with ``PYTHONPATH=TREE``, so trees are compared in the same s
 
 * ``instr/req``: the kubegate process (``kubegate run``, one worker, uvloop, one route
   ``/bare/*rest`` to a hello-world nginx) under ``valgrind --tool=callgrind``, instrumentation
-  switched on after a warm-up, ``wrk -t1 -c8`` for ``--seconds``; instructions counted divided by
+  switched on after a warm-up, ``wrk -t1 -c8`` (``--connections``) for ``--seconds``; instructions counted divided by
   requests served. User-space instructions do not depend on what else the machine runs: the
   steady figure for an A/B on a shared machine (syscalls are not in it).
 * ``cpu us/req``: the same kubegate without valgrind, pinned with ``taskset`` to the first CPU
@@ -92,28 +92,51 @@ def requests_served(url: str, seconds: int, connections: int, client: tuple[str,
     return int(re.search(r"(\d+) requests in", out).group(1))
 
 
-def instructions(tree: str, folder: str, workdir: str, seconds: int, client: tuple[str, ...]) -> tuple[int, int]:
-    """(instructions, requests) of one callgrind run."""
+IDLE_SECONDS = 3  # callgrind counts the idle process this long first: its timers' work is not the requests'
+
+
+def _dump_totals(out: str) -> dict[int, int]:
+    """Instructions of each numbered callgrind dump (``out.1``, ``out.2``, ...): each counts since the last."""
+    totals = {}
+    for name in glob.glob(out + ".*"):
+        number = name.rsplit(".", 1)[1]
+        if not number.isdigit():
+            continue
+        with open(name) as handle:
+            for line in handle:
+                if line.startswith("totals:"):  # a later dump's summary: line underflows (callgrind 3.19)
+                    totals[int(number)] = int(line.split()[1])
+    return totals
+
+
+def instructions(tree: str, folder: str, workdir: str, seconds: int, client: tuple[str, ...],
+                 connections: int = 8) -> tuple[int, int, float]:
+    """(instructions, requests, idle instructions per second) of one callgrind run: the instructions are
+    those counted under wrk less what the idle process spends in as long (timers, watches), which would
+    otherwise be divided by however few requests a slow valgrind served on a busy machine."""
     out = os.path.join(workdir, f"callgrind-{time.monotonic_ns()}.out")
     proc, url = kubegate(tree, folder, workdir, ("valgrind", "--tool=callgrind", "--instr-atstart=no",
                                                  f"--callgrind-out-file={out}"))
+    pid = str(proc.pid)
     try:
         peers.answers(url, CASE.sent, timeout=180)  # valgrind makes the start slow: until the route answers 200
-        requests_served(url, 2, 8, client)  # warm
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        served = requests_served(url, seconds, 8, client)
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        requests_served(url, 2, connections, client)  # warm
+        subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+        started = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)  # dump 1: idle
+        idle = time.monotonic() - started
+        started = time.monotonic()
+        served = requests_served(url, seconds, connections, client)
+        loaded = time.monotonic() - started
+        subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)  # dump 2: under wrk
     finally:
         proc.terminate()
         proc.wait(60)
-    total = 0
-    for name in glob.glob(out + "*"):
-        with open(name) as handle:
-            for line in handle:
-                if line.startswith(("summary:", "totals:")):
-                    total = max(total, int(line.split()[1]))
-    return total, served
+    totals = _dump_totals(out)
+    idle_rate = totals.get(1, 0) / idle
+    return max(0, round(totals.get(2, 0) - idle_rate * loaded)), served, idle_rate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="route measured: bare, bare-jwt-header (+ the JWT header), hs256 (JWT + Redis rate "
                              "limit + IP filter), hs256-memory (in-memory limits), apikey (API key + Redis)")
     parser.add_argument("--keep", action="store_true", help="keep the callgrind output files (printed)")
+    parser.add_argument("--connections", type=int, default=8,
+                        help="wrk connections under callgrind (default 8; bench/peers.py's 64 batches more "
+                             "requests per Redis round trip)")
     args = parser.parse_args(argv)
     global CASE
     for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "taskset", "redis-server"):
@@ -147,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["taskset", "-a", "-cp", client_core, str(redis.pid)], check=True, stdout=subprocess.DEVNULL)
         CASE = Case(args.case, f"redis://127.0.0.1:{redis_port}/0", api_key)
         bd.wait_port(backend)
-        counted = {tree: instructions(tree, folder, work, args.seconds, client) for tree in args.trees}
+        counted = {tree: instructions(tree, folder, work, args.seconds, client, args.connections)
+                   for tree in args.trees}
         started = {tree: kubegate(tree, folder, work, ("taskset", "-c", proxy_core)) for tree in args.trees}
         try:
             for _, url in started.values():
@@ -174,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     first = args.trees[0]
     base_instr = counted[first][0] / counted[first][1]
     base_cpu = statistics.median(cpu[first])
-    print(f"\nkubegate {args.case} route ({CASE.path}), one worker, uvloop; callgrind under wrk -t1 -c8 for {args.seconds} s; CPU pinned to "
+    print(f"\nkubegate {args.case} route ({CASE.path}), one worker, uvloop; callgrind under wrk -t1 -c{args.connections} for {args.seconds} s; CPU pinned to "
           f"CPU {proxy_core} under wrk -t1 -c64, median of {args.rounds} interleaved 3 s rounds")
-    print(f"{'tree':40s} {'instr/req':>10s} {'x first':>8s} {'cpu us/req':>11s} {'x first':>8s}")
+    print("(instr/req: less the idle process's instructions in as long; idle instr/s: those, per second)")
+    print(f"{'tree':40s} {'instr/req':>10s} {'x first':>8s} {'cpu us/req':>11s} {'x first':>8s} {'idle instr/s':>13s}")
     for tree in args.trees:
         instr = counted[tree][0] / counted[tree][1]
         median = statistics.median(cpu[tree])
-        print(f"{tree:40s} {instr:10,.0f} {instr / base_instr:8.2f} {median:11.1f} {median / base_cpu:8.2f}")
+        print(f"{tree:40s} {instr:10,.0f} {instr / base_instr:8.2f} {median:11.1f} {median / base_cpu:8.2f} "
+              f"{counted[tree][2]:13,.0f}")
     return 0
 
 

@@ -44,6 +44,7 @@ from kubegate.dataplane.ratelimit import (
     MemoryRateLimiter,
     RateLimiter,
     RateResult,
+    limit_headers,
 )
 
 from kubegate.config import CompiledConfig, CompiledLimit, CompiledRoute, SecretBundle
@@ -77,6 +78,15 @@ class Decision:
     response_headers: dict[str, str] = field(default_factory=dict)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # read-only: shared by a token's requests
     principal: str | None = None
+    # An admitted request's X-RateLimit-* as encoded header lines (RateResult.lines()), not in
+    # response_headers: the pipeline hands them to the answer as they are (messages.Relay.lines).
+    limit_lines: bytes = b""
+
+    def headers(self) -> dict[str, str]:
+        """Every response header the decision adds (response_headers and limit_lines)."""
+        if not self.limit_lines:
+            return dict(self.response_headers)
+        return {**self.response_headers, **limit_headers(self.limit_lines)}
 
 
 @dataclass(slots=True, frozen=True)
@@ -274,7 +284,8 @@ class Admission:
             known = None
             if plan.jwt_only:  # a bearer token verified before: a dict lookup
                 authorization = facts.headers.get("Authorization")
-                if authorization is not None and authorization[:7].lower() == "bearer ":
+                if authorization is not None and (authorization.startswith("Bearer ")  # the usual spelling
+                                                  or authorization[:7].lower() == "bearer "):
                     try:
                         known = plan.jwt.lookup(authorization[7:].strip(), time.time())
                     except JwtRejected:
@@ -319,7 +330,9 @@ class Admission:
     def _limit_decision(self, result: RateResult, route: CompiledRoute, facts: RequestFacts,
                         who: _Authenticated) -> Decision:
         if result.allowed:
-            return Decision(None, "", "", result.headers(), who.upstream_headers, who.principal)
+            if result.store_unavailable:  # failure mode open: no X-RateLimit-* to say
+                return Decision(None, "", "", {}, who.upstream_headers, who.principal)
+            return Decision(None, "", "", _NO_HEADERS, who.upstream_headers, who.principal, result.lines())
         if result.store_unavailable:
             return Decision(503, "ratelimit_unavailable", "rate limit store unavailable", result.headers(),
                             who.upstream_headers, who.principal)

@@ -4,10 +4,16 @@ The table maps sha256(key) -> key record and is built once per config
 snapshot from the compiled ApiKeys and the hashes in the SecretBundle; the
 data plane never sees a key itself. Garbage and typos of generated keys are
 refused by the CRC checksum; keys users bring are looked up. The outcome of
-that check and lookup (a record or none) is remembered per sha256 digest of
-the presented key, a few thousand at most, so a client's repeated key costs one
-sha256 and a dict lookup instead of the checksum as well. The memory holds
-digests only, never a presented key.
+that check and lookup (a record or none) is remembered per presented key, a
+few thousand at most, so a client's repeated key costs one dict lookup (its
+string hash, computed in C) instead of the checksum and a sha256, as bearer
+tokens are remembered by the token string (jwt_auth.TokenCache). The memory
+belongs to the table, so to one config snapshot: a reload that deletes,
+disables or re-keys an ApiKey refuses the key on the next request. A lookup
+compares a presented key's bytes with a remembered one only when their keyed
+string hashes (SipHash, per-process secret) agree, so its timing says nothing
+about a key that was not presented; the per-request rules (disabled, expiry,
+scope, CIDRs) are checked on every request.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ class ApiKeyTable:
                  dropped: dict[str, str] | None = None) -> None:
         """Unusable keys raise ValueError, or with ``dropped`` are left out and named there."""
         self._by_hash: dict[bytes, KeyRecord] = {}  # sha256 digest -> record
-        self._seen: dict[bytes, KeyRecord | None] = {}  # digest of a presented key -> its lookup
+        self._seen: dict[str, KeyRecord | None] = {}  # a presented key -> its lookup (this snapshot's)
+        self._admitted: dict[int, KeyOutcome] = {}  # id(record) -> its admitting outcome, made once (read-only)
         for key in keys:
             hashed = secrets.values.get(key.hash_ref, "").strip().lower()
             if len(hashed) != 64 or not set(hashed) <= _HEX:
@@ -90,13 +97,14 @@ class ApiKeyTable:
         return len(self._by_hash)
 
     def _record(self, key: str) -> KeyRecord | None:
-        digest = hashlib.sha256(key.encode()).digest()
-        record = self._seen.get(digest, _UNSEEN)
+        record = self._seen.get(key, _UNSEEN)
         if record is _UNSEEN:
+            # a header's undecodable bytes are surrogates here: hashed as the bytes sent (never a key's)
+            digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
             record = self._by_hash.get(digest) if worth_a_lookup(key) else None
             if len(self._seen) >= self.SEEN_KEPT:
                 self._seen.clear()
-            self._seen[digest] = record
+            self._seen[key] = record
         return record  # type: ignore[return-value]
 
     def check(self, key: str, route: CompiledRoute, client_ip: str, now: float | None = None) -> KeyOutcome:
@@ -117,5 +125,8 @@ class ApiKeyTable:
             ip = parse_ip(client_ip)
             if ip is None or ip not in record.cidrs:
                 return KeyOutcome(False, "forbidden_cidr", 403, record)
-        return KeyOutcome(True, record=record)
+        admitted = self._admitted.get(id(record))  # records live as long as the table: their ids are theirs
+        if admitted is None:
+            admitted = self._admitted[id(record)] = KeyOutcome(True, record=record)
+        return admitted
 

@@ -26,6 +26,7 @@ from aiohttp.helpers import rfc822_formatted_time
 
 from .exchange import UpstreamError
 from .messages import Answer, Refusal, Relay, Request, Sent, Upgrade
+from .ratelimit import LIMIT_HEADER_NAMES, limit_headers
 
 if TYPE_CHECKING:
     from .exchange import UpstreamResponse
@@ -41,6 +42,8 @@ HOP_BY_HOP = frozenset({
 _RESPONSE_SKIP = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "server"})
 _REQUEST_ID_ONLY = frozenset({b"x-request-id"})
 _SKIP_WITH_REQUEST_ID = _RESPONSE_SKIP | _REQUEST_ID_ONLY  # when Connection names nothing else
+_REQUEST_ID_AND_LIMITS = _REQUEST_ID_ONLY | frozenset(name.lower().encode() for name in LIMIT_HEADER_NAMES)
+_SKIP_WITH_LIMITS = _RESPONSE_SKIP | _REQUEST_ID_AND_LIMITS  # a rate-limited route's usual answer
 EMPTY_STATUSES = frozenset({204, 304})
 _JSON = ("Content-Type", "application/json")
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
@@ -83,35 +86,45 @@ def _names(names: tuple[str, ...]) -> frozenset[bytes]:
     return frozenset(name.lower().encode("latin-1") for name in names)
 
 
-def _kept(upstream: UpstreamResponse, extra: dict[str, str]) -> tuple[list[bytes], frozenset[bytes]]:
+def _kept(upstream: UpstreamResponse, extra: dict[str, str],
+          limited: bytes = b"") -> tuple[list[bytes], frozenset[bytes]]:
     """The upstream's header lines a client gets, and the gateway's own header names (lower-case):
-    hop-by-hop ones (and those its Connection names) go, the gateway's values replace the upstream's."""
+    hop-by-hop ones (and those its Connection names) go, the gateway's values replace the upstream's.
+    ``limited``: X-RateLimit-* lines the gateway adds too (Relay.lines), when not empty."""
     named = upstream.connection
-    if len(extra) == 1 and "X-Request-Id" in extra and named <= _RESPONSE_SKIP:  # the usual answer: one check
+    if len(extra) == 1 and "X-Request-Id" in extra and named <= _RESPONSE_SKIP:  # the usual answers: one check
+        if limited:
+            return [line for lower, line in upstream.raw if lower not in _SKIP_WITH_LIMITS], _REQUEST_ID_AND_LIMITS
         return [line for lower, line in upstream.raw if lower not in _SKIP_WITH_REQUEST_ID], _REQUEST_ID_ONLY
-    ours = _names(tuple(extra))
+    ours = _names(tuple(extra) + LIMIT_HEADER_NAMES if limited else tuple(extra))
     return [line for lower, line in upstream.raw
             if lower not in _RESPONSE_SKIP and lower not in named and lower not in ours], ours
 
 
-def response_headers(upstream: UpstreamResponse, extra: dict[str, str]) -> list[tuple[str, str]]:
+def response_headers(upstream: UpstreamResponse, extra: dict[str, str], limit_lines: bytes = b"") -> list[tuple[str, str]]:
     """:func:`_kept` as (name, value) pairs, plus ours: for aiohttp's writer."""
-    lines, _ = _kept(upstream, extra)
+    lines, _ = _kept(upstream, extra, limit_lines)
     out = []
     for line in lines:
         name, _, value = line[:-2].partition(b": ")
         out.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
     out.extend(extra.items())
+    if limit_lines:
+        out.extend(limit_headers(limit_lines).items())
     return out
 
 
-def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes, close: bool) -> bytes:
-    """The head of a relayed response, from the upstream's header lines as received."""
-    parts, ours = _kept(upstream, extra)
+def relay_head(upstream: UpstreamResponse, extra: dict[str, str], framing: bytes, close: bool,
+               limit_lines: bytes = b"") -> bytes:
+    """The head of a relayed response, from the upstream's header lines as received; ``limit_lines``:
+    the X-RateLimit-* lines, encoded already (Relay.lines)."""
+    parts, ours = _kept(upstream, extra, limit_lines)
     status, reason = upstream.status, upstream.reason
     parts.insert(0, _STATUS_LINES.get((status, reason)) or _status_line(status, reason))
     for name, value in extra.items():
         parts.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+    if limit_lines:
+        parts.append(limit_lines)
     if b"date" not in ours and (not upstream.dated or b"date" in upstream.connection):
         parts.append(_date_line())
     if b"server" not in ours:
@@ -204,7 +217,7 @@ class TransportFront:
             framing = b"\r\n"
         else:
             framing = b"Transfer-Encoding: chunked\r\n\r\n"
-        head = relay_head(upstream, answer.extra, framing, request.close)
+        head = relay_head(upstream, answer.extra, framing, request.close, answer.lines)
         sent = _new_tuple(Sent, (status, 0 if head_only else len(body) if body is not None else upstream.content_length))
         if body is not None or no_body:
             transport.write(head if no_body else head + body)
@@ -254,7 +267,8 @@ class AiohttpFront:
 
     async def write(self, request: Request, answer: Answer) -> Sent:
         if isinstance(answer, Relay):
-            response = await self._relay(answer.upstream, response_headers(answer.upstream, answer.extra))
+            response = await self._relay(answer.upstream,
+                                         response_headers(answer.upstream, answer.extra, answer.lines))
         elif isinstance(answer, Upgrade):
             opened = await answer.open(self._request)
             response = self._refusal(opened) if isinstance(opened, Refusal) else opened

@@ -83,12 +83,13 @@ class Relay:
     """An upstream response to relay: its head is in; ``release()`` once written (the connection
     goes back to the pool, a circuit-breaker slot is freed)."""
 
-    __slots__ = ("extra", "release", "route", "upstream")
+    __slots__ = ("extra", "lines", "release", "route", "upstream")
 
     def __init__(self, upstream: UpstreamResponse, extra: dict[str, str], release: Callable[[], None],
                  route: Any = None) -> None:
         self.upstream = upstream
         self.extra = extra  # the gateway's response headers (they replace the upstream's of that name)
+        self.lines = b""  # and its X-RateLimit-* lines, encoded (admission.Decision.limit_lines)
         self.release = release
         self.route = route
 

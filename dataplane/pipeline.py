@@ -23,10 +23,11 @@ from .audit import AuditLog
 from .bodies import BodyTooLarge, is_json
 from .clientip import ClientAddress
 from .framing import Front
-from .messages import Answer, Refusal, Request, Sent, Upgrade
+from .messages import Answer, Refusal, Relay, Request, Sent, Upgrade
 from .metrics import Metrics, observing, recording
 from .mtls_auth import client_identity
 from .observe import Note
+from .ratelimit import limit_headers
 from .router import MEMO_SIZE, MethodNotAllowed
 from .snapshot import GUARDED_METHODS
 from .target import PathRefused, RequestPath, normalise_request_path, parse_host
@@ -108,6 +109,7 @@ class Pipeline:
         if note is not None:
             note.route, note.compiled = rt.id, rt.route
         claim_headers: dict[str, str] | None = None
+        limit_lines = b""
         if rt.needs_admission:
             decision = snap.admission.decide(rt.route, self._facts(request, host, path))
             if type(decision) is not Decision:  # something to wait for (a new token, the Redis store)
@@ -119,15 +121,23 @@ class Pipeline:
             if decision.status is not None:
                 return Refusal(decision.status, decision.reason, decision.message, extra, rt)
             claim_headers = decision.upstream_headers
+            limit_lines = decision.limit_lines
         length = request.content_length
         if length is not None and length > rt.max_body:
-            return Refusal(413, "body_too_large", "request body too large", extra, rt)
-        try:
-            return await self._proxy(request, rt, host_header, path, rid, extra, claim_headers, note)
-        except BodyTooLarge:
-            return Refusal(413, "body_too_large", "request body too large", extra, rt)
-        except proxy.ProxyFailure as failure:
-            return Refusal(failure.status, failure.reason, failure.message, extra, rt)
+            answer: Answer = Refusal(413, "body_too_large", "request body too large", extra, rt)
+        else:
+            try:
+                answer = await self._proxy(request, rt, host_header, path, rid, extra, claim_headers, note)
+            except BodyTooLarge:
+                answer = Refusal(413, "body_too_large", "request body too large", extra, rt)
+            except proxy.ProxyFailure as failure:
+                answer = Refusal(failure.status, failure.reason, failure.message, extra, rt)
+        if limit_lines:  # X-RateLimit-*: a relayed head takes the encoded lines as they are, any other answer a dict
+            if type(answer) is Relay:
+                answer.lines = limit_lines
+            else:
+                extra.update(limit_headers(limit_lines))
+        return answer
 
     def _route(self, snap: Snapshot, request: Request,
                extra: dict[str, str]) -> Refusal | tuple[RouteRuntime, str, str, str]:

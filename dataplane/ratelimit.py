@@ -76,6 +76,24 @@ class RateResult:  # not frozen: a frozen dataclass's __init__ is dearer, on eve
             out["Retry-After"] = str(self.retry_after)
         return out
 
+    def lines(self) -> bytes:
+        """An admitting result's X-RateLimit-* as header lines, encoded in one step (:func:`limit_headers`
+        reads them back): the lean front writes them as they are, instead of a dict's items one by one."""
+        return _LINES % (self.limit, self.remaining, self.reset_seconds)
+
+
+_LINES = b"X-RateLimit-Limit: %d\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n"
+LIMIT_HEADER_NAMES = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")  # RateResult.lines()'s
+
+
+def limit_headers(lines: bytes) -> dict[str, str]:
+    """RateResult.lines() as a dict, for the answers that are not a relayed head (aiohttp's writer, refusals)."""
+    out = {}
+    for line in lines.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        out[name.decode("latin-1")] = value.decode("latin-1")
+    return out
+
 
 ALLOWED_EMPTY = RateResult(allowed=True)  # shared: never modified
 
@@ -152,7 +170,6 @@ class MemoryRateLimiter:
         if self._hits >= self._sweep_every:
             self._sweep(now)
         levels = []
-        refused = False
         for c in charges:
             state = buckets.get(c.bucket)
             capacity = c.capacity
@@ -162,21 +179,23 @@ class MemoryRateLimiter:
                 level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
                 if level > capacity:
                     level = float(capacity)
-            if level < 1.0:
-                refused = True
             levels.append(level)
-        if refused:
-            return decide(levels, charges)
-        binding, lowest = 0, levels[0]
-        for i in range(1, n):
-            if levels[i] < lowest:  # first on ties, as decide() and the Lua script
-                binding, lowest = i, levels[i]
-        for c, level in zip(charges, levels):
-            left = level - 1.0
-            buckets[c.bucket] = (left, now, now + (c.capacity - left) / c.per_second)
-        c = charges[binding]
+        if n == 1:  # one bucket (the usual limit): no search for the binding one
+            lowest = level
+            if lowest < 1.0:
+                return decide(levels, charges)
+        else:
+            lowest = min(levels)
+            if lowest < 1.0:
+                return decide(levels, charges)
+            for each, level in zip(charges, levels):  # (the binding one is written again below: the same)
+                left = level - 1.0
+                buckets[each.bucket] = (left, now, now + (each.capacity - left) / each.per_second)
+            c = charges[levels.index(lowest)]  # first on ties, as decide() and the Lua script
         left = lowest - 1.0
-        return RateResult(True, c.requests, int(left), math.ceil((c.capacity - left) / c.per_second))
+        full_in = (c.capacity - left) / c.per_second
+        buckets[c.bucket] = (left, now, now + full_in)
+        return RateResult(True, c.requests, int(left), math.ceil(full_in))
 
     def _sweep(self, now: float) -> None:
         """Drop the buckets that are full again: a missing bucket is a full one (bounded memory, exact)."""

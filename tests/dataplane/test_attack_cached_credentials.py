@@ -12,6 +12,7 @@ outside its CIDRs, or with one character changed; and its own limit stays exact 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -125,7 +126,7 @@ async def test_a_cached_token_is_a_synchronous_decision(admission):
     assert (await first).status is None
     again = admission.decide(HS, bearer(token))
     assert type(again) is Decision and again.status is None  # ...then the fast path attacked below
-    assert again.response_headers["X-RateLimit-Limit"] == "1000"
+    assert again.headers()["X-RateLimit-Limit"] == "1000"
 
 
 async def test_forged_signatures_and_tampered_payloads_are_refused_next_to_a_cached_token(admission):
@@ -247,3 +248,49 @@ async def test_a_key_one_character_off_is_refused_after_the_real_one_was_admitte
     for forged in (changed, KEY + "x", KEY[:-1], KEY.upper() if KEY.upper() != KEY else KEY.lower()):
         decision = await keyed(admission, KEYED, with_key(forged))
         assert (decision.status, decision.reason) == (401, "invalid_api_key"), forged
+
+
+def _admission_with(keys: tuple[CompiledApiKey, ...], hashes: dict[str, str]) -> Admission:
+    return Admission(CompiledConfig(routes=(KEYED, ELSEWHERE), api_keys=keys), SecretBundle(values=hashes),
+                     limiter=MemoryRateLimiter(), jwks=JwksCache(), metrics=Metrics(), audit=AuditLog(io.StringIO()))
+
+
+async def test_a_remembered_key_is_refused_by_the_snapshot_that_revokes_it(admission):
+    """The memory of presented keys belongs to one snapshot: a reload that deletes, disables or re-keys
+    an ApiKey refuses the key on the very next request, however often it was admitted before."""
+    narrow = KEYS[2]
+    for _ in range(3):
+        assert (await keyed(admission, ELSEWHERE, with_key(NARROW))).status is None
+    deleted = _admission_with(KEYS[:2], {"k.k": key_hash(KEY), "k.e": key_hash(EXPIRING)})
+    disabled = _admission_with((*KEYS[:2], dataclasses.replace(narrow, disabled=True)),
+                               {"k.k": key_hash(KEY), "k.e": key_hash(EXPIRING), "k.n": key_hash(NARROW)})
+    rotated = _admission_with(KEYS, {"k.k": key_hash(KEY), "k.e": key_hash(EXPIRING),
+                                     "k.n": key_hash(generate_api_key())})
+    for reloaded, reason in ((deleted, "invalid_api_key"), (disabled, "api_key_disabled"),
+                             (rotated, "invalid_api_key")):
+        for _ in range(2):
+            decision = await keyed(reloaded, ELSEWHERE, with_key(NARROW))
+            assert (decision.status, decision.reason) == (401, reason)
+    assert (await keyed(admission, ELSEWHERE, with_key(NARROW))).status is None  # the old snapshot, as it was
+
+
+async def test_a_flood_of_made_up_keys_keeps_the_memory_bounded_and_decisions_right(admission):
+    from kubegate.dataplane.api_key_auth import ApiKeyTable
+
+    assert (await keyed(admission, KEYED, with_key(KEY))).status is None
+    for i in range(ApiKeyTable.SEEN_KEPT * 2 + 7):
+        forged = KEY[:-6] + f"{i:06d}" if i % 2 else f"user-brought-key-guess-{i:08d}-padding"
+        decision = await keyed(admission, KEYED, with_key(forged))
+        assert (decision.status, decision.reason) == (401, "invalid_api_key")
+        assert len(admission._keys._seen) <= ApiKeyTable.SEEN_KEPT
+    assert (await keyed(admission, KEYED, with_key(KEY))).status is None
+
+
+async def test_a_key_that_is_not_utf8_is_a_401_not_a_crash(admission):
+    """Header values keep undecodable bytes as surrogates; such a key is simply not a key."""
+    for raw in (b"kg_\xff\xfe" + b"0" * 40, b"\xc3\x28" * 20, KEY.encode()[:-1] + b"\x80"):
+        presented = raw.decode("utf-8", "surrogateescape")
+        for _ in range(2):  # looked up, then remembered
+            decision = await keyed(admission, KEYED, with_key(presented))
+            assert (decision.status, decision.reason) == (401, "invalid_api_key")
+    assert (await keyed(admission, KEYED, with_key(KEY))).status is None
