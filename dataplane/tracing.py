@@ -288,7 +288,8 @@ class Tracer:
             return self.unsampled
         note = _TracedNote()
         note.clear()
-        note.traceparent = self._sampled_value()
+        sampled = self._sampled
+        note.traceparent = sampled.pop() if sampled else self._sampled_value()
         note.span = time.time_ns()
         return note
 
