@@ -26,6 +26,8 @@ share (spans POSTed to a small OTLP/HTTP sink in this process, keep-alive, answe
 thread is in the count: with ``OTEL_BSP_SCHEDULE_DELAY`` 2 s, the queue is left to empty before
 instrumentation starts and again before it stops, so every span of a measured request is encoded and
 sent inside the window (the thread's share is printed beside the total). ``--rounds 0``: no CPU rounds.
+For every case the instructions the process spends unloaded (its idle rate over 4 s just before the
+window) are taken out of the window's count: they depend on the window's length, not on the requests.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Case:
 CASE = Case("bare", None, "")
 SINK = ""  # the OTLP/HTTP sink's base URL (--tracing)
 EXPORT_DELAY = 2.0  # OTEL_BSP_SCHEDULE_DELAY of a traced kubegate, seconds
+IDLE = 4.0  # seconds of unloaded instructions counted before the window (their rate is taken out of it)
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
@@ -140,7 +143,9 @@ def requests_served(url: str, seconds: int, connections: int, client: tuple[str,
 
 def instructions(tree: str, folder: str, workdir: str, seconds: int, client: tuple[str, ...],
                  tracing: str = "none") -> tuple[int, int, int]:
-    """(instructions, requests, instructions of threads other than the event loop's) of one callgrind run."""
+    """(instructions, requests, instructions of threads other than the event loop's) of one callgrind run,
+    less what the process spends unloaded in as long (its idle rate, measured just before): on a busy machine
+    the window's length varies, and with it the timers' share per request."""
     out = os.path.join(workdir, f"callgrind-{time.monotonic_ns()}.out")
     proc, url = kubegate(tree, folder, workdir, ("valgrind", "--tool=callgrind", "--instr-atstart=no",
                                                  "--separate-threads=yes", f"--callgrind-out-file={out}"), tracing)
@@ -150,21 +155,29 @@ def instructions(tree: str, folder: str, workdir: str, seconds: int, client: tup
         requests_served(url, 2, 8, client)  # warm
         time.sleep(settle)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+        idle_started = time.monotonic()
+        time.sleep(IDLE)  # what the process does unloaded (timers, file watch), subtracted per second below
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        started = time.monotonic()
+        idle_seconds = started - idle_started
         served = requests_served(url, seconds, 8, client)
         time.sleep(settle)
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
+        loaded_seconds = time.monotonic() - started
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         proc.terminate()
         proc.wait(60)
-    dumps: dict[str, list[int]] = {}  # dump -> totals of its threads (<out>.<dump>-<thread>), the first thread first
-    for name in sorted(glob.glob(out + "*")):
-        dump = name[len(out):].rpartition("-")[0]
-        with open(name) as handle:
-            counts = [int(line.split()[1]) for line in handle if line.startswith(("summary:", "totals:"))]
+    dumps: dict[int, list[int]] = {}  # dump number -> totals of its threads (<out>.<dump>-<thread>), the first first
+    for name in sorted(glob.glob(out + ".*-*")):
+        dump = int(name[len(out) + 1:].partition("-")[0])
+        with open(name) as handle:  # (a later dump's "summary:" is off: it subtracts the earlier dumps wrongly)
+            counts = [int(line.split()[1]) for line in handle if line.startswith("totals:")]
         dumps.setdefault(dump, []).append(max(counts, default=0))
-    threads = max(dumps.values(), key=sum)
-    return sum(threads), served, sum(threads[1:])
+    idle, loaded = dumps[1], dumps[2]
+    rate = [n / idle_seconds for n in idle]  # per thread, per second
+    threads = [max(0, n - r * loaded_seconds) for n, r in zip(loaded, rate)] + loaded[len(rate):]
+    return round(sum(threads)), served, round(sum(threads[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:
