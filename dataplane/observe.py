@@ -8,7 +8,8 @@ wrapper around the handler that hands the pipeline a :class:`Note`; the
 pipeline fills in what only it knows (route, request id, admission decision,
 upstream time) and the wrapper writes the log line and ends the span. With
 tracing alone the wrapper is leaner: no clock, no byte count, and for an
-unsampled request it returns the pipeline's own coroutine (nothing runs after).
+unsampled request it returns the pipeline's own coroutine (nothing runs after)
+with one Note shared by all unsampled requests (tracing.Tracer.wrap).
 
 Never a credential: the path is logged without its query string (API keys and
 tokens are sometimes sent as query parameters), no header value is recorded,
@@ -103,7 +104,7 @@ class Observer:
         """``serve(request, front, note)`` (pipeline.Pipeline.serve) -> ``observed(request, front)``."""
         access_log, tracer = self.access_log, self.tracer
         if access_log is None and tracer is not None:
-            return _traced(serve, tracer)
+            return tracer.wrap(serve)  # the lean wrapper: no clock, no byte count (tracing.Tracer.wrap)
 
         async def observed(request: Any, front: Any) -> Any:
             loop = asyncio.get_running_loop()
@@ -130,42 +131,6 @@ class Observer:
     def close(self) -> None:
         if self.tracer is not None:
             self.tracer.close()
-
-
-def _traced(serve: Any, tracer: Any) -> Any:
-    """Tracing without the access log: no clock, no byte count. An unsampled request costs begin() only:
-    the pipeline's own coroutine is returned, with no frame of ours around it."""
-    begin, end = tracer.begin, tracer.end
-
-    def traced(request: Any, front: Any) -> Any:
-        note = _TracedNote()
-        begin(request, note)
-        if note.span is None:
-            return serve(request, front, note)
-        return recorded(request, front, note)
-
-    async def recorded(request: Any, front: Any, note: Note) -> Any:
-        sent = None
-        try:
-            sent = await serve(request, front, note)
-            return sent
-        finally:
-            end(request, note, sent.status if sent is not None else 0)
-
-    return traced
-
-
-class _TracedNote(Note):
-    """A Note for tracing only: spans do not carry the upstream time, so the route's histogram is fed directly.
-
-    Made with its fields unset (no ``__init__``: one allocation per request): Tracer.begin sets the
-    trace fields and clears the note of a request it records; the pipeline only writes the others."""
-
-    __slots__ = ()
-    __init__ = object.__init__
-
-    def timed(self, observe: Any) -> Any:
-        return observe
 
 
 def build_observer(*, access_log: bool, otlp_endpoint: str | None, sample_ratio: float | None,

@@ -22,6 +22,7 @@ value, query string or credential.
 from __future__ import annotations
 
 import binascii
+import itertools
 import os
 import re
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 from kubegate.errors import UserError
 
+from .observe import Note
 from .otlp import encode_span, span_attribute, span_shared, string_key
 
 URL_PATH, REQUEST_ID = string_key("url.path"), string_key("kubegate.request_id")
@@ -103,6 +105,9 @@ _DRAW = 256  # new traces drawn at a time
 _RECORD = 56  # one traceparent value and the space after it, in _draw's buffer
 _TEMPLATE = b" ".join([b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-00"] * _DRAW)
 _SAMPLED_FLAG = 54  # the offset of the flag's last digit in a traceparent
+_SAMPLED, _UNSAMPLED = 0x31, 0x30  # that digit: "1", "0"
+_IS_SAMPLED = bytes(int(byte == _SAMPLED) for byte in range(256))  # flag digits -> itertools.compress selectors
+_IS_UNSAMPLED = bytes(int(byte == _UNSAMPLED) for byte in range(256))
 
 
 def flag_table(bound: int) -> bytes:
@@ -111,8 +116,9 @@ def flag_table(bound: int) -> bytes:
     return bytes(0x31 if byte < bound >> 56 else 0x30 for byte in range(256))
 
 
-def _draw(bound: int, flags: bytes) -> list[str]:
-    """:data:`_DRAW` new traces' ``traceparent`` values, each one's flag its sampling decision.
+def _draw(bound: int, flags: bytes) -> tuple[list[str], bytes]:
+    """:data:`_DRAW` new traces' ``traceparent`` values, each one's flag its sampling decision, and those
+    flag digits in order.
 
     A few C calls per batch, nothing per trace in Python but the sampled ones:
     24 random bytes per trace (trace id, span id); their hex digits copied, 8
@@ -140,27 +146,67 @@ def _draw(bound: int, flags: bytes) -> list[str]:
         i = tops.find(top)
         while i >= 0:  # the top byte decides nothing: compare all 64 bits
             if int.from_bytes(raw[24 * i + 8:24 * i + 16], "big") < bound:
-                out[_RECORD * i + _SAMPLED_FLAG] = 0x31  # "1"
+                out[_RECORD * i + _SAMPLED_FLAG] = _SAMPLED
             i = tops.find(top, i + 1)
     values = out.decode("ascii").split(" ")
     if b"\0" * 8 in raw:  # maybe an all-zero id (about 2^-52 per batch): leave those out
         values = [v for v in values if v[3:35] != _NO_TRACE and v[36:52] != _NO_SPAN]
-    return values
+        return values, bytes(ord(v[_SAMPLED_FLAG]) for v in values)
+    return values, bytes(out[_SAMPLED_FLAG::_RECORD])
+
+
+def _span_ids() -> list[str]:
+    """:data:`_DRAW` random span ids (for continued traces: their trace id is the caller's)."""
+    digits = binascii.hexlify(os.urandom(8 * _DRAW)).decode("ascii")
+    ids = [digits[i:i + 16] for i in range(0, 16 * _DRAW, 16)]
+    return [i for i in ids if i != _NO_SPAN]
+
+
+class _TracedNote(Note):
+    """A Note for tracing only: spans do not carry the upstream time, so the route's histogram is fed directly.
+
+    Made with its fields unset (no ``__init__``: one allocation); Tracer clears it."""
+
+    __slots__ = ()
+    __init__ = object.__init__
+
+    def timed(self, observe: Any) -> Any:
+        return observe
+
+
+class _Unsampled(_TracedNote):
+    """The one Note every unsampled new trace shares (tracing alone): nothing of it is read but its upstream().
+
+    The pipeline's writes to it (route, request id, decision) are never read; upstream() appends the
+    next unsampled ``traceparent`` (its flag ``00``) drawn, so no per-request object is made for it."""
+
+    __slots__ = ("refill", "values")
+
+    def upstream(self, headers: list[tuple[str, str]]) -> None:
+        values = self.values
+        headers.append(("traceparent", values.pop() if values else self.refill()))
 
 
 class Tracer:
     """Decides sampling and builds the upstream ``traceparent``; records sampled requests as OTLP spans.
 
-    A new trace, the common case, costs a ``list.pop``: :func:`_draw` makes the
-    ``traceparent`` values of :data:`_DRAW` new traces at a time, each flagged
-    sampled or not. A caller's ``traceparent`` is parsed (one regex) and
-    continued with a new span id. An unsampled request sets a few fields of its
-    Note and nothing else: no clock, no record. A sampled one keeps its start
-    time; :meth:`end` queues ``(note, method, path, status, end)`` and the
-    export thread encodes it (:func:`encode_request_span`), so the outcomes and
+    New traces, the common case, are drawn :data:`_DRAW` at a time (:func:`_draw`),
+    each flagged sampled or not by its trace id; their flags in order are the
+    decisions (:attr:`decisions`), the sampled values a list, the unsampled ones
+    a list the shared unsampled note takes from. With tracing alone
+    (:meth:`wrap`) an unsampled new trace costs two header lookups, one
+    ``next()`` and, when it is proxied, the shared note's upstream(): no object,
+    no clock, no record. A caller's ``traceparent`` is parsed (one regex) and
+    continued with a new span id. A sampled request keeps its start time;
+    :meth:`end` queues ``(note, method, path, status, end)`` and the export
+    thread encodes it (:func:`encode_request_span`), so the outcomes and
     attributes are worked out there, off the request path. The draw is made
     on first use, in the serving process (a Tracer built before a fork would
     otherwise hand both processes the same ids).
+
+    The decisions and the values come from the same draws, so each new trace's
+    flag is the TraceIdRatioBased decision on its own trace id; which unsampled
+    value an unsampled request gets is only settled when it is proxied.
     """
 
     def __init__(self, settings: TracingSettings, export: Any = None) -> None:
@@ -169,54 +215,127 @@ class Tracer:
         self.settings = settings
         self._bound = ratio_bound(settings.ratio)
         self._flags = flag_table(self._bound)
-        self._ids: list[str] = []
+        self.decisions: Any = iter(b"")  # the flag digits of the values drawn, one per new trace
+        self._sampled: list[str] = []
+        self._span_ids: list[str] = []
+        self.unsampled = _Unsampled()
+        self.unsampled.clear()
+        self.unsampled.values = []
+        self.unsampled.refill = self._unsampled_value
         self._export = export if export is not None else SpanExport(settings.endpoint, encode=encode_request_span)
 
-    def begin(self, request: Any, note: Any) -> None:
-        """Set the note's upstream context (``traceparent``, ``strip``, ``tracestate``) and ``span``
-        (a start time, or None: not recorded).
+    def _refill(self) -> None:
+        values, decided = _draw(self._bound, self._flags)
+        sampled = self._sampled
+        if len(sampled) > _DRAW:  # more left over than one draw's decisions can take: start over
+            sampled.clear()
+        sampled.extend(itertools.compress(values, decided.translate(_IS_SAMPLED)))
+        self.unsampled.values = list(itertools.compress(values, decided.translate(_IS_UNSAMPLED)))
+        self.decisions = iter(decided)
 
-        The note may come without its fields set (observe.py, tracing alone):
-        a recorded request's note is cleared here; of an unsampled one's, only
-        the ones set here are ever read.
-        """
+    def _unsampled_value(self) -> str:
+        """The next unsampled new trace's ``traceparent`` (drawing more when none is left)."""
+        while not self.unsampled.values:
+            self._refill()
+        return self.unsampled.values.pop()
+
+    def _decide(self) -> int:
+        """The next new trace's flag digit (_SAMPLED or _UNSAMPLED)."""
+        flag = next(self.decisions, 0)
+        while not flag:
+            self._refill()
+            flag = next(self.decisions, 0)
+        return flag
+
+    def _sampled_value(self) -> str:
+        while not self._sampled:
+            self._refill()
+        return self._sampled.pop()
+
+    def wrap(self, serve: Any) -> Any:
+        """``serve(request, front, note)`` -> ``traced(request, front)``, for tracing without the access log.
+
+        An unsampled new trace gets the shared note and the pipeline's own coroutine, with no frame
+        of ours around it; a recorded request a note of its own and a coroutine that ends its span."""
+        tracer, unsampled, end = self, self.unsampled, self.end
+
+        def traced(request: Any, front: Any) -> Any:
+            headers = request.headers
+            if "traceparent" in headers or "tracestate" in headers:
+                note = tracer._continued(request)
+            else:
+                flag = next(tracer.decisions, 0)
+                if flag == _UNSAMPLED:
+                    return serve(request, front, unsampled)
+                note = tracer._new_trace(flag)
+            if note.span is None:
+                return serve(request, front, note)
+            return recorded(request, front, note)
+
+        async def recorded(request: Any, front: Any, note: Any) -> Any:
+            sent = None
+            try:
+                sent = await serve(request, front, note)
+                return sent
+            finally:
+                end(request, note, sent.status if sent is not None else 0)
+
+        return traced
+
+    def _new_trace(self, flag: int) -> Any:
+        """The note of a new trace whose decision ``flag`` is _SAMPLED, or 0: the decisions ran out."""
+        if not flag and self._decide() == _UNSAMPLED:
+            return self.unsampled
+        note = _TracedNote()
+        note.clear()
+        sampled = self._sampled
+        note.traceparent = sampled.pop() if sampled else self._sampled_value()
+        note.span = time.time_ns()
+        return note
+
+    def _continued(self, request: Any) -> Any:
+        note = _TracedNote()
+        note.clear()
+        self._continue(request, note)
+        return note
+
+    def begin(self, request: Any, note: Any) -> None:
+        """Set the upstream context (``traceparent``, ``strip``, ``tracestate``, ``parent``) and ``span``
+        (a start time, or None: not recorded) of a new, cleared note (observe.py, with the access log)."""
         headers = request.headers
         if "traceparent" in headers or "tracestate" in headers:
             self._continue(request, note)
-            return
-        ids = self._ids
-        value = ids.pop() if ids else self._refill()
-        if value[_SAMPLED_FLAG] == "1":
-            note.clear()
+        elif self._decide() == _SAMPLED:
+            note.traceparent = self._sampled_value()
             note.span = time.time_ns()
         else:
-            note.span = None
-        note.traceparent = value
-        note.strip = False
-
-    def _refill(self) -> str:
-        self._ids = ids = _draw(self._bound, self._flags)
-        return ids.pop()
+            note.traceparent = self._unsampled_value()
 
     def _continue(self, request: Any, note: Any) -> None:
         """The caller sent trace context: continue a valid ``traceparent`` (a new span id, its trace id,
         flag and ``tracestate``); anything else is dropped and the request starts a new trace."""
-        ids = self._ids
-        value = ids.pop() if ids else self._refill()
         headers = request.headers
         incoming = headers.get("traceparent")
         parsed = parse_traceparent(incoming) if incoming is not None else None
-        note.clear()
         note.strip = True
         if parsed is None:
-            note.traceparent = value
-            note.span = time.time_ns() if value[_SAMPLED_FLAG] == "1" else None
+            if self._decide() == _SAMPLED:
+                note.traceparent = self._sampled_value()
+                note.span = time.time_ns()
+            else:
+                note.traceparent = self._unsampled_value()
             return
+        ids = self._span_ids
+        span_id = ids.pop() if ids else self._more_span_ids()
         trace_id, parent_id, sampled = parsed
-        note.traceparent = f"00-{trace_id}-{value[36:52]}-{'01' if sampled else '00'}"
+        note.traceparent = f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
         note.tracestate = ",".join(headers.getall("tracestate", ())) or None  # several headers: one list
         note.parent = parent_id
         note.span = time.time_ns() if sampled else None
+
+    def _more_span_ids(self) -> str:
+        self._span_ids = ids = _span_ids()
+        return ids.pop()
 
     def end(self, request: Any, note: Any, status: int) -> None:
         """Queue a sampled request for the export thread (which encodes it: encode_request_span)."""

@@ -235,7 +235,7 @@ def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule(monkeypatch):
                 for i, low in enumerate((bound - 1, bound, bound + 1)):
                     raw[24 * i + 8:24 * i + 16] = low.to_bytes(8, "big")
             monkeypatch.setattr(os, "urandom", lambda n, raw=raw: bytes(raw))
-            values = tracing._draw(bound, tracing.flag_table(bound))
+            values = _drawn(tracing._draw(bound, tracing.flag_table(bound)))
             monkeypatch.undo()
             digits = raw.hex()
             expected = []
@@ -247,10 +247,76 @@ def test_new_traces_are_sampled_by_the_sdk_trace_id_ratio_rule(monkeypatch):
     # an all-zero span id drawn is never handed out
     raw = b"".join(os.urandom(16) + (b"\0" * 8 if i % 5 == 3 else os.urandom(8)) for i in range(tracing._DRAW))
     monkeypatch.setattr(os, "urandom", lambda n: raw)
-    values = tracing._draw(0, tracing.flag_table(0))
+    values = _drawn(tracing._draw(0, tracing.flag_table(0)))
     monkeypatch.undo()
     assert len(values) == tracing._DRAW - len(range(3, tracing._DRAW, 5))
     assert all(v[36:52] != "0" * 16 for v in values)
+
+
+def _drawn(drawn: tuple[list[str], bytes]) -> list[str]:
+    """tracing._draw's values, checked against its flags."""
+    from kubegate.dataplane import tracing
+
+    values, flags = drawn
+    assert flags == bytes(ord(v[tracing._SAMPLED_FLAG]) for v in values)
+    return values
+
+
+async def test_the_tracing_only_handler_samples_by_the_sdk_rule_with_one_shared_unsampled_note():
+    for ratio in (0.0, 0.1, 1.0):
+        await _tracing_only_handler(ratio)
+
+
+async def _tracing_only_handler(ratio: float) -> None:
+    import asyncio
+
+    from kubegate.dataplane.tracing import Tracer, TracingSettings
+    from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
+
+    class Sent:
+        status = 200
+
+    spans = _Spans()
+    tracer = Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", ratio), export=spans)
+    sent_upstream: list[list[tuple[str, str]]] = []
+    notes = []
+    gate = asyncio.Event()
+
+    async def serve(request, front, note):
+        notes.append(note)
+        await gate.wait()  # every request is begun before any is proxied (the pool's order is not theirs)
+        headers = [("Host", "a.test")]
+        note.upstream(headers)
+        sent_upstream.append(headers)
+        return Sent()
+
+    traced = tracer.wrap(serve)
+    requests = [_Request({"Host": "a.test"}) for _ in range(700)]  # more than one draw
+    refused = [_Request({}) for _ in range(300)]  # never proxied: no value is taken for them
+    tasks = [asyncio.ensure_future(traced(r, None)) for r in requests + refused]
+    await asyncio.sleep(0)
+    for task in tasks[len(requests):]:
+        task.cancel()
+    gate.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    reference = TraceIdRatioBased(ratio)
+    unsampled = [n for n in notes if n.span is None]
+    assert all(n is tracer.unsampled for n in unsampled)  # one shared note: no object per request
+    seen = set()
+    for headers in sent_upstream:
+        (value,) = [v for n, v in headers if n == "traceparent"]
+        _, trace_id, _, flags = value.split("-")
+        sampled = reference.should_sample(None, int(trace_id, 16), "GET").decision is Decision.RECORD_AND_SAMPLE
+        assert (flags == "01") == sampled, (ratio, value)
+        seen.add(trace_id)
+    assert len(seen) == len(requests)  # a trace of its own each
+    recorded = [record[0].traceparent for record in spans.spans]
+    assert len(recorded) == len(notes) - len(unsampled)
+    assert all(v.endswith("-01") for v in recorded)
+    if ratio in (0.0, 1.0):
+        assert len(recorded) == ratio * len(notes)
+    else:
+        assert 0.05 < len(recorded) / len(notes) < 0.15
 
 
 def test_a_span_is_a_valid_otlp_message():
