@@ -25,6 +25,7 @@ from __future__ import annotations
 import binascii
 import collections
 import gzip
+import http.client
 import logging
 import os
 import ssl
@@ -218,6 +219,8 @@ class SpanExport:
         if compression != "none":
             self._headers["Content-Encoding"] = compression
         self._tls = _tls_context(env) if endpoint.startswith("https://") else None
+        self._connection: http.client.HTTPConnection | None = None  # kept alive between batches
+        self._direct = _direct(endpoint)  # (host, port, path); None: a proxy applies, urllib posts
         self._delay = _number(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         self._max_queue = int(_number(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048))
         self._max_batch = min(int(_number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)), self._max_queue)
@@ -251,6 +254,8 @@ class SpanExport:
             self._wake.clear()
             self._drain()
         self._drain()
+        if self._connection is not None:
+            self._connection.close()
 
     def _drain(self) -> None:
         queue = self._queue
@@ -270,17 +275,15 @@ class SpanExport:
             body = gzip.compress(body)
         elif self._compression == "deflate":
             body = zlib.compress(body)
-        request = urllib.request.Request(self.endpoint, data=body, headers=self._headers, method="POST")
         for attempt in range(3):
             try:
-                with urllib.request.urlopen(request, timeout=self._timeout, context=self._tls) as response:
-                    response.read()
+                self._send(body)
                 return
             except urllib.error.HTTPError as error:
                 reason: Any = f"HTTP {error.code}"
                 if error.code not in (408, 429, 502, 503, 504):
                     break
-            except (OSError, ValueError) as error:  # URLError, timeouts, refused connections
+            except (OSError, ValueError, http.client.HTTPException) as error:  # refused, timeouts, bad replies
                 reason = getattr(error, "reason", None) or type(error).__name__
             if self._closing or attempt == 2:
                 break
@@ -288,6 +291,52 @@ class SpanExport:
         self.failed += count
         log.warning("kubegate: %d span(s) not exported to %s: %s", count,
                     urllib.parse.urlsplit(self.endpoint).netloc.rpartition("@")[2], reason)
+
+
+    def _send(self, body: bytes) -> None:
+        """POST one body; a status other than 2xx raises HTTPError. On a kept-alive connection (one per
+        thread, reopened after any failure); through urllib when a proxy variable applies to the endpoint."""
+        if self._direct is None:
+            request = urllib.request.Request(self.endpoint, data=body, headers=self._headers, method="POST")
+            with urllib.request.urlopen(request, timeout=self._timeout, context=self._tls) as response:
+                response.read()
+            return
+        host, port, path = self._direct
+        for fresh in (False, True):
+            connection = self._connection
+            reused = connection is not None and not fresh
+            if not reused:
+                if connection is not None:
+                    connection.close()
+                connection = self._connection = http.client.HTTPSConnection(
+                    host, port, timeout=self._timeout, context=self._tls) if self._tls is not None \
+                    else http.client.HTTPConnection(host, port, timeout=self._timeout)
+            try:
+                connection.request("POST", path, body, self._headers)
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                self._connection = None
+                if reused:  # the peer closed the idle connection: once more on a new one, at once
+                    continue
+                raise
+            if response.will_close:
+                connection.close()
+                self._connection = None
+            if not 200 <= response.status < 300:
+                raise urllib.error.HTTPError(self.endpoint, response.status, response.reason, response.msg, None)
+            return
+
+
+def _direct(endpoint: str) -> tuple[str, int, str] | None:
+    """(host, port, path and query) to POST to, or None when a proxy variable (http_proxy ...) covers it."""
+    split = urllib.parse.urlsplit(endpoint)
+    host = split.hostname or ""
+    if urllib.request.getproxies().get(split.scheme) and not urllib.request.proxy_bypass(host):
+        return None
+    port = split.port or (443 if split.scheme == "https" else 80)
+    return host, port, (split.path or "/") + (f"?{split.query}" if split.query else "")
 
 
 def _resource(env: Any) -> dict[str, Any]:

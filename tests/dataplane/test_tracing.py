@@ -418,3 +418,42 @@ def test_bad_exporter_settings_are_one_clear_error():
                        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "must be above 0")):
         with pytest.raises(UserError, match=words):
             SpanExport("http://127.0.0.1:9/v1/traces", env, resource={})
+
+
+def test_the_exporter_keeps_its_connection_alive_and_reconnects_when_the_collector_closed_it():
+    import http.server
+    import threading
+
+    from kubegate.dataplane.otlp import SpanExport
+
+    for drop in (False, True):  # drop: the collector closes each connection after answering, saying nothing
+        peers: list[int] = []
+
+        class Collector(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            seen, closes = peers, drop
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.seen.append(self.client_address[1])
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self.close_connection = self.closes
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        export = SpanExport(f"http://127.0.0.1:{server.server_address[1]}/v1/traces",
+                            {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1", "OTEL_BSP_SCHEDULE_DELAY": "60000"}, resource={})
+        for _ in range(3):
+            export.add(b"\x12\x00")
+        started = time.monotonic()
+        export.close()  # three batches of one span
+        server.shutdown()
+        server.server_close()
+        assert export.failed == 0 and len(peers) == 3
+        assert len(set(peers)) == (3 if drop else 1)  # one connection for all, or a new one at once per batch
+        assert time.monotonic() - started < 1  # no retry pause on the closed connection
