@@ -232,7 +232,7 @@ class Pipeline:
                 body = proxy.stream_body(content, rt.max_body)
         observe = self._upstream.get(rt.id) or self._upstream_observer(rt.id)
         relay = await proxy.forward(request, self.pool, plan, target, upstream_headers, body, extra,
-                                    observe if note is None else note.timed(observe))
+                                    observe if note is None or note.timed is None else note.timed(observe))
         relay.route = rt
         return relay
 
