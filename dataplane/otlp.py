@@ -125,6 +125,8 @@ _SPAN_FIXED = b"\x30\x02"  # kind = SERVER
 _ERROR = b"\x7a\x02\x18\x02"  # status {code: ERROR}
 _ROOT_FLAGS = b"\x85\x01" + struct.pack("<I", FLAGS_HAS_IS_REMOTE)  # flags (field 16, fixed32)
 _CHILD_FLAGS = b"\x85\x01" + struct.pack("<I", FLAGS_HAS_IS_REMOTE | FLAGS_IS_REMOTE)
+_ATTRIBUTE = [b"\x4a" + _BYTE[size] for size in range(128)]  # attributes (field 9): tag and a short length
+_STRING = [bytes((size + 2, 0x0a, size)) for size in range(126)]  # AnyValue's length, string_value's tag, length
 _times = struct.Struct("<BQBQ").pack  # start (field 7) and end (field 8), fixed64 each
 
 
@@ -152,7 +154,7 @@ def encode_span(ids: str, parent_id: str | None, trace_state: str | None, start_
             text = value.encode("utf-8", "replace")
         size = len(text)
         if len(key) + size < 125:  # every length fits one byte (see string_attribute)
-            parts += (b"\x4a", _BYTE[len(key) + size + 3], key, _BYTE[size + 2], b"\x0a", _BYTE[size], text)
+            parts += (_ATTRIBUTE[len(key) + size + 3], key, _STRING[size], text)
         else:
             parts.append(string_attribute(key, value))
     if trace_state:

@@ -169,9 +169,7 @@ class _TracedNote(Note):
 
     __slots__ = ()
     __init__ = object.__init__
-
-    def timed(self, observe: Any) -> Any:
-        return observe
+    timed = None  # the pipeline hands the proxy the route's histogram itself: no call per request
 
 
 class _Unsampled(_TracedNote):
@@ -257,7 +255,7 @@ class Tracer:
 
         An unsampled new trace gets the shared note and the pipeline's own coroutine, with no frame
         of ours around it; a recorded request a note of its own and a coroutine that ends its span."""
-        tracer, unsampled, end = self, self.unsampled, self.end
+        tracer, unsampled, sampled, add, now = self, self.unsampled, self._sampled, self._export.add, time.time_ns
 
         def traced(request: Any, front: Any) -> Any:
             headers = request.headers
@@ -267,6 +265,12 @@ class Tracer:
                 flag = next(tracer.decisions, 0)
                 if flag == _UNSAMPLED:
                     return serve(request, front, unsampled)
+                if flag and sampled:  # _SAMPLED, a value at hand (_new_trace, inline)
+                    note = _TracedNote()
+                    note.clear()
+                    note.traceparent = sampled.pop()
+                    note.span = now()
+                    return recorded(request, front, note)
                 note = tracer._new_trace(flag)
             if note.span is None:
                 return serve(request, front, note)
@@ -277,8 +281,8 @@ class Tracer:
             try:
                 sent = await serve(request, front, note)
                 return sent
-            finally:
-                end(request, note, sent.status if sent is not None else 0)
+            finally:  # end(), inline: note.span is set
+                add((note, request.method, request.path, sent.status if sent is not None else 0, now()))
 
         return traced
 
@@ -358,8 +362,11 @@ def encode_request_span(record: tuple) -> bytes:
     path and request id are encoded per span.
     """
     note, method, path, status, end_ns = record
-    route = note.compiled
-    kind = (method, note.route, status, note.auth_outcome(route), note.rate_limit_outcome(route))
+    if note.decision is None:  # no admission ran: both outcomes are "none"
+        kind = (method, note.route, status, "none", "none")
+    else:
+        route = note.compiled
+        kind = (method, note.route, status, note.auth_outcome(route), note.rate_limit_outcome(route))
     shared = _SHARED.get(kind)
     if shared is None:
         if len(_SHARED) >= _SHARED_MAX:
