@@ -74,6 +74,32 @@ def _copy(node: _Node[V]) -> _Node[V]:
                  None if node.methods is None else dict(node.methods))
 
 
+def _own(node: _Node[V] | None, owned: set[int] | None, create: bool) -> _Node[V] | None:
+    """``node`` as the table being made may change it: with ``owned`` None (a full build) every node is
+    its own; in an update a node not in ``owned`` is the previous table's, so a copy of it is made and
+    owned. A missing node is made when ``create``, else stays None."""
+    if node is None:
+        if not create:
+            return None
+        node = _Node()
+    elif owned is None or id(node) in owned:
+        return node
+    else:
+        node = _copy(node)
+    if owned is not None:
+        owned.add(id(node))
+    return node
+
+
+def _param_name(segment: str) -> str | None:
+    """The parameter a ``:id`` or ``{id}`` segment names; None for a literal segment."""
+    if segment.startswith(":"):
+        return segment[1:]
+    if segment.startswith("{") and segment.endswith("}"):
+        return segment[1:-1]
+    return None
+
+
 def _empty(node: _Node[V]) -> bool:
     return not node.literals and node.param is None and not node.catch_all and not node.methods
 
@@ -97,7 +123,7 @@ class RouteTable(Generic[V]):
         for hosts, pattern, methods, value in entries:
             self.size += 1
             for host in hosts or (None,):
-                if self._insert(self._root_for(host), split_pattern(pattern), methods, value):
+                if self._insert(host, split_pattern(pattern), methods, value):
                     self._collided = True
         self._has_wildcards = bool(self._wildcard)
 
@@ -122,67 +148,54 @@ class RouteTable(Generic[V]):
             for hosts, pattern, methods, value in added:
                 table.size += 1
                 for host in dict.fromkeys(hosts or (None,)):
-                    table._add(host, split_pattern(pattern), methods, value, owned)
+                    if table._insert(host, split_pattern(pattern), methods, value, owned):
+                        raise _Collision
         except _Collision:
             return None
         table._has_wildcards = bool(table._wildcard)
         return table
 
-    def _own_root(self, host: str | None, owned: set[int], create: bool) -> _Node[V] | None:
-        """The root for ``host``, copied into this table first if it is the previous table's."""
+    def _slot(self, host: str | None) -> tuple[dict[str, _Node[V]] | None, str]:
+        """Where ``host``'s trie root lives: (the exact or wildcard index, its key), or (None, "") for any host."""
         if host is None:
-            root, table, key = self._any, None, ""
-        else:
-            host = host.lower().rstrip(".")
-            table = self._wildcard if host.startswith("*.") else self._exact
-            key = host[1:] if host.startswith("*.") else host
-            root = table.get(key)
-        if root is None:
-            if not create:
-                return None
-            root = _Node()
-        elif id(root) in owned:
-            return root
-        else:
-            root = _copy(root)
-        owned.add(id(root))
-        if table is None:
-            self._any = root
-        else:
-            table[key] = root
+            return None, ""
+        host = host.lower().rstrip(".")  # as target.parse_host gives a request's Host
+        return (self._wildcard, host[1:]) if host.startswith("*.") else (self._exact, host)
+
+    def _root(self, host: str | None, owned: set[int] | None, create: bool) -> _Node[V] | None:
+        """The root for ``host``, this table's own (see _own)."""
+        index, key = self._slot(host)
+        root = _own(self._any if index is None else index.get(key), owned, create)
+        if root is not None:
+            if index is None:
+                self._any = root
+            else:
+                index[key] = root
         return root
 
     def _drop_root(self, host: str | None) -> None:
-        if host is None:
+        index, key = self._slot(host)
+        if index is None:
             self._any = None
-            return
-        host = host.lower().rstrip(".")
-        table = self._wildcard if host.startswith("*.") else self._exact
-        table.pop(host[1:] if host.startswith("*.") else host, None)
+        else:
+            index.pop(key, None)
 
     @staticmethod
-    def _child(node: _Node[V], key: str | None, owned: set[int], create: bool) -> _Node[V] | None:
-        """``node``'s literal child ``key`` (its param child for None), owned by this table; ``node`` is."""
-        child = node.param if key is None else node.literals.get(key)
-        if child is None:
-            if not create:
-                return None
-            child = _Node()
-        elif id(child) in owned:
-            return child
-        else:
-            child = _copy(child)
-        owned.add(id(child))
-        if key is None:
-            node.param = child
-        else:
-            node.literals[key] = child
+    def _child(node: _Node[V], key: str | None, owned: set[int] | None, create: bool) -> _Node[V] | None:
+        """``node``'s literal child ``key`` (its param child for None), this table's own (see _own)."""
+        child = _own(node.param if key is None else node.literals.get(key), owned, create)
+        if child is not None:
+            if key is None:
+                node.param = child
+            else:
+                node.literals[key] = child
         return child
 
-    def _add(self, host: str | None, segments: list[str], methods: Sequence[str], value: V, owned: set[int]) -> None:
-        """``_insert`` into owned copies; _Collision where a claim is held already."""
-        node = self._own_root(host, owned, True)
-        assert node is not None
+    def _insert(self, host: str | None, segments: list[str], methods: Sequence[str], value: V,
+                owned: set[int] | None = None) -> bool:
+        """Put the entry's claims in (the first claimant of each keeps it), into owned copies when ``owned``
+        is given (an update); True if one was held already by another value."""
+        node = self._root(host, owned, True)
         names: list[str] = []
         for i, seg in enumerate(segments):
             if seg.startswith("*"):
@@ -191,21 +204,19 @@ class RouteTable(Generic[V]):
                 names.append(seg[1:])
                 if node.catch_all is None:
                     node.catch_all = {}
-                _claim(node.catch_all, methods, value, tuple(names))
-                return
-            if seg.startswith(":") or (seg.startswith("{") and seg.endswith("}")):
-                names.append(seg[1:-1] if seg.startswith("{") else seg[1:])
-                node = self._child(node, None, owned, True)  # type: ignore[assignment]
-            else:
-                node = self._child(node, unquote(seg), owned, True)  # type: ignore[assignment]
+                return _claim(node.catch_all, methods, value, tuple(names))
+            name = _param_name(seg)
+            if name is not None:
+                names.append(name)
+            node = self._child(node, None if name is not None else unquote(seg), owned, True)
         if node.methods is None:
             node.methods = {}
-        _claim(node.methods, methods, value, tuple(names))
+        return _claim(node.methods, methods, value, tuple(names))
 
     def _remove(self, host: str | None, segments: list[str], methods: Sequence[str], value: V,
                 owned: set[int]) -> None:
         """Take ``value``'s claims out (owned copies along the path), and the nodes left empty."""
-        node = self._own_root(host, owned, False)
+        node = self._root(host, owned, False)
         if node is None:
             raise _Collision
         path: list[tuple[_Node[V], str | None]] = []  # (parent, literal key or None for param)
@@ -216,7 +227,7 @@ class RouteTable(Generic[V]):
                 _release(node.catch_all, methods, value)
                 node.catch_all = node.catch_all or None
                 break
-            key = None if seg.startswith(":") or (seg.startswith("{") and seg.endswith("}")) else unquote(seg)
+            key = None if _param_name(seg) is not None else unquote(seg)
             child = self._child(node, key, owned, False)
             if child is None:
                 raise _Collision
@@ -236,45 +247,6 @@ class RouteTable(Generic[V]):
             node = parent
         if not path and _empty(node):
             self._drop_root(host)
-
-    def _root_for(self, host: str | None) -> _Node[V]:
-        if host is None:
-            if self._any is None:
-                self._any = _Node()
-            return self._any
-        host = host.lower().rstrip(".")  # as target.parse_host gives a request's Host
-        table = self._wildcard if host.startswith("*.") else self._exact
-        key = host[1:] if host.startswith("*.") else host
-        return table.setdefault(key, _Node())
-
-    @staticmethod
-    def _insert(node: _Node[V], segments: list[str], methods: Sequence[str], value: V) -> bool:
-        """Put the entry's claims in (the first claimant of each keeps it); True if one was held already
-        by another value."""
-        names: list[str] = []
-        held = False
-        for i, seg in enumerate(segments):
-            if seg.startswith("*"):
-                if i != len(segments) - 1:
-                    raise ValueError(f"catch-all {seg!r} must be the last segment")
-                names.append(seg[1:])
-                if node.catch_all is None:
-                    node.catch_all = {}
-                for method in methods or (ANY_METHOD,):
-                    held |= node.catch_all.setdefault(method, (value, tuple(names)))[0] is not value
-                return held
-            if seg.startswith(":") or (seg.startswith("{") and seg.endswith("}")):
-                names.append(seg[1:-1] if seg.startswith("{") else seg[1:])
-                if node.param is None:
-                    node.param = _Node()
-                node = node.param
-            else:
-                node = node.literals.setdefault(unquote(seg), _Node())
-        if node.methods is None:
-            node.methods = {}
-        for method in methods or (ANY_METHOD,):
-            held |= node.methods.setdefault(method, (value, tuple(names)))[0] is not value
-        return held
 
     def lookup(self, host: str, method: str, segments: list[str]) -> Match[V] | MethodNotAllowed | None:
         """Find the route for a parsed host + method + path segments (see target.py).
@@ -303,13 +275,12 @@ class RouteTable(Generic[V]):
 
 
 def _claim(table: dict[str, tuple[V, tuple[str, ...]]], methods: Sequence[str], value: V,
-           names: tuple[str, ...]) -> None:
+           names: tuple[str, ...]) -> bool:
+    """Claim each method for ``value`` where it is free; True if another value held one already."""
+    held = False
     for method in methods or (ANY_METHOD,):
-        held = table.get(method)
-        if held is None:
-            table[method] = (value, names)
-        elif held[0] is not value:
-            raise _Collision
+        held |= table.setdefault(method, (value, names))[0] is not value
+    return held
 
 
 def _release(table: dict[str, tuple[V, tuple[str, ...]]], methods: Sequence[str], value: V) -> None:
