@@ -25,7 +25,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import GATEWAY_NS, Backends, get, http, start_dataplane, start_operator, wait_until
 
-CONFIG_KEY, SECRETS_KEY, ANNOTATION = "config.json.gz", "secrets.json.gz", "kubegate.dev/config-hash"
+from kubegate.config import CONFIG_KEY, SECRETS_KEY
+from kubegate.config import HASH_ANNOTATION as ANNOTATION
 
 
 @pytest.fixture(scope="module")
