@@ -98,12 +98,12 @@ def _backend_app(state: Backend) -> web.Application:
 
 @pytest.fixture
 async def backend():
-    """Factory: ``await backend("a")`` starts a real backend on a free port."""
+    """Factory: ``await backend("a")`` starts a real backend on a free port (the echo app, or ``app``)."""
     started: list[Backend] = []
 
-    async def start(name: str = "backend") -> Backend:
+    async def start(name: str = "backend", app: web.Application | None = None) -> Backend:
         state = Backend(name)
-        state.runner = web.AppRunner(_backend_app(state), access_log=None)
+        state.runner = web.AppRunner(app or _backend_app(state), access_log=None)
         await state.runner.setup()
         site = web.TCPSite(state.runner, "127.0.0.1", 0)
         await site.start()

@@ -115,7 +115,7 @@ async def test_unusable_key_leaves_only_its_route_out(backend, start_gateway, ma
 
 
 async def test_the_gateways_rate_limit_headers_replace_a_backends_on_every_answer(start_gateway, make_route,
-                                                                                  free_port):
+                                                                                  free_port, backend):
     """A backend saying X-RateLimit-* itself must not reach the client next to the gateway's (one of each,
     the gateway's values), whichever front writes the answer; a request admitted and then refused
     (dead backend: 502) carries them too."""
@@ -126,36 +126,29 @@ async def test_the_gateways_rate_limit_headers_replace_a_backends_on_every_answe
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", spoofing)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    backend_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    backend_url = (await backend("b", app)).url
     limit = CompiledRateLimit(policy="shop/p", scope="route", limits=(
         CompiledLimit(key="shop/p#0", dimension="ip", requests=10, period_seconds=60, burst=10),))
-    try:
-        gw = await start_gateway(CompiledConfig(routes=(
-            make_route("/api/*rest", backend_url, name="api", rate_limit=limit),
-            make_route("/dead/*rest", f"http://127.0.0.1:{free_port()}", name="dead", retries=0,
-                       rate_limit=CompiledRateLimit(policy="shop/q", scope="route", limits=(
-                           CompiledLimit(key="shop/q#0", dimension="ip", requests=10, period_seconds=60, burst=10),))),
-        )))
-        url = f"http://127.0.0.1:{gw.ports['http']}"
-        async with aiohttp.ClientSession() as session:
-            seen = []
-            for method, body in (("GET", None), ("POST", b"x" * 100)):  # the lean front, then aiohttp's
-                async with session.request(method, f"{url}/api/x", data=body) as response:
-                    assert response.status == 200 and await response.text() == "ok"
-                    headers = response.headers
-                    assert headers["X-Backend"] == "b"
-                    for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
-                        assert len(headers.getall(name)) == 1, (method, name, headers)
-                    assert headers["X-RateLimit-Limit"] == "10"
-                    seen.append(headers["X-RateLimit-Remaining"])
-            assert seen == ["9", "8"]
-            async with session.get(f"{url}/dead/x") as response:
-                assert response.status == 502
-                assert response.headers["X-RateLimit-Limit"] == "10"
-                assert response.headers["X-RateLimit-Remaining"] == "9"  # its own policy's bucket
-    finally:
-        await runner.cleanup()
+    gw = await start_gateway(CompiledConfig(routes=(
+        make_route("/api/*rest", backend_url, name="api", rate_limit=limit),
+        make_route("/dead/*rest", f"http://127.0.0.1:{free_port()}", name="dead", retries=0,
+                   rate_limit=CompiledRateLimit(policy="shop/q", scope="route", limits=(
+                       CompiledLimit(key="shop/q#0", dimension="ip", requests=10, period_seconds=60, burst=10),))),
+    )))
+    url = f"http://127.0.0.1:{gw.ports['http']}"
+    async with aiohttp.ClientSession() as session:
+        seen = []
+        for method, body in (("GET", None), ("POST", b"x" * 100)):  # the lean front, then aiohttp's
+            async with session.request(method, f"{url}/api/x", data=body) as response:
+                assert response.status == 200 and await response.text() == "ok"
+                headers = response.headers
+                assert headers["X-Backend"] == "b"
+                for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+                    assert len(headers.getall(name)) == 1, (method, name, headers)
+                assert headers["X-RateLimit-Limit"] == "10"
+                seen.append(headers["X-RateLimit-Remaining"])
+        assert seen == ["9", "8"]
+        async with session.get(f"{url}/dead/x") as response:
+            assert response.status == 502
+            assert response.headers["X-RateLimit-Limit"] == "10"
+            assert response.headers["X-RateLimit-Remaining"] == "9"  # its own policy's bucket
