@@ -33,9 +33,10 @@ def require_host() -> None:
         missing.append("containernetworking-plugins")
     if missing:
         raise UserError(f"missing for the node cluster: {', '.join(missing)} (scripts/install.sh installs them)")
-    if sh("ip", "link", "show", BRIDGE).returncode == 0:
-        raise UserError(f"bridge {BRIDGE} already exists: another node cluster is up "
-                        "(`kubegate dev-cluster down --node` removes it)")
+
+
+def bridge_exists() -> bool:
+    return sh("ip", "link", "show", BRIDGE).returncode == 0
 
 
 def make_bridge() -> None:
@@ -148,6 +149,18 @@ def remove_kubelet_chains() -> None:
 
 def _split_rule(rule: str) -> list[str]:
     return shlex.split(rule)
+
+
+def remove_leftovers() -> None:
+    """Everything host-wide a node leaves once its processes are gone: kube-router's chains and ipsets,
+    the CNI masquerade and kubelet chains, stray veths and the bridge."""
+    remove_chains(KUBE_ROUTER_CHAINS)
+    remove_kube_router_ipsets()
+    remove_cni_masquerade()
+    remove_kubelet_chains()
+    for veth in bridge_ports():  # normally gone with the pods' netns; leftovers of a failed CNI DEL
+        sh("ip", "link", "del", veth)
+    sh("ip", "link", "del", BRIDGE)
 
 
 def unmount_under(state_dir: Path) -> None:

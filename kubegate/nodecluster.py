@@ -95,6 +95,47 @@ def default_node_dir() -> Path:
     return Path(os.environ.get("KUBEGATE_DEV_NODE_DIR") or gobuild.cache_root() / "dev-node")
 
 
+def owner_file() -> Path:
+    """Where ``up`` records which state folder owns the bridge, so ``down`` and the next ``up`` find it."""
+    return gobuild.cache_root() / "node-owner"
+
+
+def _recorded_owner() -> Path | None:
+    try:
+        return Path(owner_file().read_text().strip())
+    except OSError:
+        return None
+
+
+def _claimants() -> list[devcluster.DevCluster]:
+    """Node states that may hold the bridge: the owner on record, the default folder, the test folders."""
+    paths = [p for p in (_recorded_owner(), default_node_dir()) if p is not None]
+    paths += sorted((gobuild.cache_root() / "test-nodes").glob("node-*"))
+    unique = dict.fromkeys(p.resolve() for p in paths)
+    return [c for p in unique if (c := devcluster.DevCluster.load(p)) is not None]
+
+
+def _any_process_alive(cluster: devcluster.DevCluster) -> bool:
+    return any(_alive(cluster, name) for name in cluster.pids)
+
+
+def reclaim_bridge(log=print) -> None:
+    """A bridge left by a node whose processes are all gone (a killed test run, a crash, a lost session)
+    is taken down with everything that node left; one whose processes still run is another node
+    cluster, and is refused rather than touched."""
+    if not node_host.bridge_exists():
+        return
+    states = _claimants()
+    if live := [c for c in states if _any_process_alive(c)]:
+        raise UserError(f"bridge {BRIDGE} already exists: the node cluster in {live[0].state_dir} is up "
+                        "(`kubegate dev-cluster down --node` removes it)")
+    log(f"bridge {BRIDGE} is left from a node cluster whose processes are gone: removing its leftovers")
+    for cluster in states:
+        down(cluster.state_dir, log=lambda *_: None)
+    if node_host.bridge_exists():  # no state recorded it: the host-wide leftovers only
+        node_host.remove_leftovers()
+
+
 def running(state_dir: Path | None = None) -> Node | None:
     cluster = devcluster.DevCluster.load(Path(state_dir or default_node_dir()))
     if cluster is None or not cluster.alive():
@@ -119,11 +160,13 @@ def up(state_dir: Path | None = None, *, log=print, install_crds: bool = True) -
         log("removing the state of a node cluster that is no longer running")
         down(state_dir, log=lambda *_: None)
     node_host.require_host()
+    reclaim_bridge(log)
     bins = gobuild.ensure_node_binaries(log=log)
     images.image_from_binary(PAUSE_IMAGE, bins["pause"], "/pause")
     images.image_from_binary(coredns_image(), bins["coredns"], "/coredns")
     started = time.monotonic()
     node_host.make_bridge()
+    owner_file().write_text(f"{state_dir.resolve()}\n")
     try:
         node = _start(state_dir, bins, log, install_crds)
     except BaseException:
@@ -247,11 +290,12 @@ def _wait(predicate, timeout: float, what: str, procs: list[tuple[str, subproces
 
 def down(state_dir: Path | None = None, *, log=print, keep_logs: bool = False) -> bool:
     """Stop every process, remove pods' sandboxes, mounts, netns, the bridge and every iptables rule/ipset."""
-    state_dir = Path(state_dir or default_node_dir())
+    state_dir = Path(state_dir or _recorded_owner() or default_node_dir())
     cluster = devcluster.DevCluster.load(state_dir)
     if cluster is None:
         log(f"no node cluster state in {state_dir}")
         node_host.sh("ip", "link", "del", BRIDGE)
+        _forget_owner(state_dir)
         return False
     bins = {b.name: gobuild.binary_path(b) for b in gobuild.node_builds()}
     socket = containerd_socket(state_dir)
@@ -277,19 +321,19 @@ def down(state_dir: Path | None = None, *, log=print, keep_logs: bool = False) -
     # Their own cleanup modes remove exactly the chains and ipsets they created.
     if os.access(bins["kube-proxy"], os.X_OK):
         node_host.sh(str(bins["kube-proxy"]), "--cleanup", "--proxy-mode=iptables", timeout=60)
-    node_host.remove_chains(node_host.KUBE_ROUTER_CHAINS)
-    node_host.remove_kube_router_ipsets()
-    node_host.remove_cni_masquerade()
-    node_host.remove_kubelet_chains()
     node_host.unmount_under(state_dir)
-    for veth in node_host.bridge_ports():  # normally gone with the pods' netns; leftovers of a failed CNI DEL
-        node_host.sh("ip", "link", "del", veth)
-    node_host.sh("ip", "link", "del", BRIDGE)
+    node_host.remove_leftovers()
+    _forget_owner(state_dir)
     cluster.pids = {k: v for k, v in cluster.pids.items() if k in ("etcd", "kube-apiserver")}
     cluster.save()
     devcluster.down(state_dir, log=lambda *_: None, keep_logs=keep_logs)
     log(f"node cluster at {cluster.server} stopped and removed")
     return True
+
+
+def _forget_owner(state_dir: Path) -> None:
+    if _recorded_owner() == state_dir.resolve():
+        owner_file().unlink(missing_ok=True)
 
 
 def _alive(cluster: devcluster.DevCluster, name: str) -> bool:
