@@ -32,7 +32,7 @@ import hashlib
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kubegate.dataplane.api_key_auth import ApiKeyTable, KeyRecord, extract_api_key
 from kubegate.dataplane.ipfilter import IpFilter, canonical_ip
@@ -59,8 +59,13 @@ _MAX_DISCRIMINATOR = 64  # longer header values / subs are hashed into the key
 MAX_CHARGE_SETS = 50_000  # remembered ChargeSets over all routes (~20 MiB); then the memory starts afresh
 
 
-@dataclass(slots=True)
-class RequestFacts:
+_NO_HEADERS: dict[str, str] = {}  # shared, never written to
+
+
+class RequestFacts(NamedTuple):
+    """A request as admission sees it. A NamedTuple, not a dataclass: the request path builds one per
+    request with ``tuple.__new__`` (C), without a Python-level ``__init__`` (see Pipeline._facts)."""
+
     method: str
     path: str
     host: str
@@ -70,13 +75,15 @@ class RequestFacts:
     tls: bool
 
 
-@dataclass(slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """Admission's answer. A NamedTuple, not a dataclass: an admitting one is made per request with
+    ``_new(Decision, (...))`` (C), without a Python-level ``__init__``; its dicts are read, never written."""
+
     status: int | None = None  # None = admitted
     reason: str = ""
     message: str = ""
-    response_headers: dict[str, str] = field(default_factory=dict)
-    upstream_headers: dict[str, str] = field(default_factory=dict)  # read-only: shared by a token's requests
+    response_headers: dict[str, str] = _NO_HEADERS
+    upstream_headers: dict[str, str] = _NO_HEADERS  # read-only: shared by a token's requests
     principal: str | None = None
     # An admitted request's X-RateLimit-* as encoded header lines (RateResult.lines()), not in
     # response_headers: the pipeline hands them to the answer as they are (messages.Relay.lines).
@@ -87,6 +94,9 @@ class Decision:
         if not self.limit_lines:
             return dict(self.response_headers)
         return {**self.response_headers, **limit_headers(self.limit_lines)}
+
+
+_new = tuple.__new__  # _new(Decision, (status, reason, message, response_headers, upstream_headers, principal, lines))
 
 
 @dataclass(slots=True, frozen=True)
@@ -133,7 +143,6 @@ class _Authenticated:
         self.upstream_headers = _NO_HEADERS if upstream_headers is None else upstream_headers
 
 
-_NO_HEADERS: dict[str, str] = {}  # shared, never written to
 _ANONYMOUS = _Authenticated()
 
 
@@ -170,8 +179,10 @@ class Admission:
         audit: AuditLog,
     ) -> None:
         self._limiter = limiter
-        # an in-memory store decides synchronously (no coroutine per request); any other is awaited
+        # an in-memory store decides synchronously (no coroutine per request); any other is awaited,
+        # Redis's through its own coroutine only (hit_then calls _settled in it)
         self._sync_store = type(limiter) is MemoryRateLimiter
+        self._hit_then = getattr(limiter, "hit_then", None)
         self._metrics = metrics
         self._audit = audit
         self.token_cache = TokenCache()
@@ -300,6 +311,17 @@ class Admission:
             if known is None:
                 return self._authenticated_admit(plan, route, facts)
             who = known
+        if plan.ip_keyed and who.key is None:  # _limit's common case inlined: the address picks the ChargeSet
+            charges = plan.charge_sets.get(client_ip)
+            if charges is not None:
+                if self._sync_store:
+                    outcome = self._limiter.lines_now(charges)
+                    if type(outcome) is bytes:  # admitted: its X-RateLimit-* lines
+                        return _new(Decision, (None, "", "", _NO_HEADERS, who.upstream_headers, who.principal,
+                                               outcome))
+                    return self._limit_decision(outcome, route, facts, who)
+                if self._hit_then is not None:
+                    return self._hit_then(charges, plan.failure_mode, self._settled, route, facts, who)
         return self._limit(plan, route, facts, who)
 
     async def _authenticated_admit(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts) -> Decision:
@@ -320,8 +342,20 @@ class Admission:
             if charges is None:
                 return Decision(None, "", "", {}, who.upstream_headers, who.principal)
         if self._sync_store:
-            return self._limit_decision(self._limiter.hit_now(charges), route, facts, who)
+            outcome = self._limiter.lines_now(charges)
+            if type(outcome) is bytes:  # admitted: its X-RateLimit-* lines
+                return _new(Decision, (None, "", "", _NO_HEADERS, who.upstream_headers, who.principal, outcome))
+            return self._limit_decision(outcome, route, facts, who)
+        if self._hit_then is not None:
+            return self._hit_then(charges, plan.failure_mode, self._settled, route, facts, who)
         return self._limited(plan, route, facts, who, charges)
+
+    def _settled(self, outcome: bytes | RateResult, route: CompiledRoute, facts: RequestFacts,
+                 who: _Authenticated) -> Decision:
+        """The decision for a store's outcome (RedisRateLimiter.hit_then): admitting lines or a RateResult."""
+        if type(outcome) is bytes:
+            return _new(Decision, (None, "", "", _NO_HEADERS, who.upstream_headers, who.principal, outcome))
+        return self._limit_decision(outcome, route, facts, who)
 
     async def _limited(self, plan: _RoutePlan, route: CompiledRoute, facts: RequestFacts, who: _Authenticated,
                        charges: ChargeSet) -> Decision:

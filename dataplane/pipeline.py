@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _ALLOW_DEFAULT = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
 _CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+_new_facts = tuple.__new__  # RequestFacts (a NamedTuple) without its Python-level __new__, once per secured request
 
 
 class SnapshotSource(Protocol):
@@ -192,8 +193,8 @@ class Pipeline:
         if tls:
             transport = request.transport
             peer_cert = transport.get_extra_info("peercert") if transport is not None else None
-        return RequestFacts(request.method, path, host, self._client_address.of(request.remote, request.headers),
-                            request.headers, peer_cert or None, tls)
+        return _new_facts(RequestFacts, (request.method, path, host, self._client_address.of(request.remote, request.headers),
+                                         request.headers, peer_cert or None, tls))
 
     async def _proxy(self, request: Request, rt: RouteRuntime, host_header: str, path: str, rid: str,
                      extra: dict[str, str], claim_headers: dict[str, str] | None, note: Note | None) -> Answer:

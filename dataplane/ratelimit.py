@@ -79,10 +79,12 @@ class RateResult:  # not frozen: a frozen dataclass's __init__ is dearer, on eve
     def lines(self) -> bytes:
         """An admitting result's X-RateLimit-* as header lines, encoded in one step (:func:`limit_headers`
         reads them back): the lean front writes them as they are, instead of a dict's items one by one."""
-        return _LINES % (self.limit, self.remaining, self.reset_seconds)
+        return LIMIT_LINES % (self.limit, self.remaining, self.reset_seconds)
 
 
-_LINES = b"X-RateLimit-Limit: %d\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n"
+# % (limit, remaining, reset seconds): an admitting result's lines, which the stores' admission paths
+# (MemoryRateLimiter.lines_now, RedisRateLimiter.hit_then) encode without making a RateResult
+LIMIT_LINES = b"X-RateLimit-Limit: %d\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n"
 LIMIT_HEADER_NAMES = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")  # RateResult.lines()'s
 
 
@@ -196,6 +198,33 @@ class MemoryRateLimiter:
         full_in = (c.capacity - left) / c.per_second
         buckets[c.bucket] = (left, now, now + full_in)
         return RateResult(True, c.requests, int(left), math.ceil(full_in))
+
+    def lines_now(self, charges: Sequence[Charge]) -> bytes | RateResult:
+        """hit_now() as admission needs it: an admitting result as its X-RateLimit-* lines (what
+        ``hit_now(charges).lines()`` gives, without the RateResult), any other result as the RateResult.
+        One bucket (the usual limit) is decided here, more by hit_now()."""
+        if len(charges) != 1:
+            result = self.hit_now(charges)
+            return result.lines() if result.allowed and result is not ALLOWED_EMPTY else result
+        c = charges[0]
+        now = self._clock()
+        self._hits += 1
+        if self._hits >= self._sweep_every:
+            self._sweep(now)
+        state = self._buckets.get(c.bucket)
+        capacity = c.capacity
+        if state is None:
+            level = float(capacity)
+        else:
+            level = state[0] + (now - state[1]) * c.per_second if now > state[1] else state[0]
+            if level > capacity:
+                level = float(capacity)
+        if level < 1.0:
+            return decide([level], charges)
+        left = level - 1.0
+        full_in = (capacity - left) / c.per_second
+        self._buckets[c.bucket] = (left, now, now + full_in)
+        return LIMIT_LINES % (c.requests, int(left), math.ceil(full_in))
 
     def _sweep(self, now: float) -> None:
         """Drop the buckets that are full again: a missing bucket is a full one (bounded memory, exact)."""

@@ -39,10 +39,11 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from kubegate.dataplane.ratelimit import (
     ALLOWED_EMPTY,
+    LIMIT_LINES,
     Charge,
     ChargeSet,
     FailureMode,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from kubegate.dataplane.metrics import Metrics
 
 log = logging.getLogger("kubegate.ratelimit")
+T = TypeVar("T")
 LUA_SOURCE = (Path(__file__).with_name("ratelimit.lua")).read_text()
 
 
@@ -347,11 +349,20 @@ class RedisRateLimiter:
         self.round_trips = 0  # batches sent (calls / round_trips = requests per round trip)
 
     async def hit(self, charges: Sequence[Charge], failure_mode: FailureMode = "open") -> RateResult:
+        return await self.hit_then(charges, failure_mode, None)
+
+    async def hit_then(self, charges: Sequence[Charge], failure_mode: FailureMode,
+                       then: Callable[..., T] | None, *args: object) -> T | RateResult:
+        """hit() as admission asks it: ``then(outcome, *args)``, where the outcome is an admitting answer
+        of the store as its X-RateLimit-* lines (RateResult.lines(), no RateResult made) and any other
+        result as the RateResult. ``then`` is called in this coroutine (None: the RateResult itself), so a
+        waiting request resumes through one coroutine, not two."""
         if not charges:
-            return ALLOWED_EMPTY
+            return ALLOWED_EMPTY if then is None else then(ALLOWED_EMPTY, *args)
         breaker = self.breaker
         if breaker._failures and not breaker.allow():  # no failures: allow() is True, skip the call
-            return self._unavailable(failure_mode, charges)
+            result = self._unavailable(failure_mode, charges)
+            return result if then is None else then(result, *args)
         self.calls += 1
         if type(charges) is not ChargeSet:
             charges = ChargeSet(charges)
@@ -368,14 +379,18 @@ class RedisRateLimiter:
             reply = await future
         except Exception as exc:  # noqa: BLE001 - any store failure applies the failure mode, never a 500
             self._failed(exc)
-            return self._unavailable(failure_mode, charges)
+            result = self._unavailable(failure_mode, charges)
+            return result if then is None else then(result, *args)
         if breaker._failures or breaker._probing:
             breaker.success()
         allowed, index, remaining, reset_ms, retry_ms = reply  # integers: Redis converts Lua numbers
         c = charges[index - 1]
         if allowed:
+            if then is not None:
+                return then(LIMIT_LINES % (c.requests, max(0, remaining), -(-reset_ms // 1000)), *args)
             return RateResult(True, c.requests, max(0, remaining), -(-reset_ms // 1000))
-        return RateResult(False, c.requests, 0, -(-reset_ms // 1000), max(1, -(-retry_ms // 1000)), c.dimension)
+        result = RateResult(False, c.requests, 0, -(-reset_ms // 1000), max(1, -(-retry_ms // 1000)), c.dimension)
+        return result if then is None else then(result, *args)
 
     def _ttl_args(self, c: Charge) -> tuple[bytes, bytes, bytes]:
         """capacity, refill per second, TTL ms of one bucket (see ratelimit.lua)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from kubegate.dataplane.metrics import Metrics
 from kubegate.dataplane.ratelimit import (
+    ALLOWED_EMPTY,
     Charge,
     ChargeSet,
     MemoryRateLimiter,
@@ -23,7 +24,7 @@ from kubegate.dataplane.ratelimit import (
 from kubegate.dataplane.redis_limits import CircuitBreaker, Deadline, RedisRateLimiter
 
 sys.path.insert(0, str(Path(__file__).parent))
-from redis_fixture import RedisServer, running_redis
+from redis_fixture import RedisServer, free_port, running_redis
 
 SLOW = 1 / 60  # one token per minute: no refill during a test
 
@@ -106,6 +107,28 @@ def test_memory_decisions_over_several_limits_agree_with_the_pure_arithmetic():
         assert store.hit_now(charges) == expected
 
 
+def test_lines_now_is_hit_now_with_an_admitting_result_as_its_lines():
+    """Admission asks an in-memory store lines_now(): the same decisions and buckets as hit_now(), an admitting
+    result given as RateResult.lines() and any other as the RateResult, for one bucket and several."""
+    import random
+
+    rng = random.Random(11)
+    clock = [0.0]
+    fast, general = MemoryRateLimiter(clock=lambda: clock[0]), MemoryRateLimiter(clock=lambda: clock[0])
+    pool = [charge("a", 3, per_second=1.0), charge("b", 5, per_second=0.5, dimension="user")]
+    outcomes = set()
+    for _ in range(1000):
+        clock[0] += rng.choice([0.0, 0.0, 0.05, 0.3, 1.1])
+        charges = rng.sample(pool, rng.randint(1, 2))
+        expected = general.hit_now(charges)
+        got = fast.lines_now(charges)
+        assert got == (expected.lines() if expected.allowed else expected)
+        outcomes.add((len(charges), expected.allowed))
+    assert outcomes == {(1, True), (1, False), (2, True), (2, False)}
+    assert fast._buckets == general._buckets
+    assert fast.lines_now([]) is ALLOWED_EMPTY
+
+
 def test_a_sweep_never_forgets_a_bucket_that_is_not_full_again():
     """The memory sweep drops idle buckets; one of a slow limit (2 a day) spent an hour ago is not full:
     forgetting it would hand out a new burst (a client could wait out the sweep instead of the day)."""
@@ -179,6 +202,29 @@ async def test_two_gateways_share_one_redis(redis_server):
     finally:
         await first.close()
         await second.close()
+
+
+async def test_hit_then_hands_admission_lines_or_the_result_from_the_store(redis_server):
+    """What admission asks Redis (hit_then): the store's admitting answer as RateResult.lines(), a refusal and
+    the failure mode's answer as the RateResult, each passed to ``then`` with its arguments."""
+    store, reference = RedisRateLimiter(redis_server.url), RedisRateLimiter(redis_server.url)
+    dead = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    try:
+        c, twin = charge("then", 2), charge("then-twin", 2)
+
+        def then(outcome, tag):
+            return tag, outcome
+        for tag in ("a", "b"):  # the same limit on a bucket of its own, asked through hit()
+            expected = (await reference.hit([twin], "closed")).lines()
+            assert await store.hit_then([c], "closed", then, tag) == (tag, expected)
+        tag, refused = await store.hit_then([c], "closed", then, "c")
+        assert tag == "c" and type(refused) is RateResult and not refused.allowed and refused.retry_after >= 1
+        tag, down = await dead.hit_then([c], "closed", then, "d")
+        assert tag == "d" and down.store_unavailable and not down.allowed
+        assert await store.hit_then([], "closed", then, "e") == ("e", ALLOWED_EMPTY)
+    finally:
+        for each in (store, reference, dead):
+            await each.close()
 
 
 async def test_noscript_is_recovered(redis_server):

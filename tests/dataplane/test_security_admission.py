@@ -172,13 +172,13 @@ async def test_all_keys_of_a_request_share_one_cluster_slot():
 async def test_charge_sets_are_remembered_per_client_and_bounded(gateway, monkeypatch):
     monkeypatch.setattr(admission_module, "MAX_CHARGE_SETS", 3)
     seen = []
-    real_decide = gateway.limiter.hit_now  # an in-memory store is asked synchronously
+    real_decide = gateway.limiter.lines_now  # an in-memory store is asked synchronously
 
     def recording(charges):
         seen.append(charges)
         return real_decide(charges)
 
-    monkeypatch.setattr(gateway.limiter, "hit_now", recording)
+    monkeypatch.setattr(gateway.limiter, "lines_now", recording)
     a, b = facts({"X-Tenant": "a"}), facts({"X-Tenant": "b"})
     assert [(await gateway.admit("tenants", f)).status for f in (a, a)] == [None, 429]
     assert seen[0] is seen[1]  # the same client's requests reuse one ChargeSet (and its encoding)
