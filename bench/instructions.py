@@ -18,7 +18,10 @@ each kubegate runs with ``PYTHONPATH=TREE``, so trees are compared in the same s
 ``--case hs256`` measures bench/peers.py's policy route instead (HS256 JWT + Redis rate limit + IP
 filter, a real redis-server on the second CPU); ``--case apikey`` its API key + Redis route;
 ``hs256-memory`` the policy route with in-memory limits and ``bare-jwt-header`` the bare route sent
-the policy case's Authorization header: the differences split the policy cost (header, admission, Redis).
+the policy case's Authorization header: the differences split the policy cost (header, admission, Redis);
+docs/performance.md has that split, step by step (bench/policy_steps.py). For the Redis cases ``req/call`` is
+the requests served per script call Redis ran in the window (INFO commandstats): requests per round trip,
+which sets how many requests share a batch's own cost.
 
 ``--tracing none,off,0.1,1`` measures each tree once per tracing setting: ``none`` no tracing flags,
 ``off`` ``--otlp-endpoint`` with ``OTEL_SDK_DISABLED=true``, a number ``--trace-sample-ratio`` that
@@ -53,6 +56,10 @@ _spec.loader.exec_module(bd)  # type: ignore[union-attr]
 _spec = importlib.util.spec_from_file_location("bench_peers", os.path.join(os.path.dirname(__file__), "peers.py"))
 peers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(peers)  # type: ignore[union-attr]
+_spec = importlib.util.spec_from_file_location("bench_admission", os.path.join(os.path.dirname(__file__),
+                                                                               "admission.py"))
+ba = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ba)  # type: ignore[union-attr]  (its evalsha_calls: script calls a Redis has run)
 
 # name -> (path, the Authorization header sent: none / a JWT / the API key, rate limits in Redis)
 CASES = {
@@ -83,6 +90,8 @@ class Case:
 CASE = Case("bare", None, "")
 SINK = ""  # the OTLP/HTTP sink's base URL (--tracing)
 EXPORT_DELAY = 2.0  # OTEL_BSP_SCHEDULE_DELAY of a traced kubegate, seconds
+REDIS_PORT = 0
+BATCHES: dict[tuple[str, str], float] = {}  # (tree, tracing) -> requests per Redis script call in the window
 IDLE = 4.0  # seconds of unloaded instructions counted before the window (their rate is taken out of it)
 
 
@@ -160,7 +169,10 @@ def instructions(tree: str, folder: str, workdir: str, seconds: int, client: tup
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
         started = time.monotonic()
         idle_seconds = started - idle_started
+        scripts = ba.evalsha_calls(REDIS_PORT) if CASE.redis_url else 0
         served = requests_served(url, seconds, connections, client)
+        if CASE.redis_url:
+            BATCHES[(tree, tracing)] = served / max(1, ba.evalsha_calls(REDIS_PORT) - scripts)
         time.sleep(settle)
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
         loaded_seconds = time.monotonic() - started
@@ -196,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="wrk connections under callgrind (default 8; bench/peers.py's 64 batches more "
                              "requests per Redis round trip)")
     args = parser.parse_args(argv)
-    global CASE, SINK
+    global CASE, SINK, REDIS_PORT
     tracings = [t.strip() for t in args.tracing.split(",") if t.strip()]
     for tracing in tracings:
         if tracing not in ("none", "off"):
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     peers.kubegate_manifests(folder, backend, api_key)
     nginx = bd.nginx(f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "hello world"; }} }}', work,
                      prefix=client)
-    redis_port = bd.free_port()
+    redis_port = REDIS_PORT = bd.free_port()
     redis = bd.redis_server(redis_port, work)
     if tracings != ["none"]:
         SINK = otlp_sink()
@@ -261,13 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nkubegate {args.case} route ({CASE.path}), one worker, uvloop; callgrind under wrk -t1 -c{args.connections} for {args.seconds} s; CPU pinned to "
           f"CPU {proxy_core} under wrk -t1 -c64, median of {args.rounds} interleaved 3 s rounds")
     print(f"{'tree':40s} {'tracing':>7s} {'requests':>8s} {'instr/req':>10s} {'x first':>8s} {'threads':>8s} "
-          f"{'cpu us/req':>11s} {'x first':>8s}   (threads: instr/req outside the event loop's thread)")
+          f"{'cpu us/req':>11s} {'x first':>8s} {'req/call':>8s}   (threads: instr/req outside the event loop's thread; "
+          f"req/call: requests per Redis script call, i.e. per round trip)")
     for config in configs:
         total, served, others = counted[config]
         instr = total / served
         median = statistics.median(cpu[config]) if args.rounds else float("nan")
         print(f"{config[0]:40s} {config[1]:>7s} {served:8d} {instr:10,.0f} {instr / base_instr:8.3f} {others / served:8,.0f} "
-              f"{median:11.1f} {median / base_cpu if base_cpu else float('nan'):8.2f}")
+              f"{median:11.1f} {median / base_cpu if base_cpu else float('nan'):8.2f} "
+              f"{BATCHES.get(config, float('nan')):8.1f}")
     return 0
 
 
