@@ -161,7 +161,8 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-_Call = tuple[list[int], int, bytes]  # (indexes of its requests in the batch, argument count, arguments after the script)
+_NUMBERS = [_bulk(b"%d" % i) for i in range(1024)]  # counts as bulk strings, made once (MAX_REQUESTS_PER_CALL fits)
+_Call = tuple[Sequence[int], int, bytes]  # (indexes of its requests in the batch, argument count, arguments after the script)
 
 
 class _Batch:
@@ -427,7 +428,23 @@ class RedisRateLimiter:
         """The script calls of a batch: one per slot group, at most MAX_REQUESTS_PER_CALL requests each.
         Plain loops (no generator or comprehension per call): this runs for every batch."""
         group = requests[0][0].group
-        grouped: list[list[int]] = [list(range(len(requests)))]
+        n = len(requests)
+        if n <= self.MAX_REQUESTS_PER_CALL:  # the usual batch: one slot group, one call (bench/policy_steps.py)
+            keys: list[bytes] = []
+            argv: list[bytes] = []
+            nkeys = args = 0
+            for packed, _ in requests:
+                if packed.group != group:
+                    break
+                keys.append(packed.keys)
+                argv.append(packed.argv)
+                nkeys += packed.nkeys
+                args += packed.args
+            else:
+                body = b"".join([_NUMBERS[nkeys] if nkeys < len(_NUMBERS) else _bulk(b"%d" % nkeys), *keys,
+                                 _NUMBERS[n], *argv])
+                return [(range(n), 4 + nkeys + args, body)]  # argc: command, script, numkeys, keys, count, args
+        grouped: list[list[int]] = [list(range(n))]
         for packed, _ in requests:
             if packed.group != group:  # more than one slot group (Redis Cluster, several namespaces)
                 groups: dict[str, list[int]] = {}

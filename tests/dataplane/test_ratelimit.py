@@ -21,7 +21,7 @@ from kubegate.dataplane.ratelimit import (
     local_share,
     refill,
 )
-from kubegate.dataplane.redis_limits import CircuitBreaker, Deadline, RedisRateLimiter
+from kubegate.dataplane.redis_limits import CircuitBreaker, Deadline, RedisRateLimiter, _Packed
 
 sys.path.insert(0, str(Path(__file__).parent))
 from redis_fixture import RedisServer, free_port, running_redis
@@ -418,6 +418,24 @@ async def test_a_batch_is_one_round_trip_and_one_script_call_per_slot(redis_serv
         assert ours.wire is not None  # encoded once, reused by every request of this shape
     finally:
         await store.close()
+
+
+def test_a_one_slot_batch_is_encoded_as_the_general_path_encodes_that_slot():
+    """The usual batch (one slot group) takes _calls' short path: the same script call, bytes and argument
+    count, as the general path gives that group when another slot's request is in the batch too."""
+    store = RedisRateLimiter("redis://127.0.0.1:1/0")
+    shapes = [ChargeSet([charge("one", 5)]), ChargeSet([charge("two", 5), charge("three", 2, dimension="user")]),
+              ChargeSet([charge("one", 5)])]
+    for shape in shapes:
+        shape.wire = _Packed(shape, store._ttl_args)
+    other = ChargeSet([Charge("kg:{u}:rl:other", 3, 3, SLOW, "ip")])
+    other.wire = _Packed(other, store._ttl_args)
+    ours = [(shape.wire, None) for shape in shapes]
+    (indexes, argc, body), = store._calls(ours)
+    general = store._calls([*ours, (other.wire, None)])
+    assert (list(indexes), argc, body) == (general[0][0], general[0][1], general[0][2])
+    assert [c[0] for c in general] == [[0, 1, 2], [3]]
+    assert argc == 3 + 4 + 1 + 3 + 3 * 4  # EVALSHA sha numkeys, 4 keys, the request count, 3 n, 3 per bucket
 
 
 async def test_a_request_with_several_buckets_in_a_crowded_batch(redis_server):
