@@ -107,34 +107,61 @@ class Deadline:
     cancelled it. So time is counted in ticks of ``timeout / 4``, and a tick
     that fires late (the loop was busy) counts for nothing; ``hard_limit`` (10
     x timeout, at least 1 s) still decides a hung Redis on a loop that is
-    never on time. In the common case one timer is armed and cancelled.
+    never on time.
+
+    One Deadline serves a limiter's batches one after another (one is in flight
+    at a time): :meth:`release` ends a wait without touching the timer, which
+    then lapses at its next tick unless :meth:`restart` has begun the next wait
+    meanwhile; so a batch costs no timer of its own. A tick counts for a wait
+    only when the wait spans it whole, so expiry comes after ``timeout`` of
+    responsive loop and before ``timeout`` + one tick.
     """
 
     def __init__(self, timeout: float, on_expire: Callable[[], object], *,
                  hard_limit: float | None = None) -> None:
-        self._loop = loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._tick = timeout / 4
         self._needed = timeout
+        self._hard = hard_limit if hard_limit is not None else max(1.0, 10 * timeout)
+        self._handle: asyncio.TimerHandle | None = None
+        self.restart(on_expire)
+
+    def restart(self, on_expire: Callable[[], object]) -> None:
+        """Watch a new wait from now (the previous one released or expired)."""
+        self._since = now = self._loop.time()
         self._counted = 0.0
-        self._armed_at = now = loop.time()
-        self._give_up_at = now + (hard_limit if hard_limit is not None else max(1.0, 10 * timeout))
-        self._on_expire = on_expire
+        self._on_expire: Callable[[], object] | None = on_expire
         self.expired = False
-        self._handle = loop.call_at(now + self._tick, self._on_tick)
+        if self._handle is None:
+            self._armed_at = now
+            self._handle = self._loop.call_at(now + self._tick, self._on_tick)
 
     def _on_tick(self) -> None:
+        self._handle = None
+        on_expire = self._on_expire
+        if on_expire is None:  # released: no wait to watch, the timer lapses
+            return
         now = self._loop.time()
-        if now - self._armed_at <= 2 * self._tick:  # on time: the loop could have read a reply
+        # on time (the loop could have read a reply) and the wait spanned the whole tick
+        if now - self._armed_at <= 2 * self._tick and self._since <= self._armed_at:
             self._counted += self._tick
-        if self._counted >= self._needed - 1e-9 or now >= self._give_up_at:
+        if self._counted >= self._needed - 1e-9 or now >= self._since + self._hard:
             self.expired = True
-            self._on_expire()
+            self._on_expire = None
+            on_expire()
             return
         self._armed_at = now
         self._handle = self._loop.call_at(now + self._tick, self._on_tick)
 
+    def release(self) -> None:
+        """The wait is over (answered or failed); the timer is left to lapse or to serve the next wait."""
+        self._on_expire = None
+
     def cancel(self) -> None:
-        self._handle.cancel()
+        self._on_expire = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class _Packed:
@@ -195,7 +222,11 @@ class _Batch:
         self.retried = False
         self.done = False
         self.task: asyncio.Task | None = None
-        self.deadline = Deadline(limiter._timeout, self._expired)
+        deadline = self.deadline = limiter._deadline  # one per limiter, restarted per batch (no timer each)
+        if deadline is None:
+            self.deadline = limiter._deadline = Deadline(limiter._timeout, self._expired)
+        else:
+            deadline.restart(self._expired)
         self._route(range(len(self.calls)))
 
     def _route(self, indexes: Sequence[int]) -> None:
@@ -275,7 +306,7 @@ class _Batch:
 
     def _finish(self) -> None:
         self.done = True
-        self.deadline.cancel()
+        self.deadline.release()
         requests = self.requests
         for (indexes, _, _), reply in zip(self.calls, self.replies):
             failed = isinstance(reply, BaseException)
@@ -308,7 +339,7 @@ class _Batch:
         if self.done:
             return
         self.done = True
-        self.deadline.cancel()
+        self.deadline.release()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
         nodes = self.limiter._nodes
@@ -344,6 +375,7 @@ class RedisRateLimiter:
         self._queue: list[tuple[_Packed, asyncio.Future]] = []
         self._busy = False  # a batch is due on the next loop turn or in flight
         self._batch: _Batch | None = None
+        self._deadline: Deadline | None = None  # the batches' (see Deadline.restart)
         self._closed = False
         self._args_cache: dict[tuple[int, float], tuple[bytes, bytes, bytes]] = {}
         self.calls = 0  # requests that went to Redis (tests prove the breaker skips it)
@@ -487,6 +519,8 @@ class RedisRateLimiter:
             self._batch.fail(ConnectionError("rate limiter closed"))
         _settle(self._queue, ConnectionError("rate limiter closed"))
         self._queue = []
+        if self._deadline is not None:
+            self._deadline.cancel()
         await self._nodes.close()
 
 

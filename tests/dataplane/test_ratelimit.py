@@ -508,6 +508,28 @@ async def test_cancelled_deadline_never_fires():
     assert not fired
 
 
+async def test_one_deadline_watches_waits_one_after_another_and_never_expires_one_early():
+    """A limiter's batches share one Deadline (restart per batch, release when answered): a released wait
+    never expires, and a wait restarted while the last one's timer is still armed gets its full timeout."""
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    deadline = Deadline(0.04, lambda: fired.append("released"))
+    deadline.release()
+    await asyncio.sleep(0.1)
+    assert not fired and not deadline.expired and deadline._handle is None  # its timer lapsed
+    for pause in (0.0, 0.005, 0.015):  # restarted with the timer lapsed, then mid-tick twice
+        deadline.restart(lambda: fired.append("first"))
+        await asyncio.sleep(pause)
+        deadline.release()
+        deadline.restart(lambda: fired.append(loop.time()))
+        started = loop.time()
+        while not deadline.expired and loop.time() - started < 2:
+            await asyncio.sleep(0.002)
+        assert deadline.expired and fired[-1] - started >= 0.04
+    assert "first" not in fired and "released" not in fired
+    deadline.cancel()
+
+
 def test_breaker_half_open_lets_one_probe_through():
     now = [0.0]
     breaker = CircuitBreaker(threshold=2, cooldown=1.0, clock=lambda: now[0])
