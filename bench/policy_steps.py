@@ -334,7 +334,7 @@ def inner(calls: int, batch: int, work: str) -> None:
     for name, count, note in n_steps:
         # a whole run of ``calls`` requests counts as calls requests
         print(f"{name}\t{calls // batch * batch if count == 1 else count}\t{note}")
-    print(f"redis round trips: {limiter.round_trips}, requests {limiter.calls}", file=sys.stderr)
+    print(f"redis round trips: {limiter.round_trips}, requests {limiter.calls} (warm-up runs included)", file=sys.stderr)
     loop.run_until_complete(limiter.close())
     redis.terminate()
     redis.wait(10)
