@@ -320,9 +320,9 @@ async def _tracing_only_handler(ratio: float) -> None:
 
 
 def test_a_span_is_a_valid_otlp_message():
-    from kubegate.dataplane import otlp
+    from kubegate.dataplane import otlp, tracing
     from kubegate.dataplane.observe import Note
-    from kubegate.dataplane.tracing import Tracer, TracingSettings, encode_request_span
+    from kubegate.dataplane.tracing import Tracer, TracingSettings, encode_request_spans
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -337,8 +337,19 @@ def test_a_span_is_a_valid_otlp_message():
         assert note.tracestate == "a=1,b=2"  # two tracestate headers are one list
         note.route, note.rid = "shop/traced", "rid-1"
         tracer.end(request, note, status)
+    root = Note()  # a new trace, sampled: no parent, no trace state
+    Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", 1), export=spans).begin(_Request({}, "/new"), root)
+    root.route, root.rid = "shop/traced", "r" * 128
+    tracer.end(_Request({}, "/new"), root, 200)
+    # the batch loop writes the reference layout (otlp.encode_span) byte for byte, long and short values
+    reference = b"".join(otlp.encode_span(note.traceparent[3:52], note.parent, note.tracestate, note.span, end,
+                                          tracing._shared(method, note.route, status, "none", "none"),
+                                          ("url.path", path), ("kubegate.request_id", note.rid))
+                         for note, method, path, status, end in spans.spans)
+    encoded = encode_request_spans(spans.spans)
+    assert encoded == reference
     body = otlp.encode_request({"service.name": "kubegate", "n": 3, "on": True, "x": 0.5, "list": ["a", "b"]},
-                               "kubegate.dataplane", [encode_request_span(record) for record in spans.spans])
+                               "kubegate.dataplane", [encoded])
     (resource_spans,) = ExportTraceServiceRequest.FromString(body).resource_spans
     resource = {kv.key: kv.value for kv in resource_spans.resource.attributes}
     assert resource["service.name"].string_value == "kubegate" and resource["n"].int_value == 3
@@ -346,12 +357,15 @@ def test_a_span_is_a_valid_otlp_message():
     assert [v.string_value for v in resource["list"].array_value.values] == ["a", "b"]
     (scope_spans,) = resource_spans.scope_spans
     assert scope_spans.scope.name == "kubegate.dataplane"
-    failed, ok = scope_spans.spans
+    failed, ok, new = scope_spans.spans
     for span in (failed, ok):
         assert span.trace_id.hex() == trace_id and span.parent_span_id.hex() == parent
         assert span.trace_state == "a=1,b=2" and span.kind == Span.SPAN_KIND_SERVER and span.name == "GET shop/traced"
         assert 0 < span.start_time_unix_nano <= span.end_time_unix_nano
         assert span.flags == 0x300  # the parent is remote
+    assert new.parent_span_id == b"" and new.trace_state == "" and new.flags == 0x100
+    assert new.trace_id.hex() == root.traceparent[3:35] and new.span_id.hex() == root.traceparent[36:52]
+    assert {kv.key: kv.value.string_value for kv in new.attributes}["kubegate.request_id"] == "r" * 128
     attributes = {kv.key: kv.value for kv in failed.attributes}
     assert attributes["http.response.status_code"].int_value == 502
     assert attributes["url.path"].string_value == "/caf\u00e9/?" + "x" * 300  # valid UTF-8, whole
@@ -415,9 +429,14 @@ def test_bad_exporter_settings_are_one_clear_error():
 
     for env, words in (({"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"}, "gzip, deflate or none"),
                        ({"OTEL_BSP_SCHEDULE_DELAY": "soon"}, "is not a number"),
-                       ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "must be above 0")):
-        with pytest.raises(UserError, match=words):
+                       ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "must be above 0"),
+                       # a header smuggled into the export requests (URL-decoded CR LF), a name that is no token
+                       ({"OTEL_EXPORTER_OTLP_HEADERS": "x-a=s3cret%0D%0AX-Injected:%201"}, "'x-a' is not a valid"),
+                       ({"OTEL_EXPORTER_OTLP_HEADERS": "x%20b=1"}, "'x b' is not a valid"),
+                       ({"OTEL_EXPORTER_OTLP_HEADERS": "x-c=%E2%82%AC"}, "not Latin-1")):
+        with pytest.raises(UserError, match=words) as raised:
             SpanExport("http://127.0.0.1:9/v1/traces", env, resource={})
+        assert "s3cret" not in str(raised.value) and "\u20ac" not in str(raised.value)  # never the value
 
 
 def test_the_exporter_keeps_its_connection_alive_and_reconnects_when_the_collector_closed_it():
