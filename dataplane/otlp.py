@@ -27,6 +27,7 @@ import collections
 import email.message
 import gzip
 import http.client
+import itertools
 import logging
 import os
 import re
@@ -180,9 +181,21 @@ def span_tail(parent_id: str | None, trace_state: str | None) -> bytes:
 def encode_request(resource: dict[str, Any], scope: str, spans: list[bytes]) -> bytes:
     """An ExportTraceServiceRequest holding one ResourceSpans with one ScopeSpans of these spans
     (framed Span messages: :func:`encode_span`, several joined in one piece or not)."""
-    resource_message = b"".join(_len_field(F1, key_value(k, v)) for k, v in resource.items())
-    scope_spans = _len_field(F1, _len_field(F1, _text(scope))) + b"".join(spans)
-    return _len_field(F1, _len_field(F1, resource_message) + _len_field(F2, scope_spans))
+    return _request(_resource_field(resource), _scope_field(scope), b"".join(spans))
+
+
+def _resource_field(resource: dict[str, Any]) -> bytes:
+    """ResourceSpans.resource (field 1) holding these attributes."""
+    return _len_field(F1, b"".join(_len_field(F1, key_value(k, v)) for k, v in resource.items()))
+
+
+def _scope_field(scope: str) -> bytes:
+    """ScopeSpans.scope (field 1) named ``scope``."""
+    return _len_field(F1, _len_field(F1, _text(scope)))
+
+
+def _request(resource_field: bytes, scope_field: bytes, spans: bytes) -> bytes:
+    return _len_field(F1, resource_field + _len_field(F2, scope_field + spans))
 
 
 def _env(environ: dict[str, str], name: str) -> str:
@@ -216,6 +229,7 @@ class SpanExport:
         self.endpoint = endpoint
         self._resource = resource if resource is not None else _resource(env)
         self._scope = scope
+        self._fields = _resource_field(self._resource), _scope_field(scope)  # encoded once: every batch's
         self._encode = encode
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": "kubegate",
                          **parse_env_headers(_env(env, "HEADERS"), liberal=True)}
@@ -270,7 +284,7 @@ class SpanExport:
     def _drain(self) -> None:
         queue = self._queue
         while queue:
-            batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            batch = list(itertools.starmap(queue.popleft, itertools.repeat((), min(len(queue), self._max_batch))))
             if self._encode is None:
                 spans = b"".join(batch)
             else:
@@ -280,7 +294,7 @@ class SpanExport:
                     log.exception("kubegate: %d span(s) could not be encoded", len(batch))
                     self.failed += len(batch)
                     continue
-            self._post(encode_request(self._resource, self._scope, [spans]), len(batch))
+            self._post(_request(*self._fields, spans), len(batch))
 
     def _post(self, body: bytes, count: int) -> None:
         if self._compression == "gzip":
