@@ -353,34 +353,45 @@ _SHARED: dict[tuple[str, str, int, str, str], bytes] = {}  # the export thread's
 _SHARED_MAX = 4096  # methods are the client's words: start over beyond this many kinds
 _PATH, _REQUEST_ID = otlp.string_prefixes("url.path"), otlp.string_prefixes("kubegate.request_id")
 _LONG_PATH = otlp.string_key("url.path")
-_FRAMES: dict[int, bytes] = {}  # otlp.span_frame by span size (the export thread's)
+_FRAME_MAX = 0x4000  # spans below this size have their frame (and the trace id's tag) from a table
+_FRAMES: list[bytes | None] = [None] * _FRAME_MAX  # the export thread's, filled on first use
+_TRACE_ID_TAG = bytes.fromhex(otlp.SPAN_IDS_HEX[0])
 
 
 def encode_request_spans(records: list[tuple]) -> bytes:
     """The OTLP spans, framed and joined, of sampled requests as Tracer.end queued them (on the export thread).
 
     The name, the attributes that few values repeat (method, route, status,
-    outcomes) and the status are one cached piece per kind of request; the
-    ids, times, path and request id are written per span, in one loop for
-    the batch: otlp.encode_span's bytes (the reference layout, tested)
-    without a call per field.
+    outcomes) and the status are one cached piece per kind of request (the
+    last one at hand, for a run of the same kind); the ids, times, path and
+    request id are written per span, in one loop for the batch:
+    otlp.encode_span's bytes (the reference layout, tested) without a call
+    per field.
     """
     parts: list[bytes] = []
     extend, shared_of, frames = parts.extend, _SHARED, _FRAMES
     unhexlify, times, tail_of, root = binascii.unhexlify, otlp.span_times, otlp.span_tail, otlp.ROOT_FLAGS
-    ids_hex, span_hex = otlp.SPAN_IDS_HEX
-    path_prefix, rid_prefix, short, fixed = _PATH, _REQUEST_ID, otlp.SHORT, otlp.SPAN_IDS_TIMES
+    span_hex = otlp.SPAN_IDS_HEX[1]
+    path_prefix, rid_prefix, short = _PATH, _REQUEST_ID, otlp.SHORT
+    fixed = otlp.SPAN_IDS_TIMES - len(_TRACE_ID_TAG)
+    last_method = last_route = last_status = shared = None  # the last span's kind, when no admission ran
+    shared_size = 0
     for note, method, path, status, end_ns in records:
-        if note.decision is None:  # no admission ran: both outcomes are "none"
-            kind = (method, note.route, status, "none", "none")
-        else:
-            route = note.compiled
-            kind = (method, note.route, status, note.auth_outcome(route), note.rate_limit_outcome(route))
-        shared = shared_of.get(kind)
-        if shared is None:
-            if len(shared_of) >= _SHARED_MAX:
-                shared_of.clear()
-            shared = shared_of[kind] = _shared(*kind)
+        route = note.route
+        if note.decision is not None or status != last_status or method != last_method or route != last_route:
+            if note.decision is None:  # no admission ran: both outcomes are "none"
+                kind = (method, route, status, "none", "none")
+                last_method, last_route, last_status = method, route, status
+            else:
+                compiled = note.compiled
+                kind = (method, route, status, note.auth_outcome(compiled), note.rate_limit_outcome(compiled))
+                last_status = None
+            shared = shared_of.get(kind)
+            if shared is None:
+                if len(shared_of) >= _SHARED_MAX:
+                    shared_of.clear()
+                shared = shared_of[kind] = _shared(*kind)
+            shared_size = fixed + len(shared)
         try:
             text = path.encode()
         except UnicodeEncodeError:  # a lone surrogate: '?' (protobuf strings are UTF-8)
@@ -392,14 +403,14 @@ def encode_request_spans(records: list[tuple]) -> bytes:
         rid = note.rid.encode()  # proxy.request_id's: ASCII, at most 128 characters
         rid_head = rid_prefix[len(rid)]
         tail = root if note.parent is None and not note.tracestate else tail_of(note.parent, note.tracestate)
-        size = fixed + len(shared) + len(path_head) + len(text) + len(rid_head) + len(rid) + len(tail)
-        frame = frames.get(size)
+        size = shared_size + len(path_head) + len(text) + len(rid_head) + len(rid) + len(tail)
+        frame = frames[size] if size < _FRAME_MAX else None
         if frame is None:
-            frame = otlp.span_frame(size)
-            if len(frames) < 0x4000:
+            frame = otlp.span_frame(size + len(_TRACE_ID_TAG)) + _TRACE_ID_TAG
+            if size < _FRAME_MAX:
                 frames[size] = frame
-        extend((frame, unhexlify(ids_hex + note.traceparent[3:52].replace("-", span_hex)),
-                times(0x39, note.span, 0x41, end_ns), shared, path_head, text, rid_head, rid, tail))
+        extend((frame, unhexlify(note.traceparent[3:52].replace("-", span_hex)), times(0x39, note.span, 0x41, end_ns),
+                shared, path_head, text, rid_head, rid, tail))
     return b"".join(parts)
 
 
