@@ -476,3 +476,53 @@ def test_the_exporter_keeps_its_connection_alive_and_reconnects_when_the_collect
         assert export.failed == 0 and len(peers) == 3
         assert len(set(peers)) == (3 if drop else 1)  # one connection for all, or a new one at once per batch
         assert time.monotonic() - started < 1  # no retry pause on the closed connection
+
+
+def test_the_exporter_posts_over_tls_to_a_collector_it_trusts_and_never_to_one_it_does_not(pki, tmp_path, caplog):
+    import http.server
+    import ssl
+    import threading
+
+    from kubegate.dataplane.otlp import SpanExport
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            received.append((self.headers["Host"], self.headers["x-tenant"],
+                             self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")  # a body the exporter reads and drops
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    (tmp_path / "server.crt").write_text(pki.server.cert_pem)
+    (tmp_path / "server.key").write_text(pki.server.key_pem)
+    (tmp_path / "ca.crt").write_text(pki.ca.cert_pem)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://localhost:{server.server_address[1]}/v1/traces"
+    env = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "ca.crt"), "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=t1",
+           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    export = SpanExport(url, env, resource={})
+    for _ in range(2):
+        export.add(b"\x12\x00")
+    export.close()
+    assert export.failed == 0
+    assert [(host, tenant) for host, tenant, _ in received] == [(f"localhost:{server.server_address[1]}", "t1")] * 2
+    # without the CA the handshake fails: nothing is sent, the spans are counted as lost (after the retries)
+    export = SpanExport(url, {"OTEL_EXPORTER_OTLP_TIMEOUT": "2"}, resource={})
+    export.add(b"\x12\x00")
+    export.close()
+    server.shutdown()
+    server.server_close()
+    assert export.failed == 1 and len(received) == 2
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
