@@ -229,6 +229,7 @@ class SpanExport:
 
         env = os.environ if environ is None else environ
         self.endpoint = endpoint
+        self._host = urllib.parse.urlsplit(endpoint).netloc.rpartition("@")[2]  # for messages: no credentials
         self._resource = resource if resource is not None else _resource(env)
         self._scope = scope
         self._fields = _resource_field(self._resource), _scope_field(scope)  # encoded once: every batch's
@@ -296,7 +297,11 @@ class SpanExport:
                     log.exception("kubegate: %d span(s) could not be encoded", len(batch))
                     self.failed += len(batch)
                     continue
-            self._post(_request(*self._fields, spans), len(batch))
+            try:
+                self._post(_request(*self._fields, spans), len(batch))
+            except Exception:  # not a failure _post knows (those it counts and says): the thread goes on
+                log.exception("kubegate: %d span(s) not exported to %s", len(batch), self._host)
+                self.failed += len(batch)
 
     def _post(self, body: bytes, count: int) -> None:
         if self._compression == "gzip":
@@ -318,8 +323,7 @@ class SpanExport:
                 break
             time.sleep(1 << attempt)
         self.failed += count
-        log.warning("kubegate: %d span(s) not exported to %s: %s", count,
-                    urllib.parse.urlsplit(self.endpoint).netloc.rpartition("@")[2], reason)
+        log.warning("kubegate: %d span(s) not exported to %s: %s", count, self._host, reason)
 
 
     def _send(self, body: bytes) -> None:
@@ -409,7 +413,10 @@ def _exchange(connection: socket.socket, message: bytes) -> tuple[int, str, bool
         read += len(data)
         if read > _MAX_ANSWER:
             raise ConnectionError("the collector's response is too large")
-        answer.parser.feed_data(data)
+        try:
+            answer.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # 101 (or CONNECT's 2xx): no answer to a POST
+            raise httptools.HttpParserError("the collector switched protocols") from None
     return answer.status, answer.reason.decode("latin-1"), answer.keep_alive
 
 

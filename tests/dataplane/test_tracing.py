@@ -526,3 +526,39 @@ def test_the_exporter_posts_over_tls_to_a_collector_it_trusts_and_never_to_one_i
     server.server_close()
     assert export.failed == 1 and len(received) == 2
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+def test_a_collector_answering_nonsense_loses_the_batch_with_a_warning_and_the_exporter_goes_on(caplog):
+    import socket
+    import threading
+
+    from kubegate.dataplane.otlp import SpanExport
+
+    answers = iter([b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",  # an upgrade
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n123456",  # two lengths
+                    b"NOT HTTP AT ALL\r\n\r\n"] * 3)
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests = []
+
+    def collector() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                requests.append(data)
+                connection.sendall(next(answers))
+
+    threading.Thread(target=collector, daemon=True).start()
+    export = SpanExport(f"http://127.0.0.1:{listener.getsockname()[1]}/v1/traces",
+                        {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1", "OTEL_BSP_SCHEDULE_DELAY": "60000"}, resource={})
+    for _ in range(3):
+        export.add(b"\x12\x00")
+    export.close()  # closing: no retry pause, each batch tried on a fresh connection and then dropped
+    listener.close()
+    assert export.failed == 3 and len(requests) >= 3
+    assert caplog.text.count("span(s) not exported") == 3
