@@ -320,9 +320,9 @@ async def _tracing_only_handler(ratio: float) -> None:
 
 
 def test_a_span_is_a_valid_otlp_message():
-    from kubegate.dataplane import otlp
+    from kubegate.dataplane import otlp, tracing
     from kubegate.dataplane.observe import Note
-    from kubegate.dataplane.tracing import Tracer, TracingSettings, encode_request_span
+    from kubegate.dataplane.tracing import Tracer, TracingSettings, encode_request_spans
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -337,8 +337,19 @@ def test_a_span_is_a_valid_otlp_message():
         assert note.tracestate == "a=1,b=2"  # two tracestate headers are one list
         note.route, note.rid = "shop/traced", "rid-1"
         tracer.end(request, note, status)
+    root = Note()  # a new trace, sampled: no parent, no trace state
+    Tracer(TracingSettings("http://127.0.0.1:9/v1/traces", 1), export=spans).begin(_Request({}, "/new"), root)
+    root.route, root.rid = "shop/traced", "r" * 128
+    tracer.end(_Request({}, "/new"), root, 200)
+    # the batch loop writes the reference layout (otlp.encode_span) byte for byte, long and short values
+    reference = b"".join(otlp.encode_span(note.traceparent[3:52], note.parent, note.tracestate, note.span, end,
+                                          tracing._shared(method, note.route, status, "none", "none"),
+                                          ("url.path", path), ("kubegate.request_id", note.rid))
+                         for note, method, path, status, end in spans.spans)
+    encoded = encode_request_spans(spans.spans)
+    assert encoded == reference
     body = otlp.encode_request({"service.name": "kubegate", "n": 3, "on": True, "x": 0.5, "list": ["a", "b"]},
-                               "kubegate.dataplane", [encode_request_span(record) for record in spans.spans])
+                               "kubegate.dataplane", [encoded])
     (resource_spans,) = ExportTraceServiceRequest.FromString(body).resource_spans
     resource = {kv.key: kv.value for kv in resource_spans.resource.attributes}
     assert resource["service.name"].string_value == "kubegate" and resource["n"].int_value == 3
@@ -346,12 +357,15 @@ def test_a_span_is_a_valid_otlp_message():
     assert [v.string_value for v in resource["list"].array_value.values] == ["a", "b"]
     (scope_spans,) = resource_spans.scope_spans
     assert scope_spans.scope.name == "kubegate.dataplane"
-    failed, ok = scope_spans.spans
+    failed, ok, new = scope_spans.spans
     for span in (failed, ok):
         assert span.trace_id.hex() == trace_id and span.parent_span_id.hex() == parent
         assert span.trace_state == "a=1,b=2" and span.kind == Span.SPAN_KIND_SERVER and span.name == "GET shop/traced"
         assert 0 < span.start_time_unix_nano <= span.end_time_unix_nano
         assert span.flags == 0x300  # the parent is remote
+    assert new.parent_span_id == b"" and new.trace_state == "" and new.flags == 0x100
+    assert new.trace_id.hex() == root.traceparent[3:35] and new.span_id.hex() == root.traceparent[36:52]
+    assert {kv.key: kv.value.string_value for kv in new.attributes}["kubegate.request_id"] == "r" * 128
     attributes = {kv.key: kv.value for kv in failed.attributes}
     assert attributes["http.response.status_code"].int_value == 502
     assert attributes["url.path"].string_value == "/caf\u00e9/?" + "x" * 300  # valid UTF-8, whole
@@ -415,9 +429,14 @@ def test_bad_exporter_settings_are_one_clear_error():
 
     for env, words in (({"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"}, "gzip, deflate or none"),
                        ({"OTEL_BSP_SCHEDULE_DELAY": "soon"}, "is not a number"),
-                       ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "must be above 0")):
-        with pytest.raises(UserError, match=words):
+                       ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "must be above 0"),
+                       # a header smuggled into the export requests (URL-decoded CR LF), a name that is no token
+                       ({"OTEL_EXPORTER_OTLP_HEADERS": "x-a=s3cret%0D%0AX-Injected:%201"}, "'x-a' is not a valid"),
+                       ({"OTEL_EXPORTER_OTLP_HEADERS": "x%20b=1"}, "'x b' is not a valid"),
+                       ({"OTEL_EXPORTER_OTLP_HEADERS": "x-c=%E2%82%AC"}, "not Latin-1")):
+        with pytest.raises(UserError, match=words) as raised:
             SpanExport("http://127.0.0.1:9/v1/traces", env, resource={})
+        assert "s3cret" not in str(raised.value) and "\u20ac" not in str(raised.value)  # never the value
 
 
 def test_the_exporter_keeps_its_connection_alive_and_reconnects_when_the_collector_closed_it():
@@ -457,3 +476,89 @@ def test_the_exporter_keeps_its_connection_alive_and_reconnects_when_the_collect
         assert export.failed == 0 and len(peers) == 3
         assert len(set(peers)) == (3 if drop else 1)  # one connection for all, or a new one at once per batch
         assert time.monotonic() - started < 1  # no retry pause on the closed connection
+
+
+def test_the_exporter_posts_over_tls_to_a_collector_it_trusts_and_never_to_one_it_does_not(pki, tmp_path, caplog):
+    import http.server
+    import ssl
+    import threading
+
+    from kubegate.dataplane.otlp import SpanExport
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            received.append((self.headers["Host"], self.headers["x-tenant"],
+                             self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")  # a body the exporter reads and drops
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    (tmp_path / "server.crt").write_text(pki.server.cert_pem)
+    (tmp_path / "server.key").write_text(pki.server.key_pem)
+    (tmp_path / "ca.crt").write_text(pki.ca.cert_pem)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://localhost:{server.server_address[1]}/v1/traces"
+    env = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "ca.crt"), "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=t1",
+           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    export = SpanExport(url, env, resource={})
+    for _ in range(2):
+        export.add(b"\x12\x00")
+    export.close()
+    assert export.failed == 0
+    assert [(host, tenant) for host, tenant, _ in received] == [(f"localhost:{server.server_address[1]}", "t1")] * 2
+    # without the CA the handshake fails: nothing is sent, the spans are counted as lost (after the retries)
+    export = SpanExport(url, {"OTEL_EXPORTER_OTLP_TIMEOUT": "2"}, resource={})
+    export.add(b"\x12\x00")
+    export.close()
+    server.shutdown()
+    server.server_close()
+    assert export.failed == 1 and len(received) == 2
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+def test_a_collector_answering_nonsense_loses_the_batch_with_a_warning_and_the_exporter_goes_on(caplog):
+    import socket
+    import threading
+
+    from kubegate.dataplane.otlp import SpanExport
+
+    answers = iter([b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",  # an upgrade
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n123456",  # two lengths
+                    b"NOT HTTP AT ALL\r\n\r\n"] * 3)
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests = []
+
+    def collector() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                requests.append(data)
+                connection.sendall(next(answers))
+
+    threading.Thread(target=collector, daemon=True).start()
+    export = SpanExport(f"http://127.0.0.1:{listener.getsockname()[1]}/v1/traces",
+                        {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1", "OTEL_BSP_SCHEDULE_DELAY": "60000"}, resource={})
+    for _ in range(3):
+        export.add(b"\x12\x00")
+    export.close()  # closing: no retry pause, each batch tried on a fresh connection and then dropped
+    listener.close()
+    assert export.failed == 3 and len(requests) >= 3
+    assert caplog.text.count("span(s) not exported") == 3
