@@ -10,6 +10,7 @@ and Jaeger to the other (with ``-t1 -c64``), so the figures are kubegate's own:
 
 * ``untraced``  no tracing flags (the baseline)
 * ``off``       --otlp-endpoint given but OTEL_SDK_DISABLED=true (tracing off: must cost nothing)
+* ``0%``        --trace-sample-ratio 0 (tracing on, nothing recorded: the unsampled path alone)
 * ``10%``       --trace-sample-ratio 0.1 (target: >= 0.95x untraced)
 * ``100%``      every request recorded and exported
 * ``access-log``  --access-log (stdout to /dev/null)
@@ -57,6 +58,7 @@ peers = _load("bench_peers", os.path.join(HERE, "peers.py"))  # cores(), pinned(
 CASES = {
     "untraced": ([], {}),
     "off": (["--otlp"], {"OTEL_SDK_DISABLED": "true"}),
+    "0%": (["--otlp", "--ratio", "0"], {}),
     "10%": (["--otlp", "--ratio", "0.1"], {}),
     "100%": (["--otlp", "--ratio", "1"], {}),
     "access-log": (["--access-log"], {}),
