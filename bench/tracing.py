@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 
+from kubegate import eventloop
 from kubegate.config import CompiledBackend, CompiledConfig, CompiledRoute, SecretBundle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,7 +89,7 @@ def serve(config_path: str, port: int, otlp: str | None, ratio: float | None, ac
         await gw.stop()
         await limiter.close()
 
-    asyncio.run(main())
+    eventloop.run(main())  # the product's loop (uvloop), as `kubegate run` serves
 
 
 def background_cpu_seconds(pid: int) -> float:
