@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 MARK = os.getppid  # its C function is callgrind's dump marker (--dump-before=os_getppid*)
 
@@ -246,15 +247,10 @@ def inner(calls: int, batch: int, work: str) -> None:
     shared = Admission(cfg, secrets, limiter=limiter, **common)
     loop.run_until_complete(shared.admit(route, facts))
 
-    def connections(admission: Admission, n: int) -> Callable[[], None]:
-        """``batch`` connection tasks, each answering n / batch requests as the request path does."""
-        async def answer() -> Decision:
-            decision = admission.decide(route, facts)
-            if type(decision) is not Decision:
-                decision = await decision
-            return decision
-
-        async def serve() -> Decision:
+    def tasks(answer: Callable[[], Any], n: int) -> Callable[[], None]:
+        """``batch`` connection tasks, each awaiting ``answer()`` n / batch times through 3 coroutine levels
+        (answer, serve, the connection's loop), as the request path awaits admission."""
+        async def serve() -> Any:
             return await answer()
 
         async def work(count: int) -> None:
@@ -264,6 +260,15 @@ def inner(calls: int, batch: int, work: str) -> None:
         async def all_of() -> None:
             await asyncio.gather(*(work(n // batch) for _ in range(batch)))
         return lambda: loop.run_until_complete(all_of())
+
+    def connections(admission: Admission, n: int) -> Callable[[], None]:
+        """``batch`` connection tasks, each answering n / batch requests as the request path does."""
+        async def answer() -> Decision:
+            decision = admission.decide(route, facts)
+            if type(decision) is not Decision:
+                decision = await decision
+            return decision
+        return tasks(answer, n)
     loop.run_until_complete(asyncio.sleep(0))
     steps.append(("redis: batched request", connections(shared, calls),
                   f"{batch} connection tasks, decide() awaited through 3 coroutine levels"))
@@ -284,17 +289,7 @@ def inner(calls: int, batch: int, work: str) -> None:
             if len(waiting) == 1:
                 loop.call_soon(settle)
             await future
-
-        async def serve() -> None:
-            return await answer()
-
-        async def work(count: int) -> None:
-            for _ in range(count):
-                await serve()
-
-        async def all_of() -> None:
-            await asyncio.gather(*(work(n // batch) for _ in range(batch)))
-        return lambda: loop.run_until_complete(all_of())
+        return tasks(answer, n)
     steps.append(("redis: future + wake-up", woken(calls), "create, settle, wake the task through 3 levels"))
     packed = shared._plans[route.id].charge_sets["127.0.0.1"].wire
     queue = [(packed, None)] * batch
